@@ -1,0 +1,72 @@
+"""Our checkpoint format: atomic writes, `weights_only` loading, one-line errors."""
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+from .config import MODEL_KEYS, Config
+from .errors import CheckpointError
+from .utils import atomic_torch_save
+
+FORMAT = "dimmatch"
+VERSION = 1
+
+
+def save(path: str, payload: dict) -> None:
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+
+
+def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
+    """torch.load with the failures users meet turned into one-line errors."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, **kwargs)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
+            ModuleNotFoundError, AttributeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "zip archive" in first_line or "central directory" in first_line:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line}); copy it again") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first_line}") from exc
+
+
+def is_native(payload) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def load_native(path: str) -> dict:
+    payload = read_file(path)
+    if not is_native(payload):
+        raise CheckpointError(f"{path} is not a dimmatch checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads {VERSION}")
+    return payload
+
+
+def check_same_model(path: str, saved_config: dict, cfg: Config) -> None:
+    """A checkpoint only continues into the same network."""
+    differences = [
+        f"{key}={saved_config.get(key)!r} (now {getattr(cfg, key, None)!r})"
+        for key in MODEL_KEYS if saved_config.get(key) != getattr(cfg, key, None)
+    ]
+    if differences:
+        raise CheckpointError(f"checkpoint {path} is another model: " + ", ".join(differences))
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:
+    """Strict load, reported in one line when keys or shapes do not match."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [key for key in own if key in state_dict and own[key].shape != state_dict[key].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(parts))
+    model.load_state_dict(state_dict)

@@ -1,0 +1,194 @@
+"""Options for train.py / test.py / testall.py.
+
+Defaults that differ between the region systems and ESL-CLIP are left as None in the parser
+and filled from `PRESETS` for the chosen encoder pair, so `--help` stays readable and the
+resolved values are printed and saved with every run.
+"""
+
+import argparse
+import json
+import os
+from types import SimpleNamespace
+
+from ..errors import ConfigError
+from ..modules.heads import HEAD_NAMES
+from ..modules.levels import resolve_num_levels
+
+# The released hyper-parameters per encoder pair (ESL/X-Dim region code; ESL-CLIP code).
+PRESETS = {
+    "region_bert": dict(
+        sim_head="xdim", batch_size=128, num_epochs=30, learning_rate=5e-4, lr_update=15,
+        weight_decay=1e-4, adam_eps=1e-8, grad_clip=2.0, evals_per_epoch=1, loss="hinge",
+        schedule="step"),
+    "clip": dict(
+        sim_head="esl_h", batch_size=64, num_epochs=15, weight_decay=0.2, adam_eps=1e-6,
+        grad_clip=1.0, evals_per_epoch=4, loss="infonce", schedule="cosine"),
+}
+
+# Keys that define the network; a checkpoint only resumes or loads into the same values.
+MODEL_KEYS = ("encoders", "sim_head", "embed_size", "img_dim", "kernel_size", "esl_levels", "cosine_pool")
+
+
+class Config(SimpleNamespace):
+    """A resolved run configuration (attribute access, JSON round-trip)."""
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def model_signature(self) -> dict:
+        return {key: getattr(self, key, None) for key in MODEL_KEYS}
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_path", default=None,
+                       help="folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K")
+    group.add_argument("--data_name", default=None, choices=["f30k_precomp", "coco_precomp"],
+                       help="precomputed-region dataset (region_bert encoders)")
+    group.add_argument("--dataset", default=None, choices=["f30k", "coco"],
+                       help="raw-image dataset (clip encoders)")
+    group.add_argument("--image_root", default=None,
+                       help="Flickr30K image folder, or the COCO folder holding train2014/ and val2014/")
+    group.add_argument("--ann_path", default=None,
+                       help="Karpathy JSON file, or the folder holding dataset_flickr30k.json / "
+                            "{train,dev,testall}_coco.json")
+    group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    group.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                       help="mixed precision for encoders and heads (CUDA; bf16 also on CPU)")
+    group.add_argument("--eval_batch_size", type=int, default=128, help="items per encoder batch at evaluation")
+    group.add_argument("--eval_mem_gb", type=float, default=2.0,
+                       help="memory budget for the intermediate tensors of one scoring shard")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train ESL-CLIP, ESL-region or X-Dim (any encoder pair x any similarity head).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--encoders", default="region_bert", choices=["region_bert", "clip"],
+                       help="region_bert: BUTD regions + BERT words; clip: CLIP ViT image + text towers")
+    model.add_argument("--sim_head", default=None, choices=HEAD_NAMES,
+                       help="similarity head [region_bert: xdim; clip: esl_h]")
+    model.add_argument("--embed_size", type=int, default=None,
+                       help="joint space size [xdim: 1024, esl/cosine: 512; clip: its projection size]")
+    model.add_argument("--img_dim", type=int, default=2048, help="region feature size")
+    model.add_argument("--kernel_size", type=int, default=2, help="ESL measure-unit size k")
+    model.add_argument("--esl_levels", type=int, default=None,
+                       help="ESL levels above the input [8, fewer when embed_size is not divisible by k**8]")
+    model.add_argument("--cosine_pool", default="mean", choices=["mean", "max"],
+                       help="pooling of local features for --sim_head cosine")
+    model.add_argument("--bert_path", default="bert-base-uncased", help="hub name or local BERT folder")
+    model.add_argument("--clip_path", default="openai/clip-vit-base-patch16", help="hub name or local CLIP folder")
+    _add_data_options(parser)
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--num_epochs", type=int, default=None, help="[region: 30; clip: 15]")
+    train.add_argument("--batch_size", type=int, default=None, help="global batch [region: 128; clip: 64]")
+    train.add_argument("--learning_rate", type=float, default=5e-4, help="region systems' base lr")
+    train.add_argument("--lr_update", type=int, default=15, help="region: lr x0.1 from this epoch on")
+    train.add_argument("--clip_lr", type=float, default=1e-6, help="clip: lr of the CLIP towers")
+    train.add_argument("--noclip_lr", type=float, default=3e-5, help="clip: lr of the head")
+    train.add_argument("--warmup_proportion", type=float, default=0.1, help="clip: linear warm-up share of all steps")
+    train.add_argument("--weight_decay", type=float, default=None, help="AdamW decay [region: 1e-4; clip: 0.2]")
+    train.add_argument("--grad_clip", type=float, default=None, help="grad-norm clip [region: 2.0; clip: 1.0]")
+    train.add_argument("--loss", default=None, choices=["hinge", "infonce"],
+                       help="[region: hinge (VSE++ after warm-up); clip: infonce with CLIP's logit scale]")
+    train.add_argument("--margin", type=float, default=0.2, help="hinge margin")
+    train.add_argument("--max_violation", action="store_true",
+                       help="hardest negatives from the first epoch (default: after the warm-up epochs)")
+    train.add_argument("--vse_mean_warmup_epochs", type=int, default=1,
+                       help="epochs of summed hinge violations before hardest negatives")
+    train.add_argument("--region_drop", type=float, default=0.2, help="train: probability of dropping a region")
+    train.add_argument("--word_aug", type=float, default=0.2,
+                       help="train: probability of altering a word (50%% [MASK], 10%% random, 40%% delete)")
+    train.add_argument("--evals_per_epoch", type=int, default=None, help="validations per epoch [region: 1; clip: 4]")
+    train.add_argument("--val_every", type=int, default=1, help="validate every N epochs")
+    train.add_argument("--val_split", default=None, help="validation split [dev; Flickr30K raw images: val]")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--output_dir", default="runs/exp", help="checkpoints, config, logs and TensorBoard")
+    train.add_argument("--resume", default="",
+                       help="checkpoint to continue from, or 'auto' for <output_dir>/checkpoint_last.pth")
+    train.add_argument("--save_every_steps", type=int, default=500,
+                       help="also write checkpoint_last every N steps (0: only at evaluations and epoch ends)")
+    train.add_argument("--max_steps", type=int, default=0,
+                       help="stop (with a checkpoint) after this many optimiser steps in total; 0: no limit")
+    train.add_argument("--log_every", type=int, default=50, help="TensorBoard / log-file interval in steps")
+    _add_runtime_options(parser)
+    return parser
+
+
+def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="our checkpoint (model_best.pth, checkpoint_last.pth) or an authors' released file")
+    parser.add_argument("--split", default=default_split)
+    parser.add_argument("--bert_path", default=None, help="override the BERT tokenizer/architecture path")
+    parser.add_argument("--clip_path", default=None, help="override the CLIP tokenizer path")
+    parser.add_argument("--img_dim", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save_sims", default=None,
+                        help="write the image x caption score matrix here (.npy) and its metrics next to it (.json)")
+    _add_data_options(parser)
+    _add_runtime_options(parser)
+    return parser
+
+
+def resolve_train_config(args: argparse.Namespace) -> Config:
+    """Fill encoder-pair presets, derive what depends on other options, reject combinations
+    that cannot work."""
+    values = dict(vars(args))
+    preset = PRESETS[values["encoders"]]
+    for key, default in preset.items():
+        if values.get(key) is None:
+            values[key] = default
+
+    if values["encoders"] == "region_bert":
+        if not values["data_path"] or not values["data_name"]:
+            raise ConfigError("region_bert training needs --data_path and --data_name (f30k_precomp or coco_precomp)")
+        if values["embed_size"] is None:
+            values["embed_size"] = 1024 if values["sim_head"] == "xdim" else 512
+        values["val_split"] = values["val_split"] or "dev"
+    else:
+        if not values["dataset"] or not values["image_root"] or not values["ann_path"]:
+            raise ConfigError("clip training needs --dataset (f30k or coco), --image_root and --ann_path")
+        projection, values["image_size"] = _clip_sizes(values["clip_path"])
+        if values["embed_size"] is None:
+            values["embed_size"] = projection
+        values["val_split"] = values["val_split"] or ("val" if values["dataset"] == "f30k" else "dev")
+
+    if values["sim_head"] in ("esl_h", "esl_a"):
+        values["esl_levels"] = resolve_num_levels(values["embed_size"], values["kernel_size"], values["esl_levels"])
+    for key in ("batch_size", "num_epochs", "evals_per_epoch", "val_every"):
+        if values[key] < 1:
+            raise ConfigError(f"--{key} must be at least 1 (got {values[key]})")
+    if values["batch_size"] < 2:
+        raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if values["batch_size"] % world:
+        raise ConfigError(f"--batch_size {values['batch_size']} (global) is not divisible by the {world} processes")
+    if values["amp"] == "fp16" and not _cuda_requested(values["device"]):
+        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
+    return Config(**values)
+
+
+def _cuda_requested(device: str) -> bool:
+    import torch
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def _clip_sizes(clip_path: str) -> tuple[int, int]:
+    """(projection size, input image size) of a CLIP model, from its config alone."""
+    from transformers import CLIPConfig
+    try:
+        config = CLIPConfig.from_pretrained(clip_path)
+        return config.projection_dim, config.vision_config.image_size
+    except OSError as exc:
+        raise ConfigError(f"--clip_path {clip_path}: no CLIP config found ({str(exc).splitlines()[0]})") from exc

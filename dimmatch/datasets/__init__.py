@@ -1,0 +1,1 @@
+"""Dataset readers (precomputed regions, Karpathy JSON + images), caption tokenisation, batching."""

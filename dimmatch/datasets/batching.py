@@ -1,0 +1,86 @@
+"""Batches: padding collate, a resumable (and distributed) batch sampler, caption sets."""
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class CaptionSet(Dataset):
+    """Each caption once, tokenised without augmentation (evaluation)."""
+
+    def __init__(self, captions: list[str], caption_encoder):
+        self.captions = captions
+        self.caption_encoder = caption_encoder
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"ids": self.caption_encoder(self.captions[index]), "index": index}
+
+
+class Collate:
+    """Pads region sets (zeros) and token ids (`pad_id`) to the longest in the batch.
+
+    Items that are None (unreadable training images) are dropped and counted in `skipped`."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list) -> dict:
+        kept = [item for item in items if item is not None]
+        batch = {"skipped": len(items) - len(kept), "index": torch.tensor([item["index"] for item in kept])}
+        if not kept:
+            return batch
+        if "image" in kept[0]:
+            images = [item["image"] for item in kept]
+            if images[0].dim() == 2:
+                lengths = torch.tensor([image.shape[0] for image in images])
+                padded = images[0].new_zeros(len(images), int(lengths.max()), images[0].shape[1])
+                for row, image in enumerate(images):
+                    padded[row, : image.shape[0]] = image
+                batch["images"], batch["image_lengths"] = padded, lengths
+            else:
+                batch["images"], batch["image_lengths"] = torch.stack(images), None
+        if "ids" in kept[0]:
+            lengths = torch.tensor([len(item["ids"]) for item in kept])
+            ids = torch.full((len(kept), int(lengths.max())), self.pad_id, dtype=torch.long)
+            for row, item in enumerate(kept):
+                ids[row, : len(item["ids"])] = torch.tensor(item["ids"], dtype=torch.long)
+            batch["input_ids"], batch["lengths"] = ids, lengths
+        return batch
+
+
+class ResumableBatchSampler(Sampler):
+    """Shuffled batches whose order is a function of (seed, epoch) alone.
+
+    Under DDP each rank takes every `world`-th batch-slot of the same permutation, so the
+    ranks' batches together form the single-process global batch. `start_batch` skips the
+    batches a resumed run already trained on. Incomplete last batches are dropped, as released.
+    """
+
+    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError("global batch must be divisible by the number of processes")
+        self.num_items = num_items
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.num_items // self.global_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        for batch in range(self.start_batch, self.batches_per_epoch()):
+            start = batch * self.global_batch + self.rank * self.local_batch
+            yield order[start: start + self.local_batch]

@@ -1,0 +1,42 @@
+"""Datasets of a config: training pairs and evaluation image/caption sets for a split."""
+
+import logging
+
+from ..errors import DataError
+from .batching import CaptionSet
+from .karpathy import (ImageFileSet, KarpathyTrainDataset, check_images_exist, evaluation_entries,
+                       load_karpathy_split)
+from .precomp import CAPTIONS_PER_IMAGE, PrecompImageSet, PrecompSplit, PrecompTrainDataset
+
+logger = logging.getLogger("dimmatch")
+
+# COCO's dev split has 5,000 images; like the released code, validation during training uses
+# its first 1,000 images (5,000 captions).
+VALIDATION_MAX_IMAGES = 1000
+
+
+def build_train_dataset(cfg, caption_encoder):
+    if cfg.encoders == "region_bert":
+        split = PrecompSplit(cfg.data_path, cfg.data_name, "train", cfg.img_dim)
+        return PrecompTrainDataset(split, caption_encoder, cfg.seed, cfg.region_drop)
+    entries = load_karpathy_split(cfg.dataset, cfg.ann_path, cfg.image_root, "train")
+    return KarpathyTrainDataset(entries, caption_encoder, cfg.image_size)
+
+
+def build_eval_sets(cfg, split: str, caption_encoder, max_images: int | None = None):
+    """(image set, caption set) of a split: each image once, its 5 captions consecutive."""
+    if cfg.encoders == "region_bert":
+        data = PrecompSplit(cfg.data_path, cfg.data_name, split, cfg.img_dim)
+        if len(data.captions) % CAPTIONS_PER_IMAGE:
+            raise DataError(f"{data.caps_file} has {len(data.captions)} captions, not a multiple of "
+                            f"{CAPTIONS_PER_IMAGE}: evaluation needs 5 consecutive captions per image")
+        if max_images is not None and data.num_images > max_images:
+            data.captions = data.captions[: max_images * CAPTIONS_PER_IMAGE]
+        return PrecompImageSet(data), CaptionSet(data.captions, caption_encoder)
+    entries = load_karpathy_split(cfg.dataset, cfg.ann_path, cfg.image_root, split)
+    entries = evaluation_entries(entries, f"{cfg.dataset} split '{split}'", max_images)
+    paths = [path for path, _ in entries]
+    check_images_exist(paths)
+    captions = [caption for _, captions in entries for caption in captions]
+    return ImageFileSet(paths, cfg.image_size), CaptionSet(captions, caption_encoder)
+

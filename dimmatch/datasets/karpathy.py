@@ -1,0 +1,163 @@
+"""Raw images with Karpathy-split captions (ESL-CLIP).
+
+Flickr30K: `dataset_flickr30k.json` (`images[]` with `filename`, `split` in train/val/test,
+`sentences[].raw`); captions are `raw.strip('.').lower()`.
+COCO: `{train,dev,testall}_coco.json` (`images[]` with `file_name`, `sentences[].raw`), files
+under `train2014/` or `val2014/`; captions are `raw.lower()`.
+"""
+
+import json
+import logging
+import os
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .image_transforms import clip_preprocess
+from .precomp import CAPTIONS_PER_IMAGE
+
+logger = logging.getLogger("dimmatch")
+
+ANNOTATION_FILES = {"f30k": "dataset_flickr30k.json", "coco": "{split}_coco.json"}
+
+
+def annotation_file(dataset: str, ann_path: str, split: str) -> str:
+    if os.path.isfile(ann_path):
+        return ann_path
+    if not os.path.isdir(ann_path):
+        raise DataError(f"annotation path {ann_path} does not exist (--ann_path)")
+    path = os.path.join(ann_path, ANNOTATION_FILES[dataset].format(split=split))
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is missing (--ann_path must be the {dataset} annotation file or its folder)")
+    return path
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"{path} has no 'images' list (expected a Karpathy-format annotation file)")
+    return data
+
+
+def _image_path(dataset: str, image_root: str, name: str, split: str) -> str:
+    if dataset == "f30k":
+        return os.path.join(image_root, name)
+    if "/" in name:
+        return os.path.join(image_root, name)
+    folder = "train2014" if ("train2014" in name or (split == "train" and "val2014" not in name)) else "val2014"
+    return os.path.join(image_root, folder, name)
+
+
+def load_karpathy_split(dataset: str, ann_path: str, image_root: str, split: str) -> list[tuple[str, list[str]]]:
+    """[(image path, [normalised captions])] of one split, in file order."""
+    path = annotation_file(dataset, ann_path, split)
+    data = _load_json(path)
+    name_key = "filename" if dataset == "f30k" else "file_name"
+    entries = []
+    splits_seen = set()
+    for position, image in enumerate(data["images"]):
+        required = (name_key, "sentences", "split") if dataset == "f30k" else (name_key, "sentences")
+        for key in required:
+            if key not in image:
+                raise DataError(f"{path}: images[{position}] has no '{key}'")
+        if dataset == "f30k":
+            splits_seen.add(image["split"])
+            if image["split"] != split:
+                continue
+        captions = []
+        for number, sentence in enumerate(image["sentences"]):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
+                raise DataError(f"{path}: images[{position}].sentences[{number}] has no 'raw' caption")
+            raw = sentence["raw"]
+            caption = raw.strip(".").lower() if dataset == "f30k" else raw.lower()
+            if not caption.strip():
+                raise DataError(f"{path}: images[{position}].sentences[{number}] is an empty caption")
+            captions.append(caption)
+        entries.append((_image_path(dataset, image_root, image[name_key], split), captions))
+    if not entries:
+        present = f" (splits present: {', '.join(sorted(splits_seen))})" if splits_seen else ""
+        raise DataError(f"{path} has no images in split '{split}'{present}")
+    return entries
+
+
+def evaluation_entries(entries, path_hint: str, max_images: int | None = None):
+    """Images with exactly their first 5 captions, as the protocol scores them."""
+    entries = entries[:max_images] if max_images else entries
+    short = [p for p, captions in entries if len(captions) < CAPTIONS_PER_IMAGE]
+    if short:
+        raise DataError(f"{path_hint}: {len(short)} images have fewer than {CAPTIONS_PER_IMAGE} captions "
+                        f"(first: {short[0]}); the evaluation protocol needs 5 per image")
+    extra = sum(len(captions) > CAPTIONS_PER_IMAGE for _, captions in entries)
+    if extra:
+        logger.warning("%s: %d images have more than %d captions; evaluating their first %d",
+                       path_hint, extra, CAPTIONS_PER_IMAGE, CAPTIONS_PER_IMAGE)
+    return [(p, captions[:CAPTIONS_PER_IMAGE]) for p, captions in entries]
+
+
+def read_image(path: str):
+    """The decoded image, or the reason it cannot be used."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy(), None
+    except FileNotFoundError:
+        return None, "is missing"
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return None, f"cannot be read ({exc})"
+
+
+class KarpathyTrainDataset(Dataset):
+    """(image, caption) pairs; an unreadable image is skipped (None) and counted by the collate."""
+
+    def __init__(self, entries, caption_encoder, image_size: int = 224):
+        self.pairs = [(path, caption) for path, captions in entries for caption in captions]
+        self.caption_encoder = caption_encoder
+        self.image_size = image_size
+        self.epoch = 0
+        self.warned = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        path, caption = self.pairs[index]
+        image, problem = read_image(path)
+        if image is None:
+            if path not in self.warned:
+                self.warned.add(path)
+                logger.warning("skipping training image %s: it %s", path, problem)
+            return None
+        return {"image": clip_preprocess(image, self.image_size), "ids": self.caption_encoder(caption),
+                "index": index}
+
+
+class ImageFileSet(Dataset):
+    """Each evaluation image once; an unreadable image is an error (it would change the metrics)."""
+
+    def __init__(self, paths: list[str], image_size: int = 224):
+        self.paths = paths
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image, problem = read_image(self.paths[index])
+        if image is None:
+            raise DataError(f"evaluation image {self.paths[index]} {problem}")
+        return {"image": clip_preprocess(image, self.image_size), "index": index}
+
+
+def check_images_exist(paths: list[str]) -> None:
+    """Fail before encoding anything when evaluation images are missing."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{len(missing)} evaluation images are missing, e.g. {missing[0]} (--image_root)")

@@ -1,0 +1,126 @@
+"""Precomputed BUTD regions: `<data_path>/<data_name>/{split}_ims.npy` + `{split}_caps.txt`."""
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+CAPTIONS_PER_IMAGE = 5
+
+
+def read_captions(path: str) -> list[str]:
+    """One caption a line; an empty or whitespace-only line is an error (it would shift pairs)."""
+    with open(path, encoding="utf-8") as handle:
+        captions = [line.strip() for line in handle]
+    for number, caption in enumerate(captions, start=1):
+        if not caption:
+            raise DataError(f"{path}:{number} is an empty caption line; every line must hold one caption")
+    return captions
+
+
+class PrecompSplit:
+    """One split, validated at load. Features are memory-mapped (COCO train is ~33 GB).
+
+    `image_divisor` is 5 when the .npy has one row per image and 1 when it has one row per
+    caption (then image i of the evaluation protocol is row 5i, as in the released code).
+    """
+
+    def __init__(self, data_path: str, data_name: str, split: str, img_dim: int,
+                 max_captions: int | None = None):
+        folder = os.path.join(data_path, data_name)
+        if not os.path.isdir(data_path):
+            raise DataError(f"data folder {data_path} does not exist (--data_path)")
+        if not os.path.isdir(folder):
+            raise DataError(f"{folder} does not exist: --data_path must hold the {data_name}/ folder")
+        self.ims_file = os.path.join(folder, f"{split}_ims.npy")
+        self.caps_file = os.path.join(folder, f"{split}_caps.txt")
+        for path in (self.caps_file, self.ims_file):
+            if not os.path.isfile(path):
+                raise DataError(f"{path} is missing (split '{split}' needs {split}_ims.npy and {split}_caps.txt)")
+        self.captions = read_captions(self.caps_file)
+        self.images = self._load_features(self.ims_file, img_dim)
+        n_rows, n_captions = self.images.shape[0], len(self.captions)
+        if n_captions == CAPTIONS_PER_IMAGE * n_rows:
+            self.image_divisor = CAPTIONS_PER_IMAGE
+        elif n_captions == n_rows:
+            self.image_divisor = 1
+        else:
+            raise DataError(
+                f"{self.caps_file} has {n_captions} captions for the {n_rows} rows of {self.ims_file}; "
+                f"expected {CAPTIONS_PER_IMAGE} per row ({CAPTIONS_PER_IMAGE * n_rows}) or one per row ({n_rows})")
+        if max_captions is not None and n_captions > max_captions:
+            self.captions = self.captions[:max_captions]
+
+    @staticmethod
+    def _load_features(path: str, img_dim: int) -> np.ndarray:
+        try:
+            images = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                raise DataError(f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
+            raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path} is not a readable .npy file (truncated download?): {exc}") from exc
+        if images.dtype.kind != "f":
+            raise DataError(f"{path} has dtype {images.dtype}; expected float region features")
+        if images.ndim != 3:
+            raise DataError(f"{path} has shape {images.shape}; expected (images, regions, {img_dim})")
+        if images.shape[2] != img_dim:
+            raise DataError(f"{path} has {images.shape[2]}-d region features but --img_dim is {img_dim}")
+        return images
+
+    @property
+    def num_images(self) -> int:
+        """Images of the evaluation protocol (5 consecutive captions each)."""
+        return len(self.captions) // CAPTIONS_PER_IMAGE
+
+    def image_row(self, caption_index: int) -> int:
+        return caption_index // self.image_divisor
+
+    def features(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[row], dtype=np.float32))
+
+
+class PrecompTrainDataset(Dataset):
+    """(regions, caption ids) pairs with the released training augmentation.
+
+    Randomness comes from a generator seeded by (seed, epoch, index), so a sample is the same
+    whatever the worker count, and a resumed run draws what the uninterrupted one drew."""
+
+    def __init__(self, split: PrecompSplit, caption_encoder, seed: int, region_drop: float):
+        self.split = split
+        self.caption_encoder = caption_encoder
+        self.seed = seed
+        self.region_drop = region_drop
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        regions = self.split.features(self.split.image_row(index))
+        if self.region_drop > 0:
+            keep = rng.random(regions.shape[0]) > self.region_drop
+            regions = regions[torch.from_numpy(keep)]
+        ids = self.caption_encoder(self.split.captions[index], rng)
+        return {"image": regions, "ids": ids, "index": index}
+
+
+class PrecompImageSet(Dataset):
+    """Each image of the protocol once."""
+
+    def __init__(self, split: PrecompSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.split.num_images
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.split.features(self.split.image_row(index * CAPTIONS_PER_IMAGE)), "index": index}

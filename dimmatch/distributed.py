@@ -1,0 +1,92 @@
+"""torch.distributed helpers; every function is a no-op on a single process."""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def init_from_environment(device: torch.device, timeout_minutes: int = 120) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU.
+
+    The timeout is long because the other ranks wait while rank 0 evaluates."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return True
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / world_size()
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Concatenate equal-shaped tensors of all ranks; the backward sums every rank's gradient
+    for this rank's slice, so losses that use other ranks' items still train their encoders.
+    (all_reduce + slice rather than reduce_scatter, which gloo lacks.)"""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        ctx.rows = tensor.shape[0]
+        return all_gather_no_grad(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    return _GatherWithGrad.apply(tensor) if is_distributed() else tensor
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,25 @@
+"""Errors that reach the user as one line (bad data, bad options, bad checkpoints).
+
+Entry points catch `UserError` and print `error: <message>` without a traceback: the
+message itself must name the file or option at fault and what to do about it.
+"""
+
+
+class UserError(Exception):
+    """A problem with what the user gave us, reported as one line."""
+
+
+class DataError(UserError):
+    """A dataset file is missing, malformed or inconsistent."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, truncated, or belongs to another model."""
+
+
+class ConfigError(UserError):
+    """An option, or a combination of options, cannot work."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

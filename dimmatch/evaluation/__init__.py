@@ -1,0 +1,1 @@
+"""Everything evaluation: encode once, score in shards, vectorised rank metrics, protocols."""

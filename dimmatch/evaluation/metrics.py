@@ -1,0 +1,101 @@
+"""Recall@K, MedR, MeanR and rSum from an (images x captions) score matrix, vectorised.
+
+Image i owns captions 5i..5i+4. The i2t rank of image i is the number of other images'
+captions scoring at least as high as its best caption; the t2i rank of caption j is the
+number of other images scoring at least as high as its own image. Ties with a negative
+therefore count against the model: a constant score matrix gets the worst ranks, never
+perfect recall. Without ties this equals the released argsort-based ranks.
+"""
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+CAPTIONS_PER_IMAGE = 5
+ROW_CHUNK = 512
+
+
+def _as_tensor(sims) -> torch.Tensor:
+    sims = torch.as_tensor(np.asarray(sims) if not torch.is_tensor(sims) else sims)
+    if sims.dim() != 2 or sims.shape[1] != CAPTIONS_PER_IMAGE * sims.shape[0]:
+        raise UserError(f"score matrix of shape {tuple(sims.shape)} is not (N images x 5N captions)")
+    if not torch.isfinite(sims).all():
+        raise UserError("the score matrix has NaN or infinite entries; the model's scores are broken")
+    return sims
+
+
+def i2t_ranks(sims) -> np.ndarray:
+    sims = _as_tensor(sims)
+    n_images = sims.shape[0]
+    ranks = []
+    for start in range(0, n_images, ROW_CHUNK):
+        block = sims[start:start + ROW_CHUNK]
+        owners = torch.arange(start, start + block.shape[0])
+        own = block.view(block.shape[0], n_images, CAPTIONS_PER_IMAGE)[torch.arange(block.shape[0]), owners]
+        best = own.max(1).values
+        at_least = (block >= best[:, None]).sum(1) - (own >= best[:, None]).sum(1)
+        ranks.append(at_least)
+    return torch.cat(ranks).numpy()
+
+
+def t2i_ranks(sims) -> np.ndarray:
+    sims = _as_tensor(sims)
+    n_images, n_captions = sims.shape
+    owners = torch.arange(n_captions) // CAPTIONS_PER_IMAGE
+    ranks = []
+    for start in range(0, n_captions, ROW_CHUNK * CAPTIONS_PER_IMAGE):
+        block = sims[:, start:start + ROW_CHUNK * CAPTIONS_PER_IMAGE]
+        own = block[owners[start:start + block.shape[1]], torch.arange(block.shape[1])]
+        ranks.append((block >= own[None, :]).sum(0) - 1)
+    return torch.cat(ranks).numpy()
+
+
+def recall_summary(ranks: np.ndarray) -> dict:
+    return {
+        "r1": 100.0 * float(np.mean(ranks < 1)),
+        "r5": 100.0 * float(np.mean(ranks < 5)),
+        "r10": 100.0 * float(np.mean(ranks < 10)),
+        "medr": float(np.floor(np.median(ranks)) + 1),
+        "meanr": float(ranks.mean() + 1),
+    }
+
+
+def retrieval_metrics(sims) -> dict:
+    """{'i2t': {...}, 't2i': {...}, 'rsum': float} of one score matrix."""
+    i2t = recall_summary(i2t_ranks(sims))
+    t2i = recall_summary(t2i_ranks(sims))
+    rsum = sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10"))
+    return {"i2t": i2t, "t2i": t2i, "rsum": rsum}
+
+
+def coco_five_fold(sims, folds: int = 5) -> dict:
+    """COCO 1K: the mean over the 5 diagonal blocks of the 5K matrix, 1,000 images each
+    (scores are pairwise, so a block equals scoring that fold on its own)."""
+    sims = _as_tensor(sims)
+    n_images = sims.shape[0]
+    if n_images % folds:
+        raise UserError(f"{n_images} images do not split into {folds} equal folds")
+    size = n_images // folds
+    results = []
+    for fold in range(folds):
+        rows = slice(fold * size, (fold + 1) * size)
+        cols = slice(fold * size * CAPTIONS_PER_IMAGE, (fold + 1) * size * CAPTIONS_PER_IMAGE)
+        results.append(retrieval_metrics(sims[rows, cols]))
+    mean = {
+        direction: {key: float(np.mean([r[direction][key] for r in results])) for key in results[0][direction]}
+        for direction in ("i2t", "t2i")
+    }
+    mean["rsum"] = float(np.mean([r["rsum"] for r in results]))
+    return {"folds": results, "mean": mean, "fold_images": size}
+
+
+def format_metrics(metrics: dict, title: str = "") -> str:
+    """A two-line Recall table."""
+    i2t, t2i = metrics["i2t"], metrics["t2i"]
+    header = f"{title}\n" if title else ""
+    return (f"{header}Image to text: R@1 {i2t['r1']:.1f}  R@5 {i2t['r5']:.1f}  R@10 {i2t['r10']:.1f}  "
+            f"MedR {i2t['medr']:.1f}  MeanR {i2t['meanr']:.1f}\n"
+            f"Text to image: R@1 {t2i['r1']:.1f}  R@5 {t2i['r5']:.1f}  R@10 {t2i['r10']:.1f}  "
+            f"MedR {t2i['medr']:.1f}  MeanR {t2i['meanr']:.1f}\n"
+            f"rSum {metrics['rsum']:.1f}")

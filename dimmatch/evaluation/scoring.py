@@ -1,0 +1,136 @@
+"""Encode every image and caption once, then score all pairs in vectorised shards.
+
+Prepared features (the head's per-item work, e.g. ESL levels) are computed once per item
+and kept packed: local features as one (total tokens x width) tensor plus lengths, so a
+caption shard is gathered and padded only to its own longest caption. Captions are sorted
+by length so that a shard wastes little padding, and the number of images per shard is
+chosen from the head's per-pair memory so intermediate tensors stay within a budget.
+"""
+
+import contextlib
+import logging
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..modules.common import lengths_to_mask
+
+logger = logging.getLogger("dimmatch")
+
+CAPTION_SHARD = 256
+
+
+class EncodedItems:
+    """Prepared features of N items: global (N x W), or local packed (sum of lengths x W)."""
+
+    def __init__(self, parts: list[torch.Tensor], lengths: list[torch.Tensor] | None):
+        self.flat = torch.cat(parts) if parts else torch.empty(0)
+        self.lengths = torch.cat(lengths) if lengths else None
+        if self.lengths is not None:
+            self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+            if len(self.lengths) and bool((self.lengths == self.lengths[0]).all()):
+                # equal lengths (regions at evaluation): a zero-copy dense view
+                self.dense = self.flat.view(len(self.lengths), int(self.lengths[0]), -1)
+            else:
+                self.dense = None
+
+    def __len__(self) -> int:
+        return len(self.lengths) if self.lengths is not None else self.flat.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
+
+    def to(self, device: torch.device) -> "EncodedItems":
+        moved = EncodedItems.__new__(EncodedItems)
+        moved.flat = self.flat.to(device)
+        moved.lengths = None if self.lengths is None else self.lengths.to(device)
+        if self.lengths is not None:
+            moved.offsets = self.offsets.to(device)
+            moved.dense = None if self.dense is None else moved.flat.view(self.dense.shape)
+        return moved
+
+    def max_length(self) -> int:
+        return int(self.lengths.max()) if self.lengths is not None and len(self.lengths) else 1
+
+    def gather(self, indices: torch.Tensor, device: torch.device):
+        """(features, lengths) of `indices` on `device`; local features padded to their longest."""
+        if self.lengths is None:
+            return self.flat[indices.to(self.flat.device)].to(device, non_blocking=True), None
+        indices = indices.to(self.flat.device)
+        lengths = self.lengths[indices]
+        if self.dense is not None:
+            return self.dense[indices].to(device, non_blocking=True), lengths.to(device)
+        longest = int(lengths.max())
+        positions = self.offsets[indices][:, None] + torch.arange(longest, device=self.flat.device)[None, :]
+        valid = lengths_to_mask(lengths, longest)
+        rows = self.flat[positions.clamp(max=self.flat.shape[0] - 1)] * valid[..., None]
+        return rows.to(device, non_blocking=True), lengths.to(device)
+
+
+def autocast_context(device: torch.device, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def encode_items(model, loader, side: str, device: torch.device, amp: str = "off",
+                 progress: bool = True) -> EncodedItems:
+    """Run every item of `loader` through its encoder and the head's preparation, once."""
+    parts, lengths = [], []
+    encode = model.encode_images if side == "images" else model.encode_captions
+    prepare = model.head.prepare_images if side == "images" else model.head.prepare_captions
+    with torch.inference_mode(), autocast_context(device, amp):
+        for batch in tqdm(loader, desc=f"encode {side}", disable=not progress, leave=False):
+            if side == "images":
+                inputs, item_lengths = batch["images"], batch["image_lengths"]
+            else:
+                inputs, item_lengths = batch["input_ids"], batch["lengths"]
+            inputs = inputs.to(device, non_blocking=True)
+            item_lengths = None if item_lengths is None else item_lengths.to(device)
+            features, item_lengths = encode(inputs, item_lengths)
+            prepared = prepare(features, item_lengths).float()
+            if prepared.dim() == 3:
+                valid = lengths_to_mask(item_lengths, prepared.shape[1])
+                parts.append(prepared[valid].cpu())
+                lengths.append(item_lengths.cpu())
+            else:
+                parts.append(prepared.cpu())
+    return EncodedItems(parts, lengths or None)
+
+
+def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.device,
+              mem_gb: float = 2.0, amp: str = "off", progress: bool = True) -> np.ndarray:
+    """The (images x captions) score matrix, computed shard by shard on `device`."""
+    if device.type == "cuda" and images.nbytes + captions.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]:
+        images, captions = images.to(device), captions.to(device)
+    n_images, n_captions = len(images), len(captions)
+    sims = torch.empty(n_images, n_captions, dtype=torch.float32)
+    if captions.lengths is not None:
+        order = torch.argsort(captions.lengths.cpu(), descending=True, stable=True)
+    else:
+        order = torch.arange(n_captions)
+    budget = int(mem_gb * 2**30)
+    regions = images.max_length()
+    shards = []
+    for start in range(0, n_captions, CAPTION_SHARD):
+        caption_ids = order[start:start + CAPTION_SHARD]
+        words = int(captions.lengths[caption_ids.to(captions.lengths.device)].max()) if captions.lengths is not None else 1
+        per_image = len(caption_ids) * head.pair_bytes(words, regions)
+        image_step = max(1, min(n_images, budget // max(per_image, 1)))
+        shards.append((caption_ids, image_step))
+    total = sum(math.ceil(n_images / step) for _, step in shards)
+    with torch.inference_mode(), autocast_context(device, amp), \
+            tqdm(total=total, desc="score shards", disable=not progress, leave=False) as bar:
+        for caption_ids, image_step in shards:
+            caption_block, caption_lengths = captions.gather(caption_ids, device)
+            for image_start in range(0, n_images, image_step):
+                image_ids = torch.arange(image_start, min(n_images, image_start + image_step))
+                image_block, image_lengths = images.gather(image_ids, device)
+                block = head.score(image_block, image_lengths, caption_block, caption_lengths)
+                sims[image_start:image_start + len(image_ids), caption_ids] = block.float().cpu()
+                bar.update(1)
+    return sims.numpy()

@@ -1,0 +1,1 @@
+"""Encoders, similarity heads and losses; `build_model` assembles them from a config."""

@@ -1,0 +1,50 @@
+"""CLIP image and text towers from transformers, giving one projected embedding per item."""
+
+import torch
+from torch import nn
+from transformers import CLIPConfig, CLIPModel
+
+from .common import lengths_to_mask
+from .heads.base import GLOBAL
+
+
+def build_clip(clip_path: str, pretrained: bool = True, config: dict | None = None) -> CLIPModel:
+    """CLIPModel from a hub name / local folder, or its architecture alone from a config dict
+    (weights then come from one of our checkpoints or a converted released one)."""
+    if config is not None:
+        return CLIPModel(CLIPConfig.from_dict(config))
+    if pretrained:
+        return CLIPModel.from_pretrained(clip_path)
+    return CLIPModel(CLIPConfig.from_pretrained(clip_path))
+
+
+class ClipEncoders(nn.Module):
+    """`encode_images` = visual_projection(post-LN CLS); `encode_captions` = text_projection of
+    the EOT token, as OpenAI's encode_image / encode_text. Embeddings are not normalised here:
+    the heads normalise as their formulas say."""
+
+    feature_kind = GLOBAL
+
+    def __init__(self, clip: CLIPModel):
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def embed_size(self) -> int:
+        return self.clip.config.projection_dim
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_images(self, pixel_values: torch.Tensor, lengths=None):
+        pooled = self.clip.vision_model(pixel_values=pixel_values).pooler_output
+        return self.clip.visual_projection(pooled), None
+
+    def encode_captions(self, input_ids: torch.Tensor, lengths: torch.Tensor):
+        attention_mask = lengths_to_mask(lengths, input_ids.shape[1]).long()
+        pooled = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.clip.text_projection(pooled), None
+
+    def optimizer_groups(self, cfg) -> list[dict]:
+        return [{"params": list(self.clip.parameters()), "lr": cfg.clip_lr, "name": "clip"}]

@@ -1,0 +1,46 @@
+"""The interface every similarity head implements.
+
+Scoring is split so that evaluation can encode and prepare every image and caption once:
+`prepare_images` / `prepare_captions` hold all per-item work (ESL levels, folded level
+matrices, pooling), and `score` only does the cross-modal part for a block of
+images x captions. Training calls `forward`, which is the same composition.
+"""
+
+import torch
+from torch import nn
+
+LOCAL = "local"    # (N, T, d) token/region features with lengths
+GLOBAL = "global"  # (N, d) one vector per item
+
+
+class SimilarityHead(nn.Module):
+    feature_kinds: tuple[str, ...] = (LOCAL,)
+
+    def prepare_images(self, features: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        return features
+
+    def prepare_captions(self, features: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        return features
+
+    def score(self, images: torch.Tensor, image_lengths: torch.Tensor | None,
+              captions: torch.Tensor, caption_lengths: torch.Tensor | None) -> torch.Tensor:
+        """(n_images x n_captions) similarity of prepared images and captions."""
+        raise NotImplementedError
+
+    def pair_bytes(self, n_words: int, n_regions: int) -> int:
+        """Peak bytes of intermediate tensors per (image, caption) pair inside `score`."""
+        return 4
+
+    def forward(self, images, image_lengths, captions, caption_lengths):
+        return self.score(self.prepare_images(images, image_lengths), image_lengths,
+                          self.prepare_captions(captions, caption_lengths), caption_lengths)
+
+
+def level_coefficients(weights: torch.Tensor, sigma: torch.Tensor, lam: torch.Tensor,
+                       sigmoid_threshold: bool) -> torch.Tensor:
+    """ESL level weights a_l = exp((|w_l| - thr) * exp(lam)) * w_l with
+    thr = (max|w| - min|w|) * s + min|w|, s = sigmoid(sigma) (CLIP variant) or sigma (region)."""
+    magnitude = weights.abs()
+    share = torch.sigmoid(sigma) if sigmoid_threshold else sigma
+    threshold = (magnitude.max() - magnitude.min()) * share + magnitude.min()
+    return torch.exp((magnitude - threshold) * lam.exp()) * weights

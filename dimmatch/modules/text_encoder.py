@@ -1,0 +1,32 @@
+"""BERT words -> joint space."""
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from .common import l2norm
+
+
+def build_bert(bert_path: str, pretrained: bool = True) -> BertModel:
+    """BERT from a hub name or local folder; `pretrained=False` builds the architecture only
+    (its weights then come from one of our checkpoints). The pooler is not built: the
+    matching systems use token features only."""
+    if pretrained:
+        return BertModel.from_pretrained(bert_path, add_pooling_layer=False)
+    return BertModel(BertConfig.from_pretrained(bert_path), add_pooling_layer=False)
+
+
+class BertTextEncoder(nn.Module):
+    """`l2norm(linear(BERT(ids)))` for every token, CLS and SEP included."""
+
+    def __init__(self, bert: BertModel, embed_size: int):
+        super().__init__()
+        self.bert = bert
+        self.linear = nn.Linear(bert.config.hidden_size, embed_size)
+        # the released encoder masks `ids != 0`, i.e. BERT's [PAD] id
+        self.pad_token_id = bert.config.pad_token_id if bert.config.pad_token_id is not None else 0
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        attention_mask = (input_ids != self.pad_token_id).long()
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return l2norm(self.linear(hidden))
