@@ -26,8 +26,10 @@ def caption_words(captions) -> list[str]:
 
 
 def write_bert_vocab(captions, folder: str) -> list[str]:
-    """A WordPiece vocabulary: specials, every caption word, single characters (no [UNK]s)."""
-    vocab = BERT_SPECIALS + sorted(set(caption_words(captions)) | set(BASE_CHARACTERS))
+    """A WordPiece vocabulary: specials, every caption word, single characters and their
+    ##continuations (so unseen words split into pieces instead of becoming [UNK])."""
+    pieces = set(BASE_CHARACTERS) | {"##" + c for c in string.ascii_lowercase + string.digits}
+    vocab = BERT_SPECIALS + sorted(set(caption_words(captions)) | pieces)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(vocab) + "\n")

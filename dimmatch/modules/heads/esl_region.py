@@ -67,15 +67,18 @@ class ESLRegionHead(SimilarityHead):
 
         attn = (captions.reshape(n_cap * n_word, width) @ images.reshape(n_img * n_reg, width).t())
         attn = attn.view(n_cap, n_word, n_img, n_reg).permute(2, 0, 1, 3)                   # (I, C, L, R)
-        activated = F.leaky_relu(torch.tanh(attn), 0.1) * valid[None, :, :, None]
+        activated = F.leaky_relu(torch.tanh(attn), 0.1)
 
-        # text-to-image: each word attends over regions, normalised across the words
-        t2i = activated / (activated.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-8)
+        # text-to-image: each word attends over regions, normalised across the (valid) words
+        masked = activated * valid[None, :, :, None]
+        t2i = masked / (masked.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-8)
         t2i = torch.softmax(smooth * t2i, dim=-1)
         word_scores = (attn * t2i).sum(-1) * valid
         t2i_score = word_scores.sum(-1) / caption_lengths.to(attn.dtype)
 
-        # image-to-text: each region attends over the caption's words, normalised across regions
+        # image-to-text: each region attends over the caption's words, normalised across regions;
+        # padded words leave through the softmax mask (zeroing them first would make the norm's
+        # gradient 0/0)
         i2t = activated / (activated.pow(2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)
         i2t = torch.softmax((smooth * i2t).masked_fill(~valid[None, :, :, None], float("-inf")), dim=2)
         i2t_score = (attn * i2t).sum(2).mean(-1)

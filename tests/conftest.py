@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny backbones and small datasets written in the real on-disk formats."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from dimmatch.demo.data import write_image_dataset, write_region_dataset  # noqa: E402
+from dimmatch.demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
+
+REGION_DIM = 64
+
+
+@pytest.fixture(scope="session")
+def region_data(tmp_path_factory):
+    """f30k_precomp-format data: (data_path, captions)."""
+    root = str(tmp_path_factory.mktemp("region_data"))
+    captions = write_region_dataset(root, {"train": 96, "dev": 10, "test": 10}, regions=8, dim=REGION_DIM, seed=1)
+    return root, captions
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, region_data):
+    folder = str(tmp_path_factory.mktemp("tiny_bert"))
+    return write_tiny_bert(folder, region_data[1] + ["[extra] words for tests , . ' s"], hidden=32, layers=1)
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory):
+    """Karpathy-JSON + JPEG data: (root with dataset_flickr30k.json, image folder, captions)."""
+    root = str(tmp_path_factory.mktemp("image_data"))
+    captions = write_image_dataset(root, {"train": 64, "val": 10, "test": 10}, image_size=48, seed=2)
+    return root, os.path.join(root, "images"), captions
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, image_data):
+    folder = str(tmp_path_factory.mktemp("tiny_clip"))
+    return write_tiny_clip(folder, image_data[2], width=64, layers=1, image_size=32, patch_size=16,
+                           projection_dim=32)
+
+
+def run_cli(main, argv):
+    """Run a CLI main in-process; returns its exit status."""
+    from dimmatch.cli import run_guarded
+    return run_guarded(main, argv)

@@ -1,0 +1,73 @@
+"""train.py / test.py / testall.py end to end on tiny generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REGION_DIM, ROOT, run_cli
+from dimmatch.cli import evaluate, train
+
+
+def region_train_args(region_data, tiny_bert, output_dir, *extra):
+    return ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
+            "--img_dim", str(REGION_DIM), "--batch_size", "16", "--num_epochs", "1", "--workers", "0",
+            "--output_dir", str(output_dir), "--device", "cpu", *extra]
+
+
+def test_train_then_test_region_xdim(tmp_path, region_data, tiny_bert, capsys):
+    out = tmp_path / "run"
+    assert run_cli(train, region_train_args(region_data, tiny_bert, out, "--embed_size", "32")) == 0
+    for name in ("config.json", "checkpoint_last.pth", "model_best.pth", "train.log", "best_metrics.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    config = json.loads((out / "config.json").read_text())
+    assert config["sim_head"] == "xdim" and config["embed_size"] == 32 and config["lr_update"] == 15
+    capsys.readouterr()
+    sims_path = tmp_path / "sims.npy"
+    assert run_cli(lambda argv: evaluate(argv, "test"),
+                   ["--checkpoint", str(out / "model_best.pth"), "--data_path", region_data[0],
+                    "--workers", "0", "--save_sims", str(sims_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Image to text: R@1" in printed and "rSum" in printed
+    assert np.load(sims_path).shape == (10, 50)
+    saved = json.loads((tmp_path / "sims.json").read_text())
+    assert saved["info"]["images_encoded"] == 10 and saved["info"]["captions_encoded"] == 50
+    assert 0 <= saved["metrics"]["rsum"] <= 600
+
+
+def test_testall_reports_five_folds_and_the_full_set(tmp_path, region_data, tiny_bert, capsys):
+    out = tmp_path / "run"
+    assert run_cli(train, region_train_args(region_data, tiny_bert, out, "--sim_head", "esl_a",
+                                            "--embed_size", "16", "--max_steps", "2")) == 0
+    capsys.readouterr()
+    assert run_cli(lambda argv: evaluate(argv, "testall", coco_testall=True),
+                   ["--checkpoint", str(out / "checkpoint_last.pth"), "--split", "test", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean of 5 folds of 2 images" in printed and "full 10 images" in printed
+
+
+def test_clip_train_then_test(tmp_path, image_data, tiny_clip, capsys):
+    root, images, _ = image_data
+    out = tmp_path / "clip"
+    args = ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
+            "--clip_path", tiny_clip, "--batch_size", "16", "--num_epochs", "1", "--workers", "0",
+            "--output_dir", str(out), "--device", "cpu"]
+    assert run_cli(train, args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["sim_head"], config["embed_size"], config["evals_per_epoch"], config["schedule"]) == \
+        ("esl_h", 32, 4, "cosine")
+    capsys.readouterr()
+    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(out / "model_best.pth"),
+                                                         "--workers", "0"]) == 0
+    assert "test: 10 images, 50 captions" in capsys.readouterr().out
+
+
+def test_entry_point_scripts_print_one_line_errors(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--checkpoint", str(tmp_path / "nope.pth")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"
