@@ -26,10 +26,11 @@ def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
         raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, **kwargs)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
             ModuleNotFoundError, AttributeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "zip archive" in first_line or "central directory" in first_line:
+        if isinstance(exc, (EOFError, OSError, zipfile.BadZipFile)) or "zip archive" in first_line \
+                or "central directory" in first_line:
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line}); copy it again") from exc
         raise CheckpointError(f"checkpoint {path} cannot be read: {first_line}") from exc
 

@@ -186,7 +186,7 @@ def _strip_module(state: dict) -> dict:
     return {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
 
 
-def detect(payload) -> str:
+def detect(payload, path: str) -> str:
     """'xdim', 'esl_h', 'esl_a' (region) or 'clip_esl_h', 'clip_esl_a', or raise."""
     if isinstance(payload, dict) and isinstance(payload.get("model"), (list, tuple)) and len(payload["model"]) == 3:
         head = _strip_module(payload["model"][2])
@@ -204,7 +204,8 @@ def detect(payload) -> str:
                 return "clip_esl_h"
             if prefix + "masks_1.weight" in state:
                 return "clip_esl_a"
-    raise CheckpointError("not a dimmatch checkpoint nor a released X-Dim / ESL-region / ESL-CLIP one")
+    raise CheckpointError(f"checkpoint {path}: not a dimmatch checkpoint nor a released X-Dim / ESL-region / "
+                          "ESL-CLIP one")
 
 
 def _count_levels(keys, pattern: str) -> int:
@@ -296,7 +297,7 @@ def _reshape_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def load_released(path: str, args, payload=None):
     """(config, model with the released weights, description) of an authors' checkpoint."""
     payload = payload if payload is not None else read_checkpoint(path)
-    kind = detect(payload)
+    kind = detect(payload, path)
     if kind.startswith("clip_"):
         cfg, parts, backbone_config = _clip_config(kind, payload, args)
     else:

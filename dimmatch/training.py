@@ -209,32 +209,29 @@ class Trainer:
         validate_this_epoch = (self.epoch + 1) % cfg.val_every == 0
         self.model.train()
         skipped = 0
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                   disable=not self.main, dynamic_ncols=True)
-        for batch in self.loader:
-            skipped += batch["skipped"]
-            loss = self._train_step(batch)
-            batch_index = self.step_in_epoch
-            self.step_in_epoch += 1
-            self.global_step += 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if self.global_step % cfg.log_every == 0:
-                self._scalar("train/loss", loss)
-                for group in self.optimizer.param_groups:
-                    self._scalar(f"lr/{group['name']}", group["lr"])
-            stop = self._stop_now()
-            if validate_this_epoch and batch_index in self.eval_steps:
-                self._validate()
-            elif stop or (cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0):
-                self._save_last()
-            if stop:
-                bar.close()
-                self.stop_requested = True
-                logger.info("stopped at global step %d; continue with --resume auto", self.global_step)
-                return
-        bar.close()
+        with tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
+                  disable=not self.main, dynamic_ncols=True) as bar:
+            for batch in self.loader:
+                skipped += batch["skipped"]
+                loss = self._train_step(batch)
+                batch_index = self.step_in_epoch
+                self.step_in_epoch += 1
+                self.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if self.global_step % cfg.log_every == 0:
+                    self._scalar("train/loss", loss)
+                    for group in self.optimizer.param_groups:
+                        self._scalar(f"lr/{group['name']}", group["lr"])
+                stop = self._stop_now()
+                if validate_this_epoch and batch_index in self.eval_steps:
+                    self._validate()
+                elif stop or (cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0):
+                    self._save_last()
+                if stop:
+                    self.stop_requested = True
+                    logger.info("stopped after step %d; continue with --resume auto", self.global_step)
+                    return
         if skipped:
             logger.warning("epoch %d: %d training pairs skipped (unreadable images)", self.epoch, skipped)
         self.epoch += 1
@@ -279,11 +276,11 @@ class Trainer:
         return loss
 
     def _diverged(self, what: str) -> None:
-        kept = (f"{os.path.join(self.output_dir, LAST)} holds the last good state (global step {self.last_good_step})"
+        kept = (f"{os.path.join(self.output_dir, LAST)} holds the last good state (after step {self.last_good_step})"
                 if self.last_good_step is not None else "no checkpoint had been written yet")
-        raise TrainingDiverged(f"{what} at epoch {self.epoch}, step {self.step_in_epoch} (global step "
-                               f"{self.global_step}); stopped without saving it; {kept}; try a lower "
-                               f"learning rate or --amp off")
+        raise TrainingDiverged(f"{what} in epoch {self.epoch} at batch {self.step_in_epoch + 1}/"
+                               f"{self.steps_per_epoch} (step {self.global_step + 1}); stopped without saving it; "
+                               f"{kept}; try a lower learning rate or --amp off")
 
     def _validate(self) -> None:
         cfg = self.cfg

@@ -59,7 +59,7 @@ class PrecompSplit:
         try:
             images = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
-            if "allow_pickle" in str(exc):
+            if "allow_pickle" in str(exc) or "Python objects" in str(exc):
                 raise DataError(f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
             raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
         except (OSError, EOFError) as exc:
@@ -81,7 +81,10 @@ class PrecompSplit:
         return caption_index // self.image_divisor
 
     def features(self, row: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.images[row], dtype=np.float32))
+        regions = np.array(self.images[row], dtype=np.float32)
+        if not np.isfinite(regions).all():
+            raise DataError(f"{self.ims_file} row {row} has NaN or infinite values")
+        return torch.from_numpy(regions)
 
 
 class PrecompTrainDataset(Dataset):
