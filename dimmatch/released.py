@@ -152,8 +152,12 @@ def _target(replacement: str, match: re.Match) -> str:
     if "\\" in replacement:
         return match.expand(replacement)
     groups = match.groups()
-    return re.sub(r"\{(\d)(-1)?\}", lambda m: str(int(groups[int(m.group(1))]) - (1 if m.group(2) else 0)),
-                  replacement)
+
+    def group(placeholder: re.Match) -> str:
+        value = groups[int(placeholder.group(1))]
+        return str(int(value) - 1) if placeholder.group(2) else value  # {0-1}: 1-based level -> 0-based
+
+    return re.sub(r"\{(\d)(-1)?\}", group, replacement)
 
 
 def map_keys(source: dict, rules: list, path: str, part: str) -> dict:
@@ -238,7 +242,7 @@ def _region_config(kind: str, payload: dict, args) -> tuple[Config, dict, dict]:
 def _clip_backbone_config(state: dict) -> dict:
     """transformers CLIPConfig (as a dict) of an OpenAI-layout state dict, from its shapes."""
     def count(prefix: str) -> int:
-        return len({key.split(".")[len(prefix.split("."))] for key in state if key.startswith(prefix)})
+        return len({key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)})
 
     vision_width = state["clip.visual.conv1.weight"].shape[0]
     patch = state["clip.visual.conv1.weight"].shape[-1]

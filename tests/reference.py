@@ -120,3 +120,57 @@ def esl_clip_scores(image_levels, caption_levels, widths, coefficients, matrices
             ys = split_levels(caption_levels[c], widths)
             sims[i, c] = sum(xs[l] @ (coefficients[l] * matrices[l]) @ ys[l] for l in range(len(widths))) / len(widths)
     return sims
+
+
+# ------------------------------------------------------------------ encoders (released layouts)
+def region_encoder(state, regions):
+    """Released EncoderImageAggr ('basic') with BatchNorm in eval mode, from its state dict."""
+    def linear(x, prefix):
+        return x @ state[prefix + ".weight"].t() + state[prefix + ".bias"]
+    hidden = linear(regions, "fc")
+    bn = "mlp.bns.0."
+    mlp = linear(regions, "mlp.layers.0")
+    mlp = (mlp - state[bn + "running_mean"]) / torch.sqrt(state[bn + "running_var"] + 1e-5) * state[bn + "weight"] \
+        + state[bn + "bias"]
+    mlp = linear(torch.relu(mlp), "mlp.layers.1")
+    return l2n(hidden + mlp)
+
+
+def _openai_block(x, state, prefix, heads, mask=None):
+    def ln(v, name):
+        return F.layer_norm(v, v.shape[-1:], state[prefix + name + ".weight"], state[prefix + name + ".bias"])
+    y = ln(x, "ln_1").transpose(0, 1)                       # (L, N, W)
+    attended, _ = F.multi_head_attention_forward(
+        y, y, y, y.shape[-1], heads, state[prefix + "attn.in_proj_weight"], state[prefix + "attn.in_proj_bias"],
+        None, None, False, 0.0, state[prefix + "attn.out_proj.weight"], state[prefix + "attn.out_proj.bias"],
+        training=False, need_weights=False, attn_mask=mask)
+    x = x + attended.transpose(0, 1)
+    h = ln(x, "ln_2") @ state[prefix + "mlp.c_fc.weight"].t() + state[prefix + "mlp.c_fc.bias"]
+    h = h * torch.sigmoid(1.702 * h)                         # QuickGELU
+    return x + h @ state[prefix + "mlp.c_proj.weight"].t() + state[prefix + "mlp.c_proj.bias"]
+
+
+def openai_clip_image(state, pixels, layers):
+    """OpenAI CLIP VisionTransformer.forward from an OpenAI-layout state dict (keys without 'clip.')."""
+    x = F.conv2d(pixels, state["visual.conv1.weight"], stride=state["visual.conv1.weight"].shape[-1])
+    x = x.flatten(2).transpose(1, 2)
+    cls = state["visual.class_embedding"].expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], 1) + state["visual.positional_embedding"]
+    x = F.layer_norm(x, x.shape[-1:], state["visual.ln_pre.weight"], state["visual.ln_pre.bias"])
+    heads = x.shape[-1] // 64
+    for layer in range(layers):
+        x = _openai_block(x, state, f"visual.transformer.resblocks.{layer}.", heads)
+    x = F.layer_norm(x[:, 0], x.shape[-1:], state["visual.ln_post.weight"], state["visual.ln_post.bias"])
+    return x @ state["visual.proj"]
+
+
+def openai_clip_text(state, ids, layers):
+    """OpenAI CLIP encode_text: causal transformer, features of the argmax (EOT) token."""
+    x = state["token_embedding.weight"][ids] + state["positional_embedding"][: ids.shape[1]]
+    length = ids.shape[1]
+    mask = torch.full((length, length), float("-inf")).triu(1)
+    heads = x.shape[-1] // 64
+    for layer in range(layers):
+        x = _openai_block(x, state, f"transformer.resblocks.{layer}.", heads, mask)
+    x = F.layer_norm(x, x.shape[-1:], state["ln_final.weight"], state["ln_final.bias"])
+    return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ state["text_projection"]
