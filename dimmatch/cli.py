@@ -35,8 +35,7 @@ def run_guarded(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        distributed.cleanup()
+    distributed.cleanup()
     return 0
 
 

@@ -88,5 +88,8 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a rank tearing down while another still uses the
+    group can hang gloo at exit. Call on success only; after an error torchrun stops the rest."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()

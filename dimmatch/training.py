@@ -117,8 +117,13 @@ class Trainer:
         self.last_good_step = None
         if cfg.resume:
             self._resume(cfg.resume)
-        self.trained = (DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
-                        if self.world > 1 else self.model)
+        if self.world > 1:
+            # CLIP's logit scale gets no gradient when it is not used by the loss (--loss hinge)
+            unused = self.model.encoders.logit_scale is not None and not self.criterion.uses_logit_scale
+            self.trained = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=unused)
+        else:
+            self.trained = self.model
         self.writer = self._tensorboard() if self.main else None
         self.stop_requested = False
 

@@ -64,14 +64,13 @@ def region_scenes(count: int, rng: np.random.Generator) -> list[dict]:
 def region_features(scene: dict, prototypes: dict, regions: int, rng: np.random.Generator) -> np.ndarray:
     rows = []
     for obj, color in scene["objects"]:
-        for _ in range(3):
-            rows.append(prototypes["object"][obj] + 0.7 * prototypes["color"][color])
-    for _ in range(2):
-        rows.append(prototypes["scene"][scene["scene"]])
+        for _ in range(2):
+            rows.append(prototypes["object"][obj] + 0.5 * prototypes["color"][color])
+    rows.append(prototypes["scene"][scene["scene"]])
     dim = prototypes["object"].shape[1]
     while len(rows) < regions:
         rows.append(rng.normal(size=dim))
-    rows = np.stack(rows[:regions]) + 0.5 * rng.normal(size=(regions, dim))
+    rows = np.stack(rows[:regions]) + 0.9 * rng.normal(size=(regions, dim))
     rng.shuffle(rows)
     return np.maximum(rows, 0).astype(np.float32)  # BUTD features are ReLU outputs
 

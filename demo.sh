@@ -1,0 +1,5 @@
+#!/bin/sh
+# The offline demo: generated data, training and evaluation on CPU in a few minutes (see README).
+#   sh demo.sh                  X-Dim on generated regions + a tiny BERT
+#   sh demo.sh --system esl_h   ESL-H  (esl_a, cosine, clip likewise)
+exec ${PYTHON:-python} -m dimmatch.demo "$@"

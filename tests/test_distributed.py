@@ -1,0 +1,75 @@
+"""DDP on CPU with gloo: ranks stay identical, and the gathered loss gives the single-process gradient."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from dimmatch.config import resolve_train_config, train_parser
+from dimmatch.training import Trainer
+from global_batch import global_batch
+
+WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
+
+
+def torchrun(*args, processes=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.join(ROOT, "tests")}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def clip_args(image_data, tiny_clip, out):
+    root, images, _ = image_data
+    return ["--encoders", "clip", "--sim_head", "esl_a", "--dataset", "f30k", "--image_root", images,
+            "--ann_path", root, "--clip_path", tiny_clip, "--batch_size", "8", "--workers", "0", "--device", "cpu",
+            "--output_dir", str(out), "--noclip_lr", "1e-3", "--clip_lr", "1e-4"]
+
+
+def test_ranks_keep_identical_weights(tmp_path, region_data, tiny_bert):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    args = ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert, "--img_dim", "64",
+            "--embed_size", "32", "--batch_size", "16", "--num_epochs", "1", "--max_steps", "5", "--workers", "0",
+            "--device", "cpu", "--output_dir", str(out)]
+    torchrun(WORKER, "train", str(out), *args)
+    first, second = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    model = Trainer(resolve_train_config(train_parser().parse_args(args)), torch.device("cpu")).model
+    initial = dict(model.named_parameters())
+    # parameters: BatchNorm running statistics are per process on CPU (SyncBatchNorm needs CUDA)
+    changed = 0
+    for key, value in initial.items():
+        assert torch.equal(first[key], second[key]), key
+        changed += not torch.equal(first[key], value)
+    assert changed > len(initial) // 2          # they trained, together
+    saved = torch.load(out / "checkpoint_last.pth", weights_only=True)
+    assert saved["progress"]["global_step"] == 5
+
+
+def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data, tiny_clip):
+    out = tmp_path / "grad"
+    out.mkdir()
+    args = clip_args(image_data, tiny_clip, out)
+    torchrun(WORKER, "grad", str(out), *args)
+    ddp = torch.load(out / "ddp_grads.pt", weights_only=True)
+
+    torch.manual_seed(0)
+    trainer = Trainer(resolve_train_config(train_parser().parse_args(args)), torch.device("cpu"))
+    batch = global_batch(trainer.cfg, trainer.train_set, trainer.caption_encoder.pad_id)
+    loss = trainer.model(batch["images"], None, batch["input_ids"], batch["lengths"], trainer.criterion,
+                         trainer.caption_encoder.pad_id)
+    loss.backward()
+    assert ddp["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+    for name, p in trainer.model.named_parameters():
+        assert torch.allclose(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tiny_clip):
+    out = tmp_path / "cli"
+    torchrun(os.path.join(ROOT, "train.py"), *clip_args(image_data, tiny_clip, out), "--num_epochs", "1")
+    assert (out / "model_best.pth").is_file() and (out / "checkpoint_last.pth").is_file()
+    assert not [name for name in os.listdir(out) if ".tmp-" in name]
