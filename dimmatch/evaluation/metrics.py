@@ -13,42 +13,40 @@ import torch
 from ..errors import UserError
 
 CAPTIONS_PER_IMAGE = 5
-ROW_CHUNK = 512
+ROW_CHUNK = 500
 
 
-def _as_tensor(sims) -> torch.Tensor:
-    sims = torch.as_tensor(np.asarray(sims) if not torch.is_tensor(sims) else sims)
-    if sims.dim() != 2 or sims.shape[1] != CAPTIONS_PER_IMAGE * sims.shape[0]:
+def _as_array(sims) -> np.ndarray:
+    sims = sims.detach().cpu().numpy() if torch.is_tensor(sims) else np.asarray(sims)
+    if sims.ndim != 2 or sims.shape[1] != CAPTIONS_PER_IMAGE * sims.shape[0]:
         raise UserError(f"score matrix of shape {tuple(sims.shape)} is not (N images x 5N captions)")
-    if not torch.isfinite(sims).all():
+    # one reduction instead of an elementwise isfinite pass: NaN and inf propagate into the sum
+    if not np.isfinite(sims.sum(dtype=np.float64)):
         raise UserError("the score matrix has NaN or infinite entries; the model's scores are broken")
     return sims
 
 
 def i2t_ranks(sims) -> np.ndarray:
-    sims = _as_tensor(sims)
+    sims = _as_array(sims)
     n_images = sims.shape[0]
     ranks = []
     for start in range(0, n_images, ROW_CHUNK):
         block = sims[start:start + ROW_CHUNK]
-        owners = torch.arange(start, start + block.shape[0])
-        own = block.view(block.shape[0], n_images, CAPTIONS_PER_IMAGE)[torch.arange(block.shape[0]), owners]
-        best = own.max(1).values
-        at_least = (block >= best[:, None]).sum(1) - (own >= best[:, None]).sum(1)
-        ranks.append(at_least)
-    return torch.cat(ranks).numpy()
+        rows = np.arange(block.shape[0])
+        own = block.reshape(block.shape[0], n_images, CAPTIONS_PER_IMAGE)[rows, start + rows]
+        best = own.max(1, keepdims=True)
+        ranks.append(np.count_nonzero(block >= best, axis=1) - np.count_nonzero(own >= best, axis=1))
+    return np.concatenate(ranks)
 
 
 def t2i_ranks(sims) -> np.ndarray:
-    sims = _as_tensor(sims)
+    sims = _as_array(sims)
     n_images, n_captions = sims.shape
-    owners = torch.arange(n_captions) // CAPTIONS_PER_IMAGE
-    ranks = []
-    for start in range(0, n_captions, ROW_CHUNK * CAPTIONS_PER_IMAGE):
-        block = sims[:, start:start + ROW_CHUNK * CAPTIONS_PER_IMAGE]
-        own = block[owners[start:start + block.shape[1]], torch.arange(block.shape[1])]
-        ranks.append((block >= own[None, :]).sum(0) - 1)
-    return torch.cat(ranks).numpy()
+    own = sims[np.arange(n_captions) // CAPTIONS_PER_IMAGE, np.arange(n_captions)]
+    at_least = np.zeros(n_captions, dtype=np.int64)
+    for start in range(0, n_images, ROW_CHUNK):
+        at_least += np.add.reduce(sims[start:start + ROW_CHUNK] >= own[None, :], axis=0, dtype=np.int64)
+    return at_least - 1
 
 
 def recall_summary(ranks: np.ndarray) -> dict:
@@ -72,7 +70,7 @@ def retrieval_metrics(sims) -> dict:
 def coco_five_fold(sims, folds: int = 5) -> dict:
     """COCO 1K: the mean over the 5 diagonal blocks of the 5K matrix, 1,000 images each
     (scores are pairwise, so a block equals scoring that fold on its own)."""
-    sims = _as_tensor(sims)
+    sims = _as_array(sims)
     n_images = sims.shape[0]
     if n_images % folds:
         raise UserError(f"{n_images} images do not split into {folds} equal folds")

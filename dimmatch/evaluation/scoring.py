@@ -4,7 +4,9 @@ Prepared features (the head's per-item work, e.g. ESL levels) are computed once 
 and kept packed: local features as one (total tokens x width) tensor plus lengths, so a
 caption shard is gathered and padded only to its own longest caption. Captions are sorted
 by length so that a shard wastes little padding, and the number of images per shard is
-chosen from the head's per-pair memory so intermediate tensors stay within a budget.
+chosen from the head's per-pair memory so intermediate tensors stay within a budget. On the
+CPU the blocks are kept cache-sized (tens of MB) whatever the budget: measured on 2 cores,
+32 captions x 32 MB blocks score X-Dim and ESL-region 1.5-4x faster than 256 x 2 GB ones.
 """
 
 import contextlib
@@ -19,7 +21,8 @@ from ..modules.common import lengths_to_mask
 
 logger = logging.getLogger("dimmatch")
 
-CAPTION_SHARD = 256
+CAPTION_SHARD = {"cpu": 32, "cuda": 256}
+CPU_BLOCK_BYTES = 32 * 2**20
 
 
 class EncodedItems:
@@ -114,10 +117,13 @@ def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.
     else:
         order = torch.arange(n_captions)
     budget = int(mem_gb * 2**30)
+    if device.type != "cuda":
+        budget = min(budget, CPU_BLOCK_BYTES)
+    caption_shard = CAPTION_SHARD.get(device.type, CAPTION_SHARD["cpu"])
     regions = images.max_length()
     shards = []
-    for start in range(0, n_captions, CAPTION_SHARD):
-        caption_ids = order[start:start + CAPTION_SHARD]
+    for start in range(0, n_captions, caption_shard):
+        caption_ids = order[start:start + caption_shard]
         words = int(captions.lengths[caption_ids.to(captions.lengths.device)].max()) if captions.lengths is not None else 1
         per_image = len(caption_ids) * head.pair_bytes(words, regions)
         image_step = max(1, min(n_images, budget // max(per_image, 1)))

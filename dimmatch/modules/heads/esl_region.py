@@ -57,29 +57,27 @@ class ESLRegionHead(SimilarityHead):
         return torch.cat(folded, dim=-1)
 
     def pair_bytes(self, n_words: int, n_regions: int) -> int:
-        return 4 * 8 * n_words * n_regions
+        return 4 * 6 * n_words * n_regions
 
     def score(self, images, image_lengths, captions, caption_lengths):
         n_img, n_reg, width = images.shape
         n_cap, n_word, _ = captions.shape
-        valid = lengths_to_mask(caption_lengths, n_word)                                   # (C, L)
+        valid = lengths_to_mask(caption_lengths, n_word)[:, :, None, None]                   # (C, L, 1, 1)
         smooth = self.log_inv_tau.exp()
-
+        # A for every word and region of the block, kept in the GEMM's (C, L, I, R) layout
         attn = (captions.reshape(n_cap * n_word, width) @ images.reshape(n_img * n_reg, width).t())
-        attn = attn.view(n_cap, n_word, n_img, n_reg).permute(2, 0, 1, 3)                   # (I, C, L, R)
+        attn = attn.view(n_cap, n_word, n_img, n_reg)
         activated = F.leaky_relu(torch.tanh(attn), 0.1)
 
         # text-to-image: each word attends over regions, normalised across the (valid) words
-        masked = activated * valid[None, :, :, None]
-        t2i = masked / (masked.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-8)
-        t2i = torch.softmax(smooth * t2i, dim=-1)
-        word_scores = (attn * t2i).sum(-1) * valid
-        t2i_score = word_scores.sum(-1) / caption_lengths.to(attn.dtype)
+        masked = activated * valid
+        t2i = masked * (smooth / (masked.pow(2).sum(1, keepdim=True).sqrt() + 1e-8))
+        t2i = (torch.softmax(t2i, dim=-1) * attn).sum(-1)                                      # (C, L, I)
+        t2i_score = (t2i * valid[..., 0]).sum(1) / caption_lengths[:, None].to(attn.dtype)      # (C, I)
 
         # image-to-text: each region attends over the caption's words, normalised across regions;
         # padded words leave through the softmax mask (zeroing them first would make the norm's
         # gradient 0/0)
-        i2t = activated / (activated.pow(2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)
-        i2t = torch.softmax((smooth * i2t).masked_fill(~valid[None, :, :, None], float("-inf")), dim=2)
-        i2t_score = (attn * i2t).sum(2).mean(-1)
-        return t2i_score + i2t_score
+        i2t = activated * (smooth / (activated.pow(2).sum(-1, keepdim=True).sqrt() + 1e-8))
+        i2t = (torch.softmax(i2t.masked_fill(~valid, float("-inf")), dim=1) * attn).sum(1)    # (C, I, R)
+        return (t2i_score + i2t.mean(-1)).t()

@@ -31,7 +31,20 @@ class XDimHead(SimilarityHead):
         self.log_inv_tau = nn.Parameter(torch.tensor(math.log(1 / 0.07)))                  # tau
 
     def dependency(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The row-normalised dependency matrix D (d x d) and its column sums g (d,)."""
+        """The row-normalised dependency matrix D (d x d) and its column sums g (d,).
+
+        Outside autograd (evaluation) it is computed once per parameter state and reused by
+        every block of a test set."""
+        if torch.is_grad_enabled():
+            return self._dependency()
+        key = (self.dependency_logits._version, self.threshold_scale._version, self.mask_temperature._version,
+               self.dependency_logits.data_ptr(), self.dependency_logits.device)
+        if getattr(self, "_cached_key", None) != key:
+            self._cached = self._dependency()
+            self._cached_key = key
+        return self._cached
+
+    def _dependency(self) -> tuple[torch.Tensor, torch.Tensor]:
         weights = torch.sigmoid(self.dependency_logits)
         threshold = weights.mean(1) + self.threshold_scale * weights.std(1)
         mask = torch.tanh(torch.exp(self.mask_temperature.exp() * (weights - threshold[:, None])))
@@ -39,23 +52,25 @@ class XDimHead(SimilarityHead):
         return dependency, dependency.sum(0)
 
     def pair_bytes(self, n_words: int, n_regions: int) -> int:
-        return 4 * (4 * n_words * n_regions + 4 * n_words * self.embed_size)
+        return 4 * (3 * n_words * n_regions + 2 * n_words * self.embed_size)
 
     def score(self, images, image_lengths, captions, caption_lengths):
         dependency, diagonal = self.dependency()
         n_img, n_reg, dim = images.shape
         n_cap, n_word, _ = captions.shape
-        word_mask = lengths_to_mask(caption_lengths, n_word).to(images.dtype)            # (C, L)
+        valid = lengths_to_mask(caption_lengths, n_word).to(images.dtype)                    # (C, L)
 
         logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
-        attn = torch.tanh(logits).view(n_cap, n_word, n_img, n_reg).permute(2, 0, 1, 3)   # (I, C, L, R)
-        attn = F.leaky_relu(attn, 0.1) * word_mask[None, :, :, None]
-        attn = attn / (attn.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-8)              # across words
-        attn = torch.softmax(attn * self.log_inv_tau.exp(), dim=-1)                       # over regions
+        attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
+        attn = attn * (self.log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
+        attn = torch.softmax(attn, dim=-1)                                                     # over regions
+        attn = attn.permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
 
-        context = attn.reshape(n_img, n_cap * n_word, n_reg) @ images                     # (I, C*L, d)
-        local = l2norm(context) * captions.reshape(1, n_cap * n_word, dim)
-        projected = local @ dependency.t()                                                # intrinsic d x d cost
-        word_scores = projected.sum(-1) / (projected.pow(2).sum(-1).sqrt() + 1e-8)       # sum of l2norm(z)
-        word_scores = word_scores.view(n_img, n_cap, n_word) * word_mask
+        # z = l2norm(l2norm(context) * w) D^T) is computed without materialising l2norm(context):
+        # with s = ||context|| + eps, sum(z) = (sum(p) / s) / (||p|| / s + eps) for p = (context * w) D^T
+        context = attn @ images                                                                # (I, C*L, d)
+        scale = torch.linalg.vector_norm(context, dim=-1) + 1e-8
+        projected = (context * captions.reshape(1, n_cap * n_word, dim)) @ dependency.t()     # intrinsic d x d
+        word_scores = (projected.sum(-1) / scale) / (torch.linalg.vector_norm(projected, dim=-1) / scale + 1e-8)
+        word_scores = word_scores.view(n_img, n_cap, n_word) * valid
         return word_scores.sum(-1) / caption_lengths.to(images.dtype)
