@@ -101,8 +101,6 @@ class Trainer:
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
-        if cfg.loss == "infonce" and self.model.encoders.logit_scale is None:
-            raise ConfigError("--loss infonce needs CLIP's logit scale; use --loss hinge with region_bert encoders")
         self.optimizer = torch.optim.AdamW(self.model.optimizer_groups(cfg), weight_decay=cfg.weight_decay,
                                            eps=cfg.adam_eps)
         for group in self.optimizer.param_groups:
@@ -238,7 +236,8 @@ class Trainer:
                     logger.info("stopped after step %d; continue with --resume auto", self.global_step)
                     return
         if skipped:
-            logger.warning("epoch %d: %d training pairs skipped (unreadable images)", self.epoch, skipped)
+            logger.warning("epoch %d: %d training pairs skipped (unreadable images, replaced by the next "
+                           "readable pair)", self.epoch, skipped)
         self.epoch += 1
         self.step_in_epoch = 0
         self._save_last()

@@ -47,6 +47,15 @@ def tiny_clip(tmp_path_factory, image_data):
                            projection_dim=32)
 
 
+@pytest.fixture
+def float64():
+    """Double precision, so that comparisons with the reference loops are tight."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 def run_cli(main, argv):
     """Run a CLI main in-process; returns its exit status."""
     from dimmatch.cli import run_guarded

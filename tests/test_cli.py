@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import REGION_DIM, ROOT, run_cli
 from dimmatch.cli import evaluate, train

@@ -94,10 +94,9 @@ def test_word_augmentation_alters_whole_words_in_the_released_proportions(tiny_b
 
 def test_collate_pads_regions_and_ids():
     collate = Collate(pad_id=0)
-    batch = collate([{"image": torch.ones(3, 2), "ids": [5, 6, 7], "index": 0},
-                     None,
+    batch = collate([{"image": torch.ones(3, 2), "ids": [5, 6, 7], "index": 0, "skipped": 2},
                      {"image": torch.ones(1, 2), "ids": [5], "index": 4}])
-    assert batch["skipped"] == 1 and batch["index"].tolist() == [0, 4]
+    assert batch["skipped"] == 2 and batch["index"].tolist() == [0, 4]
     assert batch["images"].shape == (2, 3, 2) and batch["image_lengths"].tolist() == [3, 1]
     assert torch.all(batch["images"][1, 1:] == 0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]] and batch["lengths"].tolist() == [3, 1]

@@ -7,12 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import REGION_DIM, run_cli
 from dimmatch.cli import evaluate, train
 from dimmatch.errors import DataError
-from dimmatch.datasets.karpathy import ImageFileSet
+from dimmatch.datasets.karpathy import ImageFileSet, KarpathyTrainDataset, load_karpathy_split
 
 
 def error_line(main, argv, capsys):
@@ -142,9 +141,14 @@ def test_unreadable_training_images_are_skipped_and_counted(image_copy, tmp_path
     root, images = image_copy
     (images / "00000.jpg").write_bytes(b"not a jpeg")
     os.remove(images / "00001.jpg")
+    dataset = KarpathyTrainDataset(load_karpathy_split("f30k", str(root), str(images), "train"),
+                                   caption_encoder=lambda caption: [0], image_size=32)
+    item = dataset[0]          # pairs 0-4 show 00000.jpg (unreadable), 5-9 00001.jpg (missing)
+    assert item["skipped"] == 10 and item["image"].shape == (3, 32, 32)
     assert run_cli(train, clip_args(root, images, tiny_clip, tmp_path)) == 0
     assert any("skipping training image" in r.message and "00000.jpg" in r.message for r in caplog.records)
-    assert any("training pairs skipped (unreadable images)" in r.message for r in caplog.records)
+    assert any("training pairs skipped (unreadable images, replaced by the next readable pair)" in r.message
+               for r in caplog.records)
 
 
 def test_missing_or_unreadable_evaluation_images_are_errors(image_copy, tmp_path, tiny_clip, capsys):

@@ -10,12 +10,7 @@ from dimmatch.modules.heads.base import LOCAL
 import reference as ref
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def local_batch(n_images=3, n_regions=5, dim=16, lengths=(4, 2, 6, 3)):

@@ -9,12 +9,7 @@ from reference import adaptive_levels, heuristic_levels, top2_mask
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("chain_normalized", [True, False])

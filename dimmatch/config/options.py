@@ -164,6 +164,8 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
             values["embed_size"] = projection
         values["val_split"] = values["val_split"] or ("val" if values["dataset"] == "f30k" else "dev")
 
+    if values["loss"] == "infonce" and values["encoders"] != "clip":
+        raise ConfigError("--loss infonce needs CLIP's logit scale; use --loss hinge with region_bert encoders")
     if values["sim_head"] in ("esl_h", "esl_a"):
         values["esl_levels"] = resolve_num_levels(values["embed_size"], values["kernel_size"], values["esl_levels"])
     for key in ("batch_size", "num_epochs", "evals_per_epoch", "val_every"):

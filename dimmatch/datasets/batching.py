@@ -19,20 +19,17 @@ class CaptionSet(Dataset):
 
 
 class Collate:
-    """Pads region sets (zeros) and token ids (`pad_id`) to the longest in the batch.
-
-    Items that are None (unreadable training images) are dropped and counted in `skipped`."""
+    """Pads region sets (zeros) and token ids (`pad_id`) to the longest in the batch, and sums
+    the items' `skipped` counts (training pairs whose unreadable image was replaced)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
-    def __call__(self, items: list) -> dict:
-        kept = [item for item in items if item is not None]
-        batch = {"skipped": len(items) - len(kept), "index": torch.tensor([item["index"] for item in kept])}
-        if not kept:
-            return batch
-        if "image" in kept[0]:
-            images = [item["image"] for item in kept]
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {"skipped": sum(item.get("skipped", 0) for item in items),
+                 "index": torch.tensor([item["index"] for item in items])}
+        if "image" in items[0]:
+            images = [item["image"] for item in items]
             if images[0].dim() == 2:
                 lengths = torch.tensor([image.shape[0] for image in images])
                 padded = images[0].new_zeros(len(images), int(lengths.max()), images[0].shape[1])
@@ -41,10 +38,10 @@ class Collate:
                 batch["images"], batch["image_lengths"] = padded, lengths
             else:
                 batch["images"], batch["image_lengths"] = torch.stack(images), None
-        if "ids" in kept[0]:
-            lengths = torch.tensor([len(item["ids"]) for item in kept])
-            ids = torch.full((len(kept), int(lengths.max())), self.pad_id, dtype=torch.long)
-            for row, item in enumerate(kept):
+        if "ids" in items[0]:
+            lengths = torch.tensor([len(item["ids"]) for item in items])
+            ids = torch.full((len(items), int(lengths.max())), self.pad_id, dtype=torch.long)
+            for row, item in enumerate(items):
                 ids[row, : len(item["ids"])] = torch.tensor(item["ids"], dtype=torch.long)
             batch["input_ids"], batch["lengths"] = ids, lengths
         return batch

@@ -112,7 +112,11 @@ def read_image(path: str):
 
 
 class KarpathyTrainDataset(Dataset):
-    """(image, caption) pairs; an unreadable image is skipped (None) and counted by the collate."""
+    """(image, caption) pairs. An unreadable image is skipped: the pair is replaced by the next
+    readable one (so batches keep their size, which DDP's gathers need), warned about once and
+    counted in the item's `skipped`."""
+
+    MAX_SKIPPED = 100
 
     def __init__(self, entries, caption_encoder, image_size: int = 224):
         self.pairs = [(path, caption) for path, captions in entries for caption in captions]
@@ -127,16 +131,18 @@ class KarpathyTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int):
-        path, caption = self.pairs[index]
-        image, problem = read_image(path)
-        if image is None:
+    def __getitem__(self, index: int) -> dict:
+        for skipped in range(min(self.MAX_SKIPPED, len(self.pairs))):
+            path, caption = self.pairs[(index + skipped) % len(self.pairs)]
+            image, problem = read_image(path)
+            if image is not None:
+                return {"image": clip_preprocess(image, self.image_size), "ids": self.caption_encoder(caption),
+                        "index": index, "skipped": skipped}
             if path not in self.warned:
                 self.warned.add(path)
                 logger.warning("skipping training image %s: it %s", path, problem)
-            return None
-        return {"image": clip_preprocess(image, self.image_size), "ids": self.caption_encoder(caption),
-                "index": index}
+        raise DataError(f"no readable image among {self.MAX_SKIPPED} training pairs from #{index} "
+                        f"(last: {path} {problem}); check --image_root")
 
 
 class ImageFileSet(Dataset):

@@ -58,6 +58,14 @@ class EncodedItems:
     def max_length(self) -> int:
         return int(self.lengths.max()) if self.lengths is not None and len(self.lengths) else 1
 
+    def block(self, start: int, stop: int, device: torch.device):
+        """Items start..stop-1: a view, without copying, when the items are stored dense."""
+        if self.lengths is not None and self.dense is not None:
+            return self.dense[start:stop].to(device, non_blocking=True), self.lengths[start:stop].to(device)
+        if self.lengths is None:
+            return self.flat[start:stop].to(device, non_blocking=True), None
+        return self.gather(torch.arange(start, stop), device)
+
     def gather(self, indices: torch.Tensor, device: torch.device):
         """(features, lengths) of `indices` on `device`; local features padded to their longest."""
         if self.lengths is None:
@@ -134,9 +142,9 @@ def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.
         for caption_ids, image_step in shards:
             caption_block, caption_lengths = captions.gather(caption_ids, device)
             for image_start in range(0, n_images, image_step):
-                image_ids = torch.arange(image_start, min(n_images, image_start + image_step))
-                image_block, image_lengths = images.gather(image_ids, device)
+                image_stop = min(n_images, image_start + image_step)
+                image_block, image_lengths = images.block(image_start, image_stop, device)
                 block = head.score(image_block, image_lengths, caption_block, caption_lengths)
-                sims[image_start:image_start + len(image_ids), caption_ids] = block.float().cpu()
+                sims[image_start:image_stop, caption_ids] = block.float().cpu()
                 bar.update(1)
     return sims.numpy()
