@@ -8,7 +8,7 @@ import numpy as np
 
 from . import distributed
 from .config import eval_parser, resolve_train_config, train_parser
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .evaluation.metrics import format_metrics
 from .utils import resolve_device, seed_everything, setup_logging, write_json
 
@@ -67,6 +67,8 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     args = eval_parser(description, default_split).parse_args(argv)
     setup_logging()
     device = resolve_device(args.device)
+    if args.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
     model, cfg, source = load_for_evaluation(args.checkpoint, args)
     logger.info("loaded %s from %s", source, args.checkpoint)
     model.to(device)

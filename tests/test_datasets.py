@@ -140,3 +140,12 @@ def test_coco_karpathy_json_paths(tmp_path):
 def test_caption_set_is_unaugmented(encoder):
     captions = CaptionSet(["a dog", "a cat"], encoder)
     assert captions[1]["ids"] == encoder("a cat") and captions[1]["index"] == 1
+
+
+def test_precomp_split_pickles_without_its_features(tmp_path):
+    import pickle
+    features = write_precomp(tmp_path, "train", 50, [f"caption {i}" for i in range(250)], regions=36, dim=64)
+    split = PrecompSplit(str(tmp_path), "f30k_precomp", "train", img_dim=64)
+    payload = pickle.dumps(split)               # what a spawned DataLoader worker receives
+    assert len(payload) < features.nbytes / 10
+    assert torch.equal(pickle.loads(payload).features(7), torch.from_numpy(features[7]))

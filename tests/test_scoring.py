@@ -42,3 +42,28 @@ def test_packed_gather_pads_each_shard_to_its_own_longest():
     block, _ = items.gather(torch.tensor([1, 0]), torch.device("cpu"))
     assert torch.equal(block[0, :2], features[1, :2]) and torch.all(block[0, 2:] == 0)
     assert torch.equal(block[1], features[0])
+
+
+def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
+    """N images and 5N captions: exactly N + 5N items go through the encoders."""
+    from dimmatch.config import Config
+    from dimmatch.evaluation.protocol import compute_split_scores
+    from dimmatch.modules.model import build_model
+
+    root, images, _ = image_data
+    cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
+                 clip_path=tiny_clip, image_size=32, dataset="f30k", image_root=images, ann_path=root)
+    model = build_model(cfg)
+    encoded = {"images": 0, "captions": 0}
+    for side, method in (("images", "encode_images"), ("captions", "encode_captions")):
+        original = getattr(model.encoders, method)
+
+        def counting(inputs, lengths, original=original, side=side):
+            encoded[side] += inputs.shape[0]
+            return original(inputs, lengths)
+        setattr(model.encoders, method, counting)
+    sims, info = compute_split_scores(model, cfg, "test", torch.device("cpu"), batch_size=4, workers=0,
+                                      progress=False)
+    assert sims.shape == (10, 50)
+    assert encoded == {"images": 10, "captions": 50} == {"images": info["images_encoded"],
+                                                           "captions": info["captions_encoded"]}

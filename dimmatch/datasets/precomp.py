@@ -41,8 +41,8 @@ class PrecompSplit:
             if not os.path.isfile(path):
                 raise DataError(f"{path} is missing (split '{split}' needs {split}_ims.npy and {split}_caps.txt)")
         self.captions = read_captions(self.caps_file)
-        self.images = self._load_features(self.ims_file, img_dim)
-        n_rows, n_captions = self.images.shape[0], len(self.captions)
+        self._images = self._load_features(self.ims_file, img_dim)
+        n_rows, n_captions = self._images.shape[0], len(self.captions)
         if n_captions == CAPTIONS_PER_IMAGE * n_rows:
             self.image_divisor = CAPTIONS_PER_IMAGE
         elif n_captions == n_rows:
@@ -53,6 +53,16 @@ class PrecompSplit:
                 f"expected {CAPTIONS_PER_IMAGE} per row ({CAPTIONS_PER_IMAGE * n_rows}) or one per row ({n_rows})")
         if max_captions is not None and n_captions > max_captions:
             self.captions = self.captions[:max_captions]
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:  # reopened in a spawned data-loader worker
+            self._images = np.load(self.ims_file, mmap_mode="r", allow_pickle=False)
+        return self._images
+
+    def __getstate__(self) -> dict:
+        # never pickle the memory map: that would copy the whole feature file into each worker
+        return {**self.__dict__, "_images": None}
 
     @staticmethod
     def _load_features(path: str, img_dim: int) -> np.ndarray:
