@@ -1,0 +1,43 @@
+"""Write the demo datasets (real on-disk formats) and tiny backbones without training anything.
+
+    python tools/make_demo_data.py demo_data            # regions + images + tiny BERT + tiny CLIP
+    python train.py --data_path demo_data/regions --data_name f30k_precomp --img_dim 256 \\
+        --bert_path demo_data/tiny_bert --embed_size 128 --batch_size 64 --workers 0 ...
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dimmatch.demo.data import write_image_dataset, write_region_dataset  # noqa: E402
+from dimmatch.demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
+from dimmatch.utils import setup_logging  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output")
+    parser.add_argument("--train_images", type=int, default=2000)
+    parser.add_argument("--test_images", type=int, default=100)
+    parser.add_argument("--region_dim", type=int, default=256, help="BUTD features are 2048-d")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    setup_logging()
+    region_captions = write_region_dataset(
+        os.path.join(args.output, "regions"),
+        {"train": args.train_images, "dev": args.test_images, "test": args.test_images},
+        dim=args.region_dim, seed=args.seed)
+    image_captions = write_image_dataset(
+        os.path.join(args.output, "images"),
+        {"train": args.train_images, "val": args.test_images, "test": args.test_images}, seed=args.seed)
+    write_tiny_bert(os.path.join(args.output, "tiny_bert"), region_captions, hidden=64, seed=args.seed)
+    write_tiny_clip(os.path.join(args.output, "tiny_clip"), image_captions, image_size=64, projection_dim=64,
+                    seed=args.seed)
+    print(f"wrote {args.output}/regions/f30k_precomp, {args.output}/images (Karpathy JSON + JPEGs), "
+          f"{args.output}/tiny_bert, {args.output}/tiny_clip")
+
+
+if __name__ == "__main__":
+    main()
