@@ -8,14 +8,12 @@ from .common import lengths_to_mask
 from .heads.base import GLOBAL
 
 
-def build_clip(clip_path: str, pretrained: bool = True, config: dict | None = None) -> CLIPModel:
-    """CLIPModel from a hub name / local folder, or its architecture alone from a config dict
+def build_clip(clip_path: str, config: dict | None = None) -> CLIPModel:
+    """CLIPModel from a hub name or local folder, or its architecture alone from a config dict
     (weights then come from one of our checkpoints or a converted released one)."""
     if config is not None:
         return CLIPModel(CLIPConfig.from_dict(config))
-    if pretrained:
-        return CLIPModel.from_pretrained(clip_path)
-    return CLIPModel(CLIPConfig.from_pretrained(clip_path))
+    return CLIPModel.from_pretrained(clip_path)
 
 
 class ClipEncoders(nn.Module):

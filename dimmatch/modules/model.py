@@ -67,12 +67,13 @@ class Matcher(nn.Module):
         gathered with gradients), so summing the ranks' shares gives exactly the loss of the
         global batch, negatives from every rank included."""
         world = distributed.world_size()
-        if world > 1 and images.dim() == 3:
-            # pad to the largest region count of any rank before encoding, as one big batch would
-            images = F.pad(images, (0, 0, 0, distributed.all_reduce_max(images.shape[1], images.device) - images.shape[1]))
         if world > 1:
-            longest = distributed.all_reduce_max(input_ids.shape[1], input_ids.device)
-            input_ids = F.pad(input_ids, (0, longest - input_ids.shape[1]), value=pad_token_id)
+            # pad to the most regions and words of any rank before encoding, as one big batch would
+            if images.dim() == 3:
+                regions = distributed.all_reduce_max(images.shape[1], images.device)
+                images = F.pad(images, (0, 0, 0, regions - images.shape[1]))
+            words = distributed.all_reduce_max(input_ids.shape[1], input_ids.device)
+            input_ids = F.pad(input_ids, (0, words - input_ids.shape[1]), value=pad_token_id)
         img, img_lengths = self.encode_images(images, image_lengths)
         cap, cap_lengths = self.encode_captions(input_ids, caption_lengths)
         batch = img.shape[0]
@@ -100,12 +101,7 @@ def build_model(cfg, backbone_config: dict | None = None) -> Matcher:
     the architecture is built, for weights that come from a checkpoint; otherwise the backbone's
     pretrained weights are loaded from `--bert_path` / `--clip_path`."""
     if cfg.encoders == "region_bert":
-        if backbone_config is not None:
-            from transformers import BertConfig, BertModel
-            bert = BertModel(BertConfig.from_dict(backbone_config), add_pooling_layer=False)
-        else:
-            bert = build_bert(cfg.bert_path, pretrained=True)
-        encoders = RegionBertEncoders(cfg.img_dim, cfg.embed_size, bert)
+        encoders = RegionBertEncoders(cfg.img_dim, cfg.embed_size, build_bert(cfg.bert_path, config=backbone_config))
     elif cfg.encoders == "clip":
         encoders = ClipEncoders(build_clip(cfg.clip_path, config=backbone_config))
         if encoders.embed_size != cfg.embed_size:

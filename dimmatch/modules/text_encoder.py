@@ -7,13 +7,13 @@ from transformers import BertConfig, BertModel
 from .common import l2norm
 
 
-def build_bert(bert_path: str, pretrained: bool = True) -> BertModel:
-    """BERT from a hub name or local folder; `pretrained=False` builds the architecture only
-    (its weights then come from one of our checkpoints). The pooler is not built: the
-    matching systems use token features only."""
-    if pretrained:
-        return BertModel.from_pretrained(bert_path, add_pooling_layer=False)
-    return BertModel(BertConfig.from_pretrained(bert_path), add_pooling_layer=False)
+def build_bert(bert_path: str, config: dict | None = None) -> BertModel:
+    """BERT from a hub name or local folder, or its architecture alone from a config dict (weights
+    then come from one of our checkpoints). The pooler is not built: the matching systems use
+    token features only."""
+    if config is not None:
+        return BertModel(BertConfig.from_dict(config), add_pooling_layer=False)
+    return BertModel.from_pretrained(bert_path, add_pooling_layer=False)
 
 
 class BertTextEncoder(nn.Module):
