@@ -109,9 +109,10 @@ ESL_REGION_HEAD_RULES = {
     "esl_a": _level_rules(r"plus_encoder\.encoders_1\.", r"sims\.calculator_1\.", False)
     + [(r"sims\.calculator_1\.temp_scale\.weight$", "head.log_inv_tau", "tau (1 x 1 -> scalar)")],
 }
+_CLIP_HEAD = r"pool_frames\.cross_attn\."
 ESL_CLIP_HEAD_RULES = (
-    _level_rules(r"pool_frames\.cross_attn\.plus_encoder\.encoders_1\.", r"pool_frames\.cross_attn\.sims\.calculator_1\.", True)
-    + [(r"pool_frames\.cross_attn\.sims\.calculator_1\.temp_scale\.weight$", None,
+    _level_rules(_CLIP_HEAD + r"plus_encoder\.encoders_1\.", _CLIP_HEAD + r"sims\.calculator_1\.", True)
+    + [(_CLIP_HEAD + r"sims\.calculator_1\.temp_scale\.weight$", None,
         "temperature the released ESL-CLIP forward never uses")]
 )
 

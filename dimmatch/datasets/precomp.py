@@ -70,7 +70,8 @@ class PrecompSplit:
             images = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             if "allow_pickle" in str(exc) or "Python objects" in str(exc):
-                raise DataError(f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
+                raise DataError(
+                    f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
             raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
         except (OSError, EOFError) as exc:
             raise DataError(f"{path} is not a readable .npy file (truncated download?): {exc}") from exc

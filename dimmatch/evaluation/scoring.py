@@ -132,7 +132,7 @@ def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.
     shards = []
     for start in range(0, n_captions, caption_shard):
         caption_ids = order[start:start + caption_shard]
-        words = int(captions.lengths[caption_ids.to(captions.lengths.device)].max()) if captions.lengths is not None else 1
+        words = 1 if captions.lengths is None else int(captions.lengths[caption_ids.to(captions.lengths.device)].max())
         per_image = len(caption_ids) * head.pair_bytes(words, regions)
         image_step = max(1, min(n_images, budget // max(per_image, 1)))
         shards.append((caption_ids, image_step))
