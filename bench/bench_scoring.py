@@ -163,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--esl_dim", type=int, default=512)
     parser.add_argument("--heads", default="xdim,esl_h,esl_a")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mem_gb", type=float, default=2.0)
+    parser.add_argument("--mem_gb", type=float, default=None, help="scoring budget (default: as test.py)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     parser.add_argument("--check_images", type=int, default=1000, help="images of the --amp Recall check set")
     parser.add_argument("--metrics_images", type=int, default=5000)

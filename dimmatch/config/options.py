@@ -64,8 +64,9 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                        help="mixed precision for encoders and heads (CUDA; bf16 also on CPU)")
     group.add_argument("--eval_batch_size", type=int, default=128, help="items per encoder batch at evaluation")
-    group.add_argument("--eval_mem_gb", type=float, default=2.0,
-                       help="memory budget for the intermediate tensors of one scoring shard")
+    group.add_argument("--eval_mem_gb", type=float, default=None,
+                       help="memory budget for the intermediate tensors of one scoring shard "
+                            "[CUDA: a quarter of the free GPU memory; CPU: cache-sized blocks]")
 
 
 def train_parser() -> argparse.ArgumentParser:

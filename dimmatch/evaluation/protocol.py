@@ -22,7 +22,7 @@ def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
 
 
 def compute_split_scores(model, cfg, split: str, device: torch.device, *, amp: str = "off",
-                         batch_size: int = 128, workers: int = 2, mem_gb: float = 2.0,
+                         batch_size: int = 128, workers: int = 2, mem_gb: float | None = None,
                          max_images: int | None = None, progress: bool = True, caption_encoder=None):
     """Score matrix (images x captions) of a split; every image and caption is encoded once."""
     caption_encoder = caption_encoder or caption_encoder_for(cfg)

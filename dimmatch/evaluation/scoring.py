@@ -114,19 +114,25 @@ def encode_items(model, loader, side: str, device: torch.device, amp: str = "off
 
 
 def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.device,
-              mem_gb: float = 2.0, amp: str = "off", progress: bool = True) -> np.ndarray:
-    """The (images x captions) score matrix, computed shard by shard on `device`."""
-    if device.type == "cuda" and images.nbytes + captions.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]:
-        images, captions = images.to(device), captions.to(device)
+              mem_gb: float | None = None, amp: str = "off", progress: bool = True) -> np.ndarray:
+    """The (images x captions) score matrix, computed shard by shard on `device`.
+
+    `mem_gb` bounds the intermediate tensors of one shard (default: a quarter of the free GPU
+    memory on CUDA, cache-sized blocks on the CPU)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if images.nbytes + captions.nbytes < 0.4 * free:
+            images, captions = images.to(device), captions.to(device)
+            free -= images.nbytes + captions.nbytes
+        budget = int(mem_gb * 2**30) if mem_gb else free // 4
+    else:
+        budget = min(int(mem_gb * 2**30), CPU_BLOCK_BYTES) if mem_gb else CPU_BLOCK_BYTES
     n_images, n_captions = len(images), len(captions)
     sims = torch.empty(n_images, n_captions, dtype=torch.float32)
     if captions.lengths is not None:
         order = torch.argsort(captions.lengths.cpu(), descending=True, stable=True)
     else:
         order = torch.arange(n_captions)
-    budget = int(mem_gb * 2**30)
-    if device.type != "cuda":
-        budget = min(budget, CPU_BLOCK_BYTES)
     caption_shard = CAPTION_SHARD.get(device.type, CAPTION_SHARD["cpu"])
     regions = images.max_length()
     shards = []

@@ -52,7 +52,7 @@ class XDimHead(SimilarityHead):
         return dependency, dependency.sum(0)
 
     def pair_bytes(self, n_words: int, n_regions: int) -> int:
-        return 4 * (3 * n_words * n_regions + 2 * n_words * self.embed_size)
+        return 4 * (3 * n_words * n_regions + 3 * n_words * self.embed_size)  # context, weighted, projected
 
     def score(self, images, image_lengths, captions, caption_lengths):
         dependency, diagonal = self.dependency()
