@@ -163,7 +163,7 @@ def test_missing_or_unreadable_evaluation_images_are_errors(image_copy, tmp_path
                                     "--max_steps", "1")) == 0
     message = error_line(lambda argv: evaluate(argv, "test"),
                          ["--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0"], capsys)
-    assert message == f"1 evaluation images are missing, e.g. {test_image} (--image_root)"
+    assert message == f"1 evaluation image is missing, e.g. {test_image} (--image_root)"
 
 
 @pytest.fixture(scope="module")

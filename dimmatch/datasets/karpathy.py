@@ -166,4 +166,5 @@ def check_images_exist(paths: list[str]) -> None:
     """Fail before encoding anything when evaluation images are missing."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DataError(f"{len(missing)} evaluation images are missing, e.g. {missing[0]} (--image_root)")
+        count = "1 evaluation image is" if len(missing) == 1 else f"{len(missing)} evaluation images are"
+        raise DataError(f"{count} missing, e.g. {missing[0]} (--image_root)")
