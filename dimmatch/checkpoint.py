@@ -15,7 +15,11 @@ VERSION = 1
 
 
 def save(path: str, payload: dict) -> None:
-    atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+    try:
+        atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); "
+                              "the previous file, if any, is intact") from exc
 
 
 def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:

@@ -15,11 +15,12 @@ logger = logging.getLogger("dimmatch")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    """`auto` picks CUDA when present, else CPU; `auto` and `cuda` mean the local rank's GPU
+    under torchrun."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     try:
         device = torch.device(name)
     except RuntimeError as exc:

@@ -224,3 +224,20 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(region_data, ti
     assert message.startswith("the loss became nan") or message.startswith("the gradient norm became")
     assert f"holds the last good state (after step {step})" in message
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    from dimmatch import checkpoint
+    from dimmatch.errors import CheckpointError
+    path = tmp_path / "checkpoint_last.pth"
+    checkpoint.save(str(path), {"step": 1})
+
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous file, if any, is intact"):
+        checkpoint.save(str(path), {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pth"]
