@@ -104,7 +104,7 @@ def features(n_images, n_captions, regions, words, dim, device, structured=False
     if structured:
         picks = torch.randint(0, regions, (n_captions, captions.shape[1]), generator=generator)
         owners = (torch.arange(n_captions) // 5).clamp(max=n_images - 1)
-        captions = images[owners[:, None], picks] + 0.8 * captions / dim ** 0.5
+        captions = images[owners[:, None], picks] + 6.0 * captions / dim ** 0.5
     return images.to(device), F.normalize(captions, dim=-1).to(device), lengths.to(device)
 
 
@@ -139,9 +139,12 @@ def run_head(name, head, args, device):
 
 def amp_check(args, device):
     """Recall@K of fp32 and autocast scoring on a structured check set."""
+    esl = ESLRegionHead(args.esl_dim, 2, 8, "heuristic")
+    with torch.no_grad():  # identity level matrices: a head that matches the structured features
+        for matrix in esl.bilinear:
+            matrix.copy_(torch.eye(matrix.shape[0]))
     rows = []
-    for name, head, dim in (("xdim", XDimHead(args.xdim_dim), args.xdim_dim),
-                            ("esl_h", ESLRegionHead(args.esl_dim, 2, 8, "heuristic"), args.esl_dim)):
+    for name, head, dim in (("xdim", XDimHead(args.xdim_dim), args.xdim_dim), ("esl_h", esl, args.esl_dim)):
         head = head.to(device).eval()
         images, captions, lengths = features(args.check_images, 5 * args.check_images, args.regions, args.words, dim,
                                              device, structured=True, seed=1)
