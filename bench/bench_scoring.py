@@ -111,11 +111,8 @@ def features(n_images, n_captions, regions, words, dim, device, structured=False
 def ours(head, images, captions, lengths, device, mem_gb, amp):
     with torch.inference_mode():
         region_lengths = torch.full((images.shape[0],), images.shape[1], device=device)
-        prepared_images = head.prepare_images(images, region_lengths)
-        prepared_captions = head.prepare_captions(captions, lengths)
-        mask = torch.arange(captions.shape[1], device=device)[None] < lengths[:, None]
-        image_items = EncodedItems([prepared_images.reshape(-1, prepared_images.shape[-1])], [region_lengths])
-        caption_items = EncodedItems([prepared_captions[mask]], [lengths])
+        image_items = EncodedItems.from_padded(head.prepare_images(images, region_lengths), region_lengths)
+        caption_items = EncodedItems.from_padded(head.prepare_captions(captions, lengths), lengths)
         return score_all(head, image_items, caption_items, device, mem_gb=mem_gb, amp=amp, progress=False)
 
 

@@ -25,7 +25,7 @@ from . import checkpoint
 from .config import Config
 from .errors import CheckpointError
 from .modules.levels import resolve_num_levels
-from .modules.model import build_model
+from .modules.model import backbone_config_of, build_model
 
 DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"
@@ -332,7 +332,6 @@ def load_released(path: str, args, payload=None):
 
 def convert(path: str, out_path: str, args) -> str:
     """Write a released checkpoint in our format (weights only, like model_best.pth)."""
-    from .modules.model import backbone_config_of
     cfg, model, source = load_released(path, args)
     checkpoint.save(out_path, {"config": cfg.to_dict(), "backbone_config": backbone_config_of(model),
                                "model": model.state_dict(), "progress": None, "metrics": None,

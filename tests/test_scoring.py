@@ -8,12 +8,6 @@ from dimmatch.evaluation.scoring import EncodedItems, score_all
 from dimmatch.modules.heads import CosineHead, ESLRegionHead, XDimHead
 
 
-def packed(features, lengths):
-    if features.dim() == 2:  # pooled heads prepare one vector per item
-        return EncodedItems([features], None)
-    return EncodedItems([features[i, :n] for i, n in enumerate(lengths)], [torch.tensor([n]) for n in lengths])
-
-
 @pytest.mark.parametrize("head", [XDimHead(16), ESLRegionHead(16, 2, 3, "adaptive"), CosineHead("max")])
 def test_tiny_memory_budget_gives_the_same_matrix(head):
     torch.manual_seed(0)
@@ -25,8 +19,8 @@ def test_tiny_memory_budget_gives_the_same_matrix(head):
         prepared_images = head.prepare_images(images, region_lengths)
         prepared_captions = head.prepare_captions(captions, lengths)
         expected = head.score(prepared_images, region_lengths, prepared_captions, lengths)
-    image_items = packed(prepared_images, region_lengths.tolist())
-    caption_items = packed(prepared_captions, lengths.tolist())
+    image_items = EncodedItems.from_padded(prepared_images, region_lengths)
+    caption_items = EncodedItems.from_padded(prepared_captions, lengths)
     if prepared_captions.dim() == 3:
         assert image_items.dense is not None and caption_items.dense is None
     for mem_gb in (1.0, 1e-7):  # one shard per caption chunk / one image per shard
@@ -36,7 +30,7 @@ def test_tiny_memory_budget_gives_the_same_matrix(head):
 
 def test_packed_gather_pads_each_shard_to_its_own_longest():
     features = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3) + 1
-    items = packed(features, [4, 2])
+    items = EncodedItems.from_padded(features, torch.tensor([4, 2]))
     block, lengths = items.gather(torch.tensor([1]), torch.device("cpu"))
     assert block.shape == (1, 2, 3) and lengths.tolist() == [2]
     block, _ = items.gather(torch.tensor([1, 0]), torch.device("cpu"))

@@ -1,14 +1,10 @@
 """Datasets of a config: training pairs and evaluation image/caption sets for a split."""
 
-import logging
-
 from ..errors import DataError
 from .batching import CaptionSet
 from .karpathy import (ImageFileSet, KarpathyTrainDataset, check_images_exist, evaluation_entries,
                        load_karpathy_split)
 from .precomp import CAPTIONS_PER_IMAGE, PrecompImageSet, PrecompSplit, PrecompTrainDataset
-
-logger = logging.getLogger("dimmatch")
 
 # COCO's dev split has 5,000 images; like the released code, validation during training uses
 # its first 1,000 images (5,000 captions).

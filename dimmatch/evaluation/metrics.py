@@ -10,9 +10,9 @@ perfect recall. Without ties this equals the released argsort-based ranks.
 import numpy as np
 import torch
 
+from ..datasets.precomp import CAPTIONS_PER_IMAGE
 from ..errors import UserError
 
-CAPTIONS_PER_IMAGE = 5
 ROW_CHUNK = 500
 
 

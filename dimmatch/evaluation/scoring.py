@@ -39,6 +39,19 @@ class EncodedItems:
             else:
                 self.dense = None
 
+    @staticmethod
+    def pack(prepared: torch.Tensor, lengths: torch.Tensor | None):
+        """(rows, lengths) of one prepared batch: the valid rows of (N, T, W) local features with
+        their lengths, or (N, W) global features as they are with None."""
+        if prepared.dim() == 2:
+            return prepared, None
+        return prepared[lengths_to_mask(lengths, prepared.shape[1])], lengths
+
+    @classmethod
+    def from_padded(cls, prepared: torch.Tensor, lengths: torch.Tensor | None) -> "EncodedItems":
+        rows, lengths = cls.pack(prepared, lengths)
+        return cls([rows], None if lengths is None else [lengths])
+
     def __len__(self) -> int:
         return len(self.lengths) if self.lengths is not None else self.flat.shape[0]
 
@@ -103,13 +116,10 @@ def encode_items(model, loader, side: str, device: torch.device, amp: str = "off
             inputs = inputs.to(device, non_blocking=True)
             item_lengths = None if item_lengths is None else item_lengths.to(device)
             features, item_lengths = encode(inputs, item_lengths)
-            prepared = prepare(features, item_lengths).float()
-            if prepared.dim() == 3:
-                valid = lengths_to_mask(item_lengths, prepared.shape[1])
-                parts.append(prepared[valid].cpu())
+            rows, item_lengths = EncodedItems.pack(prepare(features, item_lengths).float(), item_lengths)
+            parts.append(rows.cpu())
+            if item_lengths is not None:
                 lengths.append(item_lengths.cpu())
-            else:
-                parts.append(prepared.cpu())
     return EncodedItems(parts, lengths or None)
 
 
