@@ -2,4 +2,4 @@
 # The offline demo: generated data, training and evaluation on CPU in a few minutes (see README).
 #   sh demo.sh                  X-Dim on generated regions + a tiny BERT
 #   sh demo.sh --system esl_h   ESL-H  (esl_a, cosine, clip likewise)
-exec ${PYTHON:-python} -m dimmatch.demo "$@"
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)${PYTHONPATH:+:$PYTHONPATH}" exec ${PYTHON:-python} -m demo "$@"

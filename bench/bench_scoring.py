@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dimmatch.evaluation.metrics import retrieval_metrics  # noqa: E402
-from dimmatch.evaluation.scoring import EncodedItems, score_all  # noqa: E402
-from dimmatch.modules.common import l2norm  # noqa: E402
-from dimmatch.modules.heads import ESLRegionHead, XDimHead  # noqa: E402
+from evaluation.metrics import retrieval_metrics  # noqa: E402
+from evaluation.scoring import EncodedItems, score_all  # noqa: E402
+from modules.common import l2norm  # noqa: E402
+from modules.heads import ESLRegionHead, XDimHead  # noqa: E402
 
 
 # --------------------------------------------------------------------------- released-style loops

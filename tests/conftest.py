@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from dimmatch.demo.data import write_image_dataset, write_region_dataset  # noqa: E402
-from dimmatch.demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
+from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
+from demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
 
 REGION_DIM = 64
 
@@ -58,5 +58,5 @@ def float64():
 
 def run_cli(main, argv):
     """Run a CLI main in-process; returns its exit status."""
-    from dimmatch.cli import run_guarded
+    from cli.guard import run_guarded
     return run_guarded(main, argv)

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dimmatch import distributed  # noqa: E402
-from dimmatch.config import resolve_train_config, train_parser  # noqa: E402
-from dimmatch.training import Trainer  # noqa: E402
+from devices import distributed  # noqa: E402
+from config import resolve_train_config, train_parser  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

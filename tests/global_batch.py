@@ -1,6 +1,6 @@
 """The fixed global batch the distributed-gradient test scores on one and on two processes."""
 
-from dimmatch.datasets.batching import Collate
+from datasets.batching import Collate
 
 
 def global_batch(cfg, dataset, pad_id, size=8):

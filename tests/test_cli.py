@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from conftest import REGION_DIM, ROOT, run_cli
-from dimmatch.cli import evaluate, train
+from cli.commands import evaluate, train
 
 
 def region_train_args(region_data, tiny_bert, output_dir, *extra):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dimmatch.datasets.batching import CaptionSet, Collate, ResumableBatchSampler
-from dimmatch.datasets.captions import BertCaptionEncoder, load_tokenizer
-from dimmatch.datasets.karpathy import evaluation_entries, load_karpathy_split
-from dimmatch.datasets.precomp import PrecompImageSet, PrecompSplit, PrecompTrainDataset
+from datasets.batching import CaptionSet, Collate, ResumableBatchSampler
+from datasets.captions import BertCaptionEncoder, load_tokenizer
+from datasets.karpathy import evaluation_entries, load_karpathy_split
+from datasets.precomp import PrecompImageSet, PrecompSplit, PrecompTrainDataset
 
 
 def write_precomp(root, split, rows, captions, regions=4, dim=8):

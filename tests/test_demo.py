@@ -6,14 +6,14 @@ import os
 import pytest
 import torch
 
-from dimmatch.config import Config
-from dimmatch.datasets.karpathy import ImageFileSet, load_karpathy_split
-from dimmatch.datasets.precomp import PrecompSplit
-from dimmatch.demo.__main__ import chance_rsum, main as demo
-from dimmatch.demo.data import write_image_dataset, write_region_dataset
-from dimmatch.evaluation.protocol import evaluate_split
-from dimmatch.modules.model import build_model
-from dimmatch.released import read_checkpoint
+from config import Config
+from datasets.karpathy import ImageFileSet, load_karpathy_split
+from datasets.precomp import PrecompSplit
+from demo.__main__ import chance_rsum, main as demo
+from demo.data import write_image_dataset, write_region_dataset
+from evaluation.protocol import evaluate_split
+from modules.model import build_model
+from checkpoints.released import read_checkpoint
 
 
 def same_tree(a, b):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from dimmatch.config import resolve_train_config, train_parser
-from dimmatch.training import Trainer
+from config import resolve_train_config, train_parser
+from training.trainer import Trainer
 from global_batch import global_batch
 
 WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import REGION_DIM, run_cli
-from dimmatch.cli import evaluate, train
-from dimmatch.errors import DataError
-from dimmatch.datasets.karpathy import ImageFileSet, KarpathyTrainDataset, load_karpathy_split
+from cli.commands import evaluate, train
+from errors import DataError
+from datasets.karpathy import ImageFileSet, KarpathyTrainDataset, load_karpathy_split
 
 
 def error_line(main, argv, capsys):
@@ -227,8 +227,8 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(region_data, ti
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    from dimmatch import checkpoint
-    from dimmatch.errors import CheckpointError
+    from checkpoints import native as checkpoint
+    from errors import CheckpointError
     path = tmp_path / "checkpoint_last.pth"
     checkpoint.save(str(path), {"step": 1})
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dimmatch.modules.heads import CosineHead, ESLClipHead, ESLRegionHead, XDimHead, build_head
-from dimmatch.modules.heads.base import LOCAL
+from modules.heads import CosineHead, ESLClipHead, ESLRegionHead, XDimHead, build_head
+from modules.heads.base import LOCAL
 import reference as ref
 
 

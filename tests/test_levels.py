@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dimmatch.errors import ConfigError
-from dimmatch.modules.levels import ESLLevels, level_widths, resolve_num_levels
+from errors import ConfigError
+from modules.levels import ESLLevels, level_widths, resolve_num_levels
 from reference import adaptive_levels, heuristic_levels, top2_mask
 
 

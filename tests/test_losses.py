@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dimmatch.modules.losses import HingeLoss, InfoNCELoss, full_matrix_loss
+from modules.losses import HingeLoss, InfoNCELoss, full_matrix_loss
 
 # rows: images, columns: captions, diagonal positives
 S = torch.tensor([[0.9, 0.5, 0.3],

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dimmatch.errors import UserError
-from dimmatch.evaluation.metrics import (coco_five_fold, i2t_ranks, recall_summary, retrieval_metrics,
+from errors import UserError
+from evaluation.metrics import (coco_five_fold, i2t_ranks, recall_summary, retrieval_metrics,
                                          t2i_ranks)
 
 

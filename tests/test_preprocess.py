@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dimmatch.datasets.image_transforms import CLIP_MEAN, CLIP_STD, clip_preprocess
+from datasets.transforms import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 
 def normalised(value, channel):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REGION_DIM, ROOT, run_cli
-from dimmatch.cli import evaluate
+from cli.commands import evaluate
 
 TINY = ["--num_epochs", "1", "--max_steps", "2", "--workers", "0", "--device", "cpu", "--eval_batch_size", "16"]
 

@@ -16,11 +16,11 @@ from transformers import BertConfig, BertModel
 
 import reference as ref
 from conftest import REGION_DIM, ROOT, run_cli
-from dimmatch.cli import evaluate
-from dimmatch.datasets.captions import load_tokenizer
-from dimmatch.datasets.image_transforms import clip_preprocess
-from dimmatch.datasets.karpathy import load_karpathy_split
-from dimmatch.datasets.precomp import PrecompSplit
+from cli.commands import evaluate
+from datasets.captions import load_tokenizer
+from datasets.transforms import clip_preprocess
+from datasets.karpathy import load_karpathy_split
+from datasets.precomp import PrecompSplit
 
 D = 16          # joint size of the tiny region systems
 LEVELS = 4      # 16 / 2**4 = 1

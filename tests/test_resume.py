@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REGION_DIM, ROOT, run_cli
-from dimmatch.cli import train
+from cli.commands import train
 
 
 def args_for(region_data, tiny_bert, out, *extra):

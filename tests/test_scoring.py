@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dimmatch.evaluation.scoring import EncodedItems, score_all
-from dimmatch.modules.heads import CosineHead, ESLRegionHead, XDimHead
+from evaluation.scoring import EncodedItems, score_all
+from modules.heads import CosineHead, ESLRegionHead, XDimHead
 
 
 @pytest.mark.parametrize("head", [XDimHead(16), ESLRegionHead(16, 2, 3, "adaptive"), CosineHead("max")])
@@ -40,9 +40,9 @@ def test_packed_gather_pads_each_shard_to_its_own_longest():
 
 def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
     """N images and 5N captions: exactly N + 5N items go through the encoders."""
-    from dimmatch.config import Config
-    from dimmatch.evaluation.protocol import compute_split_scores
-    from dimmatch.modules.model import build_model
+    from config import Config
+    from evaluation.protocol import compute_split_scores
+    from modules.model import build_model
 
     root, images, _ = image_data
     cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",

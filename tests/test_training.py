@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import REGION_DIM
-from dimmatch.config import Config
-from dimmatch.datasets.batching import Collate
-from dimmatch.datasets.captions import caption_encoder_for
-from dimmatch.datasets.karpathy import KarpathyTrainDataset, load_karpathy_split
-from dimmatch.datasets.precomp import PrecompSplit, PrecompTrainDataset
-from dimmatch.modules.losses import HingeLoss, InfoNCELoss
-from dimmatch.modules.model import build_model
+from config import Config
+from datasets.batching import Collate
+from datasets.captions import caption_encoder_for
+from datasets.karpathy import KarpathyTrainDataset, load_karpathy_split
+from datasets.precomp import PrecompSplit, PrecompTrainDataset
+from modules.losses import HingeLoss, InfoNCELoss
+from modules.model import build_model
 
 
 def region_config(tiny_bert, head, embed_size):

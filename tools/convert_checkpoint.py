@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dimmatch.cli import run_guarded  # noqa: E402
-from dimmatch.released import DEFAULT_BERT, DEFAULT_CLIP, convert  # noqa: E402
+from cli.guard import run_guarded  # noqa: E402
+from checkpoints.released import DEFAULT_BERT, DEFAULT_CLIP, convert  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dimmatch.demo.data import write_image_dataset, write_region_dataset  # noqa: E402
-from dimmatch.demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
-from dimmatch.utils import setup_logging  # noqa: E402
+from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
+from demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
+from cli.logs import setup_logging  # noqa: E402
 
 
 def main(argv=None) -> None:

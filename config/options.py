@@ -10,9 +10,9 @@ import json
 import os
 from types import SimpleNamespace
 
-from ..errors import ConfigError
-from ..modules.heads import HEAD_NAMES
-from ..modules.levels import resolve_num_levels
+from errors import ConfigError
+from modules.heads import HEAD_NAMES
+from modules.levels import resolve_num_levels
 
 # The released hyper-parameters per encoder pair (ESL/X-Dim region code; ESL-CLIP code).
 PRESETS = {

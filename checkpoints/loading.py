@@ -1,9 +1,9 @@
 """Build a ready-to-evaluate model from any checkpoint we accept (ours or the authors')."""
 
-from . import checkpoint
-from .config import Config
-from .errors import ConfigError
-from .modules.model import build_model
+from . import native as checkpoint
+from config import Config
+from errors import ConfigError
+from modules.model import build_model
 
 REGION_DATA = ("data_path", "data_name")
 RAW_IMAGE_DATA = ("dataset", "image_root", "ann_path")

@@ -15,7 +15,7 @@ separate instances.
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from errors import ConfigError
 from .common import l2norm
 
 MAX_LEVELS = 8  # the released systems always build levels 1..8

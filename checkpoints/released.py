@@ -21,11 +21,11 @@ import re
 
 import torch
 
-from . import checkpoint
-from .config import Config
-from .errors import CheckpointError
-from .modules.levels import resolve_num_levels
-from .modules.model import backbone_config_of, build_model
+from . import native as checkpoint
+from config import Config
+from errors import CheckpointError
+from modules.levels import resolve_num_levels
+from modules.model import backbone_config_of, build_model
 
 DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"

@@ -10,8 +10,8 @@ perfect recall. Without ties this equals the released argsort-based ranks.
 import numpy as np
 import torch
 
-from ..datasets.precomp import CAPTIONS_PER_IMAGE
-from ..errors import UserError
+from datasets.precomp import CAPTIONS_PER_IMAGE
+from errors import UserError
 
 ROW_CHUNK = 500
 

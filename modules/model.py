@@ -4,8 +4,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import distributed
-from ..errors import ConfigError
+from devices import distributed
+from errors import ConfigError
 from .clip_encoder import ClipEncoders, build_clip
 from .heads import LOCAL, build_head
 from .region_encoder import RegionEncoder

@@ -6,9 +6,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from ..datasets.batching import Collate
-from ..datasets.builders import build_eval_sets
-from ..datasets.captions import caption_encoder_for
+from datasets.batching import Collate
+from datasets.builders import build_eval_sets
+from datasets.captions import caption_encoder_for
 from .metrics import coco_five_fold, retrieval_metrics
 from .scoring import encode_items, score_all
 

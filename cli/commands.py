@@ -6,41 +6,20 @@ import sys
 
 import numpy as np
 
-from . import distributed
-from .config import eval_parser, resolve_train_config, train_parser
-from .errors import ConfigError, UserError
-from .evaluation.metrics import format_metrics
-from .utils import resolve_device, seed_everything, setup_logging, write_json
+from checkpoints.atomic import write_json
+from config import eval_parser, resolve_train_config, train_parser
+from devices import distributed, resolve_device
+from errors import ConfigError
+from evaluation.metrics import format_metrics
+from training.rng import seed_everything
+from .guard import run_guarded
+from .logs import setup_logging
 
 logger = logging.getLogger("dimmatch")
 
 
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error (DataLoader workers wrap it in their traceback)."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    last = lines[-1].strip()
-    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else (lines[0] if len(lines) == 1 else last)
-
-
-def run_guarded(main, argv=None) -> int:
-    """Run `main`, turning user errors into `error: ...` on one line and exit status 2."""
-    try:
-        main(argv)
-    except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    distributed.cleanup()
-    return 0
-
-
 def train(argv=None) -> dict:
-    from .training import Trainer
+    from training.trainer import Trainer
 
     cfg = resolve_train_config(train_parser().parse_args(argv))
     device = resolve_device(cfg.device)
@@ -59,8 +38,8 @@ def train(argv=None) -> dict:
 
 
 def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:
-    from .evaluation.protocol import evaluate_split, evaluate_testall
-    from .loading import load_for_evaluation
+    from evaluation.protocol import evaluate_split, evaluate_testall
+    from checkpoints.loading import load_for_evaluation
 
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
                    else "Recall@K evaluation of one split (Flickr30K 1K test by default)")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from errors import DataError
 
 CAPTIONS_PER_IMAGE = 5
 

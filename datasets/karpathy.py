@@ -13,8 +13,8 @@ import os
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .image_transforms import clip_preprocess
+from errors import DataError
+from .transforms import clip_preprocess
 from .precomp import CAPTIONS_PER_IMAGE
 
 logger = logging.getLogger("dimmatch")

@@ -1,6 +1,6 @@
 """Datasets of a config: training pairs and evaluation image/caption sets for a split."""
 
-from ..errors import DataError
+from errors import DataError
 from .batching import CaptionSet
 from .karpathy import (ImageFileSet, KarpathyTrainDataset, check_images_exist, evaluation_entries,
                        load_karpathy_split)

@@ -9,7 +9,6 @@ CPU the blocks are kept cache-sized (tens of MB) whatever the budget: measured o
 32 captions x 32 MB blocks score X-Dim and ESL-region 1.5-4x faster than 256 x 2 GB ones.
 """
 
-import contextlib
 import logging
 import math
 
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..modules.common import lengths_to_mask
+from devices import autocast_context
+from modules.common import lengths_to_mask
 
 logger = logging.getLogger("dimmatch")
 
@@ -92,13 +92,6 @@ class EncodedItems:
         valid = lengths_to_mask(lengths, longest)
         rows = self.flat[positions.clamp(max=self.flat.shape[0] - 1)] * valid[..., None]
         return rows.to(device, non_blocking=True), lengths.to(device)
-
-
-def autocast_context(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def encode_items(model, loader, side: str, device: torch.device, amp: str = "off",

@@ -6,9 +6,9 @@ import zipfile
 
 import torch
 
-from .config import MODEL_KEYS, Config
-from .errors import CheckpointError
-from .utils import atomic_torch_save
+from config import MODEL_KEYS, Config
+from errors import CheckpointError
+from .atomic import atomic_torch_save
 
 FORMAT = "dimmatch"
 VERSION = 1

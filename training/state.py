@@ -1,0 +1,91 @@
+"""A run's progress and the checkpoints that record it: what they hold, and exact resume."""
+
+import logging
+import math
+import os
+
+from checkpoints import native as checkpoint
+from devices import distributed
+from errors import ConfigError
+from modules.model import backbone_config_of
+from .rng import capture_rng_state, restore_rng_state
+
+logger = logging.getLogger("dimmatch")
+
+LAST = "checkpoint_last.pth"
+BEST = "model_best.pth"
+
+
+class RunState:
+    """Counters of the run (epoch, step, best validation) plus the model, optimiser and scaler
+    whose states `checkpoint_last` carries. `model_best` holds weights and progress only."""
+
+    def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int):
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.steps_per_epoch = steps_per_epoch
+        self.output_dir = cfg.output_dir
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_rsum = -math.inf
+        self.best_at = None
+        self.last_good_step = None
+
+    def progress(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "steps_per_epoch": self.steps_per_epoch, "best_rsum": self.best_rsum, "best_at": self.best_at}
+
+    def payload(self, full: bool, metrics: dict | None = None) -> dict:
+        payload = {
+            "config": self.cfg.to_dict(),
+            "backbone_config": backbone_config_of(self.model),
+            "model": self.model.state_dict(),
+            "progress": self.progress(),
+            "metrics": metrics,
+        }
+        if full:
+            payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                           rng=capture_rng_state())
+        return payload
+
+    def save_last(self, metrics: dict | None = None) -> None:
+        """checkpoint_last (rank 0 writes, every rank waits), the state a resume starts from."""
+        if distributed.is_main_process():
+            checkpoint.save(os.path.join(self.output_dir, LAST), self.payload(full=True, metrics=metrics))
+        self.last_good_step = self.global_step
+        distributed.barrier()
+
+    def save_best(self, metrics: dict) -> str:
+        path = os.path.join(self.output_dir, BEST)
+        checkpoint.save(path, self.payload(full=False, metrics=metrics))
+        return path
+
+    def resume(self, path: str) -> None:
+        """Continue exactly where `path` (or, for 'auto', this run's checkpoint_last) stopped."""
+        if path == "auto":
+            path = os.path.join(self.output_dir, LAST)
+            if not os.path.isfile(path):
+                logger.info("--resume auto: no %s yet, starting from scratch", path)
+                return
+        payload = checkpoint.load_native(path)
+        checkpoint.check_same_model(path, payload["config"], self.cfg)
+        progress = payload["progress"]
+        if "optimizer" not in payload:
+            raise ConfigError(f"{path} holds weights only (a model_best file); resume from {LAST}")
+        if progress["steps_per_epoch"] != self.steps_per_epoch:
+            raise ConfigError(
+                f"{path} was trained with {progress['steps_per_epoch']} steps per epoch, this run has "
+                f"{self.steps_per_epoch}: resuming exactly needs the same data and --batch_size")
+        checkpoint.load_weights(self.model, payload["model"], path)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        restore_rng_state(payload["rng"])
+        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+        self.global_step = progress["global_step"]
+        self.best_rsum, self.best_at = progress["best_rsum"], progress["best_at"]
+        self.last_good_step = self.global_step
+        logger.info("resumed from %s at epoch %d, step %d of %d (global step %d, best rSum %.1f)", path,
+                    self.epoch, self.step_in_epoch, self.steps_per_epoch, self.global_step, self.best_rsum)

@@ -1,0 +1,158 @@
+"""The training loop shared by every system: data, model and optimiser from the config, then
+epochs of optimisation steps with validation and checkpoints at their scheduled points."""
+
+import logging
+import os
+import signal
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.batching import Collate, ResumableBatchSampler
+from datasets.builders import build_train_dataset
+from datasets.captions import caption_encoder_for
+from devices import distributed
+from errors import ConfigError, TrainingDiverged
+from modules.losses import HingeLoss, InfoNCELoss
+from modules.model import build_model
+from .schedule import evaluation_steps
+from .state import LAST, RunState
+from .step import OptimisationStep
+from .validation import Validator
+
+logger = logging.getLogger("dimmatch")
+
+
+class Trainer:
+    def __init__(self, cfg, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.world = distributed.world_size()
+        self.main = distributed.is_main_process()
+
+        self.caption_encoder = caption_encoder_for(cfg)
+        self.train_set = build_train_dataset(cfg, self.caption_encoder)
+        self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
+                                             distributed.rank(), self.world)
+        steps_per_epoch = self.sampler.batches_per_epoch()
+        if steps_per_epoch == 0:
+            raise ConfigError(f"the training split has {len(self.train_set)} pairs, fewer than one "
+                              f"batch of --batch_size {cfg.batch_size}")
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
+                                 collate_fn=Collate(self.caption_encoder.pad_id),
+                                 pin_memory=device.type == "cuda", generator=torch.Generator())
+        self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
+
+        self.model = build_model(cfg).to(device)
+        if self.world > 1 and device.type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
+        optimizer = torch.optim.AdamW(self.model.optimizer_groups(cfg), weight_decay=cfg.weight_decay,
+                                      eps=cfg.adam_eps)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch)
+        if cfg.resume:
+            self.state.resume(cfg.resume)
+        if self.world > 1:
+            # CLIP's logit scale gets no gradient when it is not used by the loss (--loss hinge)
+            unused = self.model.encoders.logit_scale is not None and not self.criterion.uses_logit_scale
+            self.trained = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=unused)
+        else:
+            self.trained = self.model
+        self.step = OptimisationStep(cfg, self.model, self.trained, self.criterion, optimizer, scaler, device,
+                                     self.caption_encoder.pad_id, steps_per_epoch, self._diverged)
+        self.writer = self._tensorboard() if self.main else None
+        self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
+        self.stop_requested = False
+
+    @property
+    def optimizer(self):
+        return self.state.optimizer
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed; scalars go to train.log only")
+            return None
+        return SummaryWriter(os.path.join(self.cfg.output_dir, "tensorboard"),
+                             purge_step=self.state.global_step or None)
+
+    def _scalar(self, name: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, self.state.global_step)
+
+    def fit(self) -> dict:
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        state = self.state
+        try:
+            logger.info("training %d epochs x %d steps (global batch %d on %d process%s)", self.cfg.num_epochs,
+                        state.steps_per_epoch, self.cfg.batch_size, self.world, "es" if self.world > 1 else "")
+            while state.epoch < self.cfg.num_epochs and not self.stop_requested:
+                self._run_epoch()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if self.writer is not None:
+                self.writer.close()
+        return {"best_rsum": state.best_rsum, "best_at": state.best_at, "global_step": state.global_step}
+
+    def _request_stop(self, signum, frame) -> None:
+        logger.warning("SIGTERM: finishing this step, writing %s and stopping", LAST)
+        self.stop_requested = True
+
+    def _run_epoch(self) -> None:
+        cfg, state = self.cfg, self.state
+        if isinstance(self.criterion, HingeLoss):
+            self.criterion.max_violation = cfg.max_violation or state.epoch >= cfg.vse_mean_warmup_epochs
+        self.sampler.set_epoch(state.epoch, state.step_in_epoch)
+        self.train_set.set_epoch(state.epoch)
+        validate_this_epoch = (state.epoch + 1) % cfg.val_every == 0
+        self.model.train()
+        skipped = 0
+        with tqdm(total=state.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch}",
+                  disable=not self.main, dynamic_ncols=True) as bar:
+            for batch in self.loader:
+                skipped += batch["skipped"]
+                loss = self.step(batch, state.global_step)
+                batch_index = state.step_in_epoch
+                state.step_in_epoch += 1
+                state.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if state.global_step % cfg.log_every == 0:
+                    self._scalar("train/loss", loss)
+                    for group in self.optimizer.param_groups:
+                        self._scalar(f"lr/{group['name']}", group["lr"])
+                stop = self._stop_now()
+                if validate_this_epoch and batch_index in self.eval_steps:
+                    state.save_last(self.validate(state) if self.main else None)
+                elif stop or (cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0):
+                    state.save_last()
+                if stop:
+                    self.stop_requested = True
+                    logger.info("stopped after step %d; continue with --resume auto", state.global_step)
+                    return
+        if skipped:
+            logger.warning("epoch %d: %d training pairs skipped (unreadable images, replaced by the next "
+                           "readable pair)", state.epoch, skipped)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.save_last()
+
+    def _stop_now(self) -> bool:
+        limit = self.cfg.max_steps and self.state.global_step >= self.cfg.max_steps
+        requested = distributed.all_reduce_max(int(self.stop_requested), self.device)
+        return bool(limit or requested)
+
+    def _diverged(self, what: str) -> None:
+        state = self.state
+        kept = (f"{os.path.join(self.cfg.output_dir, LAST)} holds the last good state (after step "
+                f"{state.last_good_step})" if state.last_good_step is not None else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{what} in epoch {state.epoch} at batch {state.step_in_epoch + 1}/"
+                               f"{state.steps_per_epoch} (step {state.global_step + 1}); stopped without saving it; "
+                               f"{kept}; try a lower learning rate or --amp off")

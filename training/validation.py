@@ -1,0 +1,47 @@
+"""Validation during training and the choice of the best model (by rSum, never on test)."""
+
+import logging
+import os
+
+from checkpoints.atomic import write_json
+from datasets.builders import VALIDATION_MAX_IMAGES
+from evaluation.metrics import format_metrics
+from evaluation.protocol import evaluate_split
+
+logger = logging.getLogger("dimmatch")
+
+
+class Validator:
+    """Scores the validation split (rank 0 only), logs it, and keeps `model_best` up to date."""
+
+    def __init__(self, cfg, device, caption_encoder, scalar):
+        self.cfg = cfg
+        self.device = device
+        self.caption_encoder = caption_encoder
+        self.scalar = scalar  # (name, value) -> TensorBoard at the current step
+
+    def __call__(self, state) -> dict:
+        cfg = self.cfg
+        result = evaluate_split(state.model, cfg, cfg.val_split, self.device, amp=cfg.amp,
+                                batch_size=cfg.eval_batch_size, workers=cfg.workers, mem_gb=cfg.eval_mem_gb,
+                                max_images=VALIDATION_MAX_IMAGES, progress=True,
+                                caption_encoder=self.caption_encoder)
+        metrics = result["metrics"]
+        logger.info(format_metrics(metrics, f"validation ({cfg.val_split}) epoch {state.epoch} "
+                                            f"step {state.step_in_epoch}/{state.steps_per_epoch}"))
+        for direction in ("i2t", "t2i"):
+            for key in ("r1", "r5", "r10"):
+                self.scalar(f"val/{direction}_{key}", metrics[direction][key])
+        self.scalar("val/rsum", metrics["rsum"])
+        self.keep_if_best(state, metrics)
+        return metrics
+
+    def keep_if_best(self, state, metrics: dict) -> None:
+        if metrics["rsum"] <= state.best_rsum:
+            return
+        state.best_rsum = metrics["rsum"]
+        state.best_at = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                         "global_step": state.global_step}
+        path = state.save_best(metrics)
+        write_json({"metrics": metrics, **state.best_at}, os.path.join(self.cfg.output_dir, "best_metrics.json"))
+        logger.info("new best rSum %.1f -> %s", state.best_rsum, path)
