@@ -1,6 +1,6 @@
 """Read the authors' released checkpoints and map them onto our modules.
 
-Formats (see SPEC "Released checkpoints"):
+Formats (README, "The authors' released checkpoints"):
 * region systems (X-Dim `checkpoint_*.pth*.tar`, ESL-region H/A `*.pth.tar`): a dict with
   `model` = [image encoder, text encoder, head] state dicts saved from nn.DataParallel
   (keys prefixed `module.`) and `opt`, an argparse Namespace;

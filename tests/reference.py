@@ -1,7 +1,7 @@
-"""Direct, loop-over-pairs implementations of the SPEC formulas, independent of dimmatch.
+"""Direct, loop-over-pairs implementations of the formulas of docs/MODELS.md, independent of the package code.
 
 Slow on purpose: one (caption, image) pair at a time, dense matrices where the released
-code used them, so that the vectorised heads can be checked against the text of the SPEC.
+code used them, so that the vectorised heads can be checked against the text of docs/MODELS.md.
 """
 
 import torch

@@ -1,4 +1,4 @@
-"""Heads against the loop-over-pairs SPEC references, shapes and gradients."""
+"""Heads against the loop-over-pairs references of docs/MODELS.md, shapes and gradients."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""ESL level aggregation against the SPEC formulas (d=32, k=2)."""
+"""ESL level aggregation against the formulas of docs/MODELS.md (d=32, k=2)."""
 
 import pytest
 import torch
