@@ -11,7 +11,9 @@ from errors import CheckpointError
 from .atomic import atomic_torch_save
 
 FORMAT = "dimmatch"
-VERSION = 1
+# 1: weights, config, backbone config; 2: also the tokenizer's files (evaluates anywhere, offline)
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def save(path: str, payload: dict) -> None:
@@ -43,12 +45,19 @@ def is_native(payload) -> bool:
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
+def check_version(payload: dict, path: str) -> None:
+    if payload.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+
+
 def load_native(path: str) -> dict:
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file")
     payload = read_file(path)
     if not is_native(payload):
         raise CheckpointError(f"{path} is not a dimmatch checkpoint")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads {VERSION}")
+    check_version(payload, path)
     return payload
 
 

@@ -24,6 +24,7 @@ import torch
 from . import native as checkpoint
 from config import Config
 from errors import CheckpointError
+from modules.backbones import resolve_backbone
 from modules.levels import resolve_num_levels
 from modules.model import backbone_config_of, build_model
 
@@ -299,18 +300,22 @@ def _reshape_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def load_released(path: str, args, payload=None):
-    """(config, model with the released weights, description) of an authors' checkpoint."""
+def load_released(path: str, args, payload=None, prepare=None):
+    """(config, model with the released weights, description) of an authors' checkpoint;
+    `prepare(cfg) -> cfg` runs before the model is built."""
     payload = payload if payload is not None else read_checkpoint(path)
     kind = detect(payload, path)
     if kind.startswith("clip_"):
         cfg, parts, backbone_config = _clip_config(kind, payload, args)
     else:
         cfg, parts, backbone_config = _region_config(kind, payload, args)
+    if prepare is not None:
+        cfg = prepare(cfg)
     if backbone_config is None:
         from transformers import BertConfig
+        folder = resolve_backbone(cfg.bert_path, "--bert_path")
         try:
-            backbone_config = BertConfig.from_pretrained(cfg.bert_path).to_dict()
+            backbone_config = BertConfig.from_pretrained(folder).to_dict()
         except OSError as exc:
             raise CheckpointError(f"the BERT architecture of {path} comes from --bert_path {cfg.bert_path}, "
                                   f"which cannot be loaded: {str(exc).splitlines()[0]}") from exc
@@ -330,10 +335,23 @@ def load_released(path: str, args, payload=None):
     return cfg, model, f"released {names[kind]} checkpoint"
 
 
+def released_history(payload: dict) -> str:
+    """What a released file says of its training (region files: epoch and best rSum)."""
+    epoch, best = payload.get("epoch"), payload.get("best_rsum")
+    parts = [f"epoch {epoch}" if epoch is not None else None,
+             f"best rSum {float(best):.1f} as recorded by the released training" if best is not None else None]
+    return ", ".join(part for part in parts if part) or "no training record in the file"
+
+
 def convert(path: str, out_path: str, args) -> str:
     """Write a released checkpoint in our format (weights only, like model_best.pth)."""
+    from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_snapshot
     cfg, model, source = load_released(path, args)
+    kind = model.text_kind
+    name = cfg.clip_path if kind == "clip" else cfg.bert_path
+    tokenizer = load_tokenizer(kind, name)
+    check_tokenizer(tokenizer, kind, model.text_tokens(), f"--{kind}_path {name}")
     checkpoint.save(out_path, {"config": cfg.to_dict(), "backbone_config": backbone_config_of(model),
-                               "model": model.state_dict(), "progress": None, "metrics": None,
-                               "converted_from": path})
+                               "model": model.state_dict(), "tokenizer": tokenizer_snapshot(tokenizer, kind),
+                               "progress": None, "metrics": None, "converted_from": path})
     return source

@@ -23,8 +23,8 @@ def run_guarded(main, argv=None) -> int:
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     distributed.cleanup()
     return 0

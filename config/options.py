@@ -117,6 +117,9 @@ def train_parser() -> argparse.ArgumentParser:
     train.add_argument("--output_dir", default="runs/exp", help="checkpoints, config, logs and TensorBoard")
     train.add_argument("--resume", default="",
                        help="checkpoint to continue from, or 'auto' for <output_dir>/checkpoint_last.pth")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a non-empty --output_dir, replacing its checkpoints, config, log and "
+                            "TensorBoard scalars (without it, a used folder is only continued with --resume)")
     train.add_argument("--save_every_steps", type=int, default=500,
                        help="also write checkpoint_last every N steps (0: only at evaluations and epoch ends)")
     train.add_argument("--max_steps", type=int, default=0,
@@ -150,6 +153,7 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
     for key, default in preset.items():
         if values.get(key) is None:
             values[key] = default
+    check_ranges(values, TRAIN_RANGES + RUNTIME_RANGES)
 
     if values["encoders"] == "region_bert":
         if not values["data_path"] or not values["data_name"]:
@@ -169,9 +173,11 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
         raise ConfigError("--loss infonce needs CLIP's logit scale; use --loss hinge with region_bert encoders")
     if values["sim_head"] in ("esl_h", "esl_a"):
         values["esl_levels"] = resolve_num_levels(values["embed_size"], values["kernel_size"], values["esl_levels"])
-    for key in ("batch_size", "num_epochs", "evals_per_epoch", "val_every"):
-        if values[key] < 1:
-            raise ConfigError(f"--{key} must be at least 1 (got {values[key]})")
+    if values["val_split"] in ("test", "testall"):
+        raise ConfigError(f"--val_split {values['val_split']}: the model would be selected on the test set, which "
+                          "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
+    if values["resume"] and values["overwrite"]:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
     if values["batch_size"] < 2:
         raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -182,6 +188,35 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
+# (option, lowest, highest, whether the bounds are included); None: unbounded on that side
+TRAIN_RANGES = [
+    ("batch_size", 1, None, True), ("num_epochs", 1, None, True), ("evals_per_epoch", 1, None, True),
+    ("val_every", 1, None, True), ("log_every", 1, None, True), ("embed_size", 1, None, True),
+    ("img_dim", 1, None, True), ("max_steps", 0, None, True), ("save_every_steps", 0, None, True),
+    ("lr_update", 0, None, True), ("vse_mean_warmup_epochs", 0, None, True), ("seed", 0, None, True),
+    ("learning_rate", 0, None, False), ("clip_lr", 0, None, False), ("noclip_lr", 0, None, False),
+    ("weight_decay", 0, None, True), ("grad_clip", 0, None, True), ("margin", 0, None, True),
+    ("warmup_proportion", 0, 1, True), ("word_aug", 0, 1, True), ("region_drop", 0, 1, None),
+]
+RUNTIME_RANGES = [("workers", 0, None, True), ("eval_batch_size", 1, None, True), ("eval_mem_gb", 0, None, False)]
+
+
+def check_ranges(values: dict, ranges) -> None:
+    """Each option within its range (NaN never is); `None` for inclusive means [low, high)."""
+    for key, low, high, inclusive in ranges:
+        value = values.get(key)
+        if value is None:
+            continue
+        above = value >= low if inclusive is not False else value > low
+        below = high is None or (value <= high if inclusive else value < high)
+        if not (above and below):
+            if high is None:
+                bound = f"at least {low}" if inclusive is not False else f"greater than {low}"
+            else:
+                bound = f"in [{low}, {high}]" if inclusive else f"in [{low}, {high})"
+            raise ConfigError(f"--{key} must be {bound} (got {value})")
+
+
 def _cuda_requested(device: str) -> bool:
     import torch
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -190,8 +225,9 @@ def _cuda_requested(device: str) -> bool:
 def _clip_sizes(clip_path: str) -> tuple[int, int]:
     """(projection size, input image size) of a CLIP model, from its config alone."""
     from transformers import CLIPConfig
+    from modules.backbones import resolve_backbone
     try:
-        config = CLIPConfig.from_pretrained(clip_path)
+        config = CLIPConfig.from_pretrained(resolve_backbone(clip_path, "--clip_path"))
         return config.projection_dim, config.vision_config.image_size
     except OSError as exc:
         raise ConfigError(f"--clip_path {clip_path}: no CLIP config found ({str(exc).splitlines()[0]})") from exc

@@ -1,21 +1,65 @@
-"""Caption -> token ids, with the released word-level augmentation for BERT."""
+"""Caption -> token ids, with the released word-level augmentation for BERT; tokenizers loaded
+from a backbone folder, or rebuilt from the copy a checkpoint carries."""
+
+import logging
+import os
+import tempfile
 
 import numpy as np
 from transformers import AutoTokenizer, BertTokenizer, CLIPTokenizer
 
 from errors import ConfigError
+from modules.backbones import resolve_backbone
+
+logger = logging.getLogger("dimmatch")
+
+TOKENIZER_FILES = {"bert": (("vocab.txt",), ("tokenizer.json",)),
+                   "clip": (("vocab.json", "merges.txt"), ("tokenizer.json",))}
+OPTION = {"bert": "--bert_path", "clip": "--clip_path"}
 
 
 def load_tokenizer(kind: str, path: str):
-    """The BERT WordPiece or CLIP BPE tokenizer of a hub name or a local folder."""
+    """The BERT WordPiece or CLIP BPE tokenizer of a hub name or a local folder.
+
+    A folder without the tokenizer's files is an error: transformers would otherwise build a
+    tokenizer of special tokens only and map every word to [UNK] without a word of warning."""
+    option = OPTION[kind]
+    folder = resolve_backbone(path, option)
+    if not any(all(os.path.isfile(os.path.join(folder, name)) for name in files) for files in TOKENIZER_FILES[kind]):
+        wanted = " or ".join("+".join(files) for files in TOKENIZER_FILES[kind])
+        raise ConfigError(f"{option} {path} has no {kind.upper()} tokenizer files ({wanted})")
     tokenizer_class = {"bert": BertTokenizer, "clip": CLIPTokenizer}[kind]
     try:
-        return tokenizer_class.from_pretrained(path)
+        tokenizer = tokenizer_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as first_error:
         try:
-            return AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError):
             raise ConfigError(f"cannot load the {kind} tokenizer from {path!r}: {first_error}") from first_error
+    if len(tokenizer) <= len(tokenizer.all_special_ids):
+        raise ConfigError(f"{option} {path}: the tokenizer has only its {len(tokenizer)} special tokens")
+    return tokenizer
+
+
+def tokenizer_snapshot(tokenizer, kind: str) -> dict:
+    """The tokenizer as plain text files, stored in our checkpoints so that they evaluate
+    anywhere, offline, with exactly the tokenizer they were trained with."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        files = {}
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                files[name] = handle.read()
+    return {"kind": kind, "files": files}
+
+
+def tokenizer_from_snapshot(snapshot: dict):
+    tokenizer_class = {"bert": BertTokenizer, "clip": CLIPTokenizer}[snapshot["kind"]]
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in snapshot["files"].items():
+            with open(os.path.join(folder, os.path.basename(name)), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        return tokenizer_class.from_pretrained(folder, local_files_only=True)
 
 
 class BertCaptionEncoder:
@@ -32,13 +76,20 @@ class BertCaptionEncoder:
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id
         self.vocab_size = len(tokenizer.get_vocab())
+        self.truncation_noted = False
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_length
 
     def __call__(self, caption: str, rng: np.random.Generator | None = None) -> list[int]:
         encoding = self.tokenizer(caption, add_special_tokens=False)
         ids = encoding["input_ids"]
         if rng is not None and self.word_aug > 0:
             ids = self._augment(ids, encoding.word_ids(), rng)
-        ids = ids[: self.max_length - 2]
+        if len(ids) > self.max_length - 2:
+            note_truncation(self, caption)
+            ids = ids[: self.max_length - 2]
         return [self.tokenizer.cls_token_id] + ids + [self.tokenizer.sep_token_id]
 
     def _augment(self, ids: list[int], word_ids: list[int], rng: np.random.Generator) -> list[int]:
@@ -70,13 +121,67 @@ class ClipCaptionEncoder:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.pad_id = tokenizer.pad_token_id
+        self.truncation_noted = False
+
+    @property
+    def max_positions(self) -> int:
+        return self.context_length
 
     def __call__(self, caption: str, rng=None) -> list[int]:
-        return self.tokenizer(caption, truncation=True, max_length=self.context_length)["input_ids"]
+        ids = self.tokenizer(caption)["input_ids"]
+        if len(ids) > self.context_length:
+            note_truncation(self, caption)
+            ids = ids[: self.context_length - 1] + ids[-1:]
+        return ids
 
 
-def caption_encoder_for(cfg):
-    """The caption encoder of a config's text tower; it augments only when given an rng."""
+def note_truncation(encoder, caption: str) -> None:
+    """Say once per encoder (and process) that captions are cut to the text encoder's positions."""
+    if not encoder.truncation_noted:
+        encoder.truncation_noted = True
+        logger.warning("captions longer than the text encoder's %d positions are truncated to fit (as the "
+                       "released tokenisation does), e.g. %r", encoder.max_positions, caption[:60] + "...")
+
+
+def caption_encoder_for(cfg, tokenizer, max_positions: int):
+    """The caption encoder of a config's text tower, cutting captions to `max_positions`
+    tokens; it augments only when given an rng."""
     if cfg.encoders == "clip":
-        return ClipCaptionEncoder(load_tokenizer("clip", cfg.clip_path))
-    return BertCaptionEncoder(load_tokenizer("bert", cfg.bert_path), word_aug=getattr(cfg, "word_aug", 0.2))
+        encoder = ClipCaptionEncoder(tokenizer, context_length=max_positions)
+    else:
+        encoder = BertCaptionEncoder(tokenizer, word_aug=getattr(cfg, "word_aug", 0.2), max_length=max_positions)
+    return encoder
+
+
+SPECIAL_TOKENS = {"bert": ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"),
+                  "clip": ("bos_token", "eos_token", "pad_token")}
+
+
+def check_tokenizer(tokenizer, kind: str, text_tokens: dict, source: str, reference=None) -> None:
+    """Refuse a tokenizer that does not fit the model's embedding table (or, when the checkpoint
+    carries its own tokenizer, differs from it): every caption would be encoded wrongly."""
+    vocabulary = len(tokenizer)
+    rows = text_tokens["rows"]
+    if vocabulary != rows:
+        raise ConfigError(f"the tokenizer of {source} has {vocabulary} tokens but the model's embedding table has "
+                          f"{rows} rows: it is not the tokenizer this model was trained with")
+    for name in SPECIAL_TOKENS[kind]:
+        token_id = getattr(tokenizer, f"{name}_id", None)
+        if token_id is None or not 0 <= token_id < rows:
+            raise ConfigError(f"the tokenizer of {source} has no usable {name} (id {token_id}) for an embedding "
+                              f"table of {rows} rows")
+        if reference is not None and getattr(reference, f"{name}_id") != token_id:
+            raise ConfigError(f"the tokenizer of {source} gives {name} the id {token_id}, the checkpoint's own "
+                              f"tokenizer {getattr(reference, f'{name}_id')}")
+    if text_tokens.get("pad") is not None and kind == "bert" and tokenizer.pad_token_id != text_tokens["pad"]:
+        raise ConfigError(f"the tokenizer of {source} pads with id {tokenizer.pad_token_id}, the model masks id "
+                          f"{text_tokens['pad']}")
+    if text_tokens.get("eos") is not None and tokenizer.eos_token_id != text_tokens["eos"]:
+        raise ConfigError(f"the tokenizer of {source} ends captions with id {tokenizer.eos_token_id}, the model "
+                          f"pools at id {text_tokens['eos']}")
+    if reference is not None:
+        ours, theirs = tokenizer.get_vocab(), reference.get_vocab()
+        differing = sum(ours.get(token) != index for token, index in theirs.items())
+        if differing:
+            raise ConfigError(f"the tokenizer of {source} maps {differing} of {len(theirs)} tokens to other ids "
+                              "than the checkpoint's own tokenizer")

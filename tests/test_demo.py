@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from config import Config
+from datasets.builders import load_eval_split
+from datasets.captions import caption_encoder_for, tokenizer_from_snapshot
 from datasets.karpathy import ImageFileSet, load_karpathy_split
 from datasets.precomp import PrecompSplit
 from demo.__main__ import chance_rsum, main as demo
@@ -52,10 +54,13 @@ def test_chance_level():
 def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",
                     "--output", str(tmp_path)])
-    cfg = Config(**read_checkpoint(summary["checkpoint"])["config"])
+    payload = read_checkpoint(summary["checkpoint"])
+    cfg = Config(**payload["config"])
     torch.manual_seed(123)
-    untrained = build_model(cfg)
-    random_rsum = evaluate_split(untrained, cfg, "test", torch.device("cpu"), workers=0,
+    untrained = build_model(cfg, backbone_config=payload["backbone_config"])
+    encoder = caption_encoder_for(cfg, tokenizer_from_snapshot(payload["tokenizer"]),
+                                  untrained.text_tokens()["positions"])
+    random_rsum = evaluate_split(untrained, load_eval_split(cfg, "test"), encoder, torch.device("cpu"), workers=0,
                                  progress=False)["metrics"]["rsum"]
     assert summary["rsum"] > random_rsum + 50, (summary["rsum"], random_rsum)
     assert summary["rsum"] > summary["chance_rsum"] + 50

@@ -41,6 +41,8 @@ def test_packed_gather_pads_each_shard_to_its_own_longest():
 def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
     """N images and 5N captions: exactly N + 5N items go through the encoders."""
     from config import Config
+    from datasets.builders import load_eval_split
+    from datasets.captions import caption_encoder_for, load_tokenizer
     from evaluation.protocol import compute_split_scores
     from modules.model import build_model
 
@@ -56,8 +58,9 @@ def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
             encoded[side] += inputs.shape[0]
             return original(inputs, lengths)
         setattr(model.encoders, method, counting)
-    sims, info = compute_split_scores(model, cfg, "test", torch.device("cpu"), batch_size=4, workers=0,
-                                      progress=False)
+    encoder = caption_encoder_for(cfg, load_tokenizer("clip", tiny_clip), model.text_tokens()["positions"])
+    sims, info = compute_split_scores(model, load_eval_split(cfg, "test"), encoder, torch.device("cpu"),
+                                      batch_size=4, workers=0, progress=False)
     assert sims.shape == (10, 50)
     assert encoded == {"images": 10, "captions": 50} == {"images": info["images_encoded"],
                                                            "captions": info["captions_encoded"]}

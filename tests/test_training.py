@@ -6,7 +6,7 @@ import torch
 from conftest import REGION_DIM
 from config import Config
 from datasets.batching import Collate
-from datasets.captions import caption_encoder_for
+from datasets.captions import caption_encoder_for, load_tokenizer
 from datasets.karpathy import KarpathyTrainDataset, load_karpathy_split
 from datasets.precomp import PrecompSplit, PrecompTrainDataset
 from modules.losses import HingeLoss, InfoNCELoss
@@ -35,7 +35,7 @@ def train_steps(model, batch, criterion, steps=12, lr=1e-3):
 def test_region_heads_reduce_the_loss(region_data, tiny_bert, head, embed_size):
     torch.manual_seed(0)
     cfg = region_config(tiny_bert, head, embed_size)
-    encoder = caption_encoder_for(cfg)
+    encoder = caption_encoder_for(cfg, load_tokenizer("bert", tiny_bert), 128)
     dataset = PrecompTrainDataset(PrecompSplit(region_data[0], "f30k_precomp", "train", REGION_DIM), encoder,
                                   seed=0, region_drop=0.0)
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])  # 16 different images
@@ -50,7 +50,7 @@ def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
     root, images, _ = image_data
     cfg = Config(encoders="clip", sim_head=head, embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
                  clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3)
-    encoder = caption_encoder_for(cfg)
+    encoder = caption_encoder_for(cfg, load_tokenizer("clip", tiny_clip), 77)
     dataset = KarpathyTrainDataset(load_karpathy_split("f30k", root, images, "train"), encoder, image_size=32)
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])
     model = build_model(cfg)

@@ -20,8 +20,9 @@ class RunState:
     """Counters of the run (epoch, step, best validation) plus the model, optimiser and scaler
     whose states `checkpoint_last` carries. `model_best` holds weights and progress only."""
 
-    def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int):
+    def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int, tokenizer: dict):
         self.cfg = cfg
+        self.tokenizer = tokenizer  # its files, so that a checkpoint evaluates anywhere, offline
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -42,6 +43,7 @@ class RunState:
         payload = {
             "config": self.cfg.to_dict(),
             "backbone_config": backbone_config_of(self.model),
+            "tokenizer": self.tokenizer,
             "model": self.model.state_dict(),
             "progress": self.progress(),
             "metrics": metrics,

@@ -12,17 +12,23 @@ from tqdm import tqdm
 
 from datasets.batching import Collate, ResumableBatchSampler
 from datasets.builders import build_train_dataset
-from datasets.captions import caption_encoder_for
+from datasets.captions import caption_encoder_for, check_tokenizer, load_tokenizer, tokenizer_snapshot
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import HingeLoss, InfoNCELoss
-from modules.model import build_model
+from modules.model import build_model, pretrained_text_positions
 from .schedule import evaluation_steps
 from .state import LAST, RunState
+from .speed import Throughput
 from .step import OptimisationStep
 from .validation import Validator
 
 logger = logging.getLogger("dimmatch")
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Data-loader workers leave Ctrl-C to the main process, which stops cleanly with a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -32,7 +38,10 @@ class Trainer:
         self.world = distributed.world_size()
         self.main = distributed.is_main_process()
 
-        self.caption_encoder = caption_encoder_for(cfg)
+        text_kind = "clip" if cfg.encoders == "clip" else "bert"
+        text_path = cfg.clip_path if cfg.encoders == "clip" else cfg.bert_path
+        tokenizer = load_tokenizer(text_kind, text_path)
+        self.caption_encoder = caption_encoder_for(cfg, tokenizer, pretrained_text_positions(cfg))
         self.train_set = build_train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                              distributed.rank(), self.world)
@@ -41,11 +50,13 @@ class Trainer:
             raise ConfigError(f"the training split has {len(self.train_set)} pairs, fewer than one "
                               f"batch of --batch_size {cfg.batch_size}")
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
-                                 collate_fn=Collate(self.caption_encoder.pad_id),
+                                 collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_interrupts,
                                  pin_memory=device.type == "cuda", generator=torch.Generator())
         self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
+        self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
 
         self.model = build_model(cfg).to(device)
+        check_tokenizer(tokenizer, self.model.text_kind, self.model.text_tokens(), f"--{text_kind}_path {text_path}")
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
@@ -54,7 +65,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch)
+        self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch,
+                              tokenizer_snapshot(tokenizer, text_kind))
         if cfg.resume:
             self.state.resume(cfg.resume)
         if self.world > 1:
@@ -66,9 +78,10 @@ class Trainer:
             self.trained = self.model
         self.step = OptimisationStep(cfg, self.model, self.trained, self.criterion, optimizer, scaler, device,
                                      self.caption_encoder.pad_id, steps_per_epoch, self._diverged)
-        self.writer = self._tensorboard() if self.main else None
-        self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
+        self.writer = None
         self.stop_requested = False
+        self.interrupted = False
+        self.speed = Throughput(cfg.batch_size)
 
     @property
     def optimizer(self):
@@ -80,30 +93,39 @@ class Trainer:
         except ImportError:
             logger.warning("tensorboard is not installed; scalars go to train.log only")
             return None
+        # a resumed run replaces only what was logged after its checkpoint (steps > global_step)
         return SummaryWriter(os.path.join(self.cfg.output_dir, "tensorboard"),
-                             purge_step=self.state.global_step or None)
+                             purge_step=self.state.global_step + 1 if self.state.global_step else None)
 
     def _scalar(self, name: str, value: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar(name, value, self.state.global_step)
 
     def fit(self) -> dict:
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        """Train to the end, to --max_steps, or to a stop request (SIGTERM, Ctrl-C): each of them
+        ends with checkpoint_last written."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         state = self.state
+        self.writer = self._tensorboard() if self.main else None
         try:
             logger.info("training %d epochs x %d steps (global batch %d on %d process%s)", self.cfg.num_epochs,
                         state.steps_per_epoch, self.cfg.batch_size, self.world, "es" if self.world > 1 else "")
             while state.epoch < self.cfg.num_epochs and not self.stop_requested:
                 self._run_epoch()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.writer is not None:
                 self.writer.close()
-        return {"best_rsum": state.best_rsum, "best_at": state.best_at, "global_step": state.global_step}
+        return {"best_rsum": state.best_rsum, "best_at": state.best_at, "global_step": state.global_step,
+                "interrupted": self.interrupted}
 
     def _request_stop(self, signum, frame) -> None:
-        logger.warning("SIGTERM: finishing this step, writing %s and stopping", LAST)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        logger.warning("%s: finishing this step, writing %s and stopping (Ctrl-C again stops at once)", name, LAST)
         self.stop_requested = True
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _run_epoch(self) -> None:
         cfg, state = self.cfg, self.state
@@ -124,13 +146,13 @@ class Trainer:
                 state.global_step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                self.speed.step()
                 if state.global_step % cfg.log_every == 0:
-                    self._scalar("train/loss", loss)
-                    for group in self.optimizer.param_groups:
-                        self._scalar(f"lr/{group['name']}", group["lr"])
+                    self._log_progress(loss)
                 stop = self._stop_now()
                 if validate_this_epoch and batch_index in self.eval_steps:
-                    state.save_last(self.validate(state) if self.main else None)
+                    state.save_last(self._validate_or_save() if self.main else None)
+                    self.speed.restart()
                 elif stop or (cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0):
                     state.save_last()
                 if stop:
@@ -143,6 +165,26 @@ class Trainer:
         state.epoch += 1
         state.step_in_epoch = 0
         state.save_last()
+
+    def _log_progress(self, loss: float) -> None:
+        state, cfg = self.state, self.cfg
+        self._scalar("train/loss", loss)
+        for group in self.optimizer.param_groups:
+            self._scalar(f"lr/{group['name']}", group["lr"])
+        total = state.steps_per_epoch * cfg.num_epochs
+        remaining = min(total, cfg.max_steps or total) - state.global_step
+        lrs = " ".join(f"{group['name']} {group['lr']:.2e}" for group in self.optimizer.param_groups)
+        logger.info("epoch %d step %d/%d (global %d): loss %.4f | lr %s | %.1f pairs/s | ETA %s (training only)",
+                    state.epoch, state.step_in_epoch, state.steps_per_epoch, state.global_step, loss, lrs,
+                    self.speed.pairs_per_second(), self.speed.eta(remaining))
+
+    def _validate_or_save(self) -> dict:
+        """Validation metrics; if validation fails or is interrupted, the trained steps are saved first."""
+        try:
+            return self.validate(self.state)
+        except BaseException:
+            self.state.save_last()
+            raise
 
     def _stop_now(self) -> bool:
         limit = self.cfg.max_steps and self.state.global_step >= self.cfg.max_steps

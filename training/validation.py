@@ -4,7 +4,7 @@ import logging
 import os
 
 from checkpoints.atomic import write_json
-from datasets.builders import VALIDATION_MAX_IMAGES
+from datasets.builders import VALIDATION_MAX_IMAGES, load_eval_split
 from evaluation.metrics import format_metrics
 from evaluation.protocol import evaluate_split
 
@@ -19,13 +19,14 @@ class Validator:
         self.device = device
         self.caption_encoder = caption_encoder
         self.scalar = scalar  # (name, value) -> TensorBoard at the current step
+        # read and checked when training starts, so that no epoch is lost to a bad validation file
+        self.data = load_eval_split(cfg, cfg.val_split, VALIDATION_MAX_IMAGES)
 
     def __call__(self, state) -> dict:
         cfg = self.cfg
-        result = evaluate_split(state.model, cfg, cfg.val_split, self.device, amp=cfg.amp,
+        result = evaluate_split(state.model, self.data, self.caption_encoder, self.device, amp=cfg.amp,
                                 batch_size=cfg.eval_batch_size, workers=cfg.workers, mem_gb=cfg.eval_mem_gb,
-                                max_images=VALIDATION_MAX_IMAGES, progress=True,
-                                caption_encoder=self.caption_encoder)
+                                progress=True)
         metrics = result["metrics"]
         logger.info(format_metrics(metrics, f"validation ({cfg.val_split}) epoch {state.epoch} "
                                             f"step {state.step_in_epoch}/{state.steps_per_epoch}"))

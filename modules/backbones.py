@@ -1,0 +1,69 @@
+"""Where a BERT / CLIP backbone comes from: a local folder, the HuggingFace cache, or the hub.
+
+transformers, given a name it cannot resolve, either retries the network for minutes or (for
+some tokenizers) returns a near-empty vocabulary without raising. Every `--bert_path` /
+`--clip_path` is therefore resolved here first, to a local folder that holds a config, and any
+failure is one line saying what was not found and how to point to a local copy.
+"""
+
+import os
+import socket
+from urllib.parse import urlparse
+
+from errors import ConfigError
+
+# what a backbone folder needs: the config and weights for the model, plus the tokenizer files
+DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+CONNECT_TIMEOUT_S = 5
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else can only be a folder."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+            or os.sep != "/" and os.sep in name)
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub cannot be reached right now, or None; decided in seconds, without retries."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
+def resolve_backbone(name: str, option: str) -> str:
+    """The local folder of the backbone `name` (a folder, or a hub id found in or fetched into
+    the cache). `option` is the command-line flag it came from, for the error messages."""
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{option} {name} is a file; give the folder that holds config.json and the "
+                              "tokenizer files (as written by save_pretrained)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"{option} {name} has no config.json: not a transformers model folder")
+        return path
+    if _looks_like_a_path(name):
+        raise ConfigError(f"{option} {name}: no such folder (relative paths are read from {os.getcwd()})")
+
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    how = f"give a local copy ({option} DIR, a folder written by save_pretrained)"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{option} {name} is neither a local folder nor in the HuggingFace cache, and "
+                          f"HF_HUB_OFFLINE is set: {how}, or download it once online")
+    reason = _hub_unreachable(constants.ENDPOINT)
+    if reason is not None:
+        raise ConfigError(f"{option} {name} is neither a local folder nor in the HuggingFace cache, and "
+                          f"{constants.ENDPOINT} cannot be reached ({reason}): {how}")
+    try:
+        return snapshot_download(name, allow_patterns=DOWNLOAD_PATTERNS)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{option} {name} could not be downloaded ({first}): {how}") from exc
