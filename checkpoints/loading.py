@@ -96,8 +96,8 @@ def evaluation_tokenizer(model, cfg, args, snapshot: dict | None, path: str):
         tokenizer = load_tokenizer(kind, name)
     except ConfigError as exc:
         if override is None:
-            raise ConfigError(f"checkpoint {path} carries no tokenizer, and the one it names is not found: {exc}; "
-                              f"give {option}") from exc
+            raise ConfigError(f"checkpoint {path} carries no tokenizer, and the one it names is not found: "
+                              f"{exc}") from exc
         raise
     check_tokenizer(tokenizer, kind, model.text_tokens(), f"{option} {name}", reference=reference)
     return tokenizer

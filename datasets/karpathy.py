@@ -9,13 +9,14 @@ under `train2014/` or `val2014/`; captions are `raw.lower()`.
 import json
 import logging
 import os
+import re
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from errors import DataError
 from .transforms import clip_preprocess
-from .precomp import CAPTIONS_PER_IMAGE
+from .precomp import CAPTIONS_PER_IMAGE, read_text
 
 logger = logging.getLogger("dimmatch")
 
@@ -23,11 +24,22 @@ ANNOTATION_FILES = {"f30k": "dataset_flickr30k.json", "coco": "{split}_coco.json
 
 
 def annotation_file(dataset: str, ann_path: str, split: str) -> str:
+    """The annotation file of `split`. Flickr30K has one file whose images carry their split;
+    COCO has one file per split, so a single COCO file must be the one of the split asked for."""
+    expected = ANNOTATION_FILES[dataset].format(split=split)
     if os.path.isfile(ann_path):
+        name = os.path.basename(ann_path)
+        if dataset == "coco" and name != expected:
+            other = re.fullmatch(r"(.+)_coco\.json", name)
+            holds = f"split '{other.group(1)}'" if other else "an unknown split"
+            raise DataError(f"--ann_path {ann_path} is the COCO annotation file of {holds}, but split '{split}' "
+                            f"needs {expected}; give the folder holding {{train,dev,testall}}_coco.json")
         return ann_path
     if not os.path.isdir(ann_path):
         raise DataError(f"annotation path {ann_path} does not exist (--ann_path)")
-    path = os.path.join(ann_path, ANNOTATION_FILES[dataset].format(split=split))
+    path = os.path.join(ann_path, expected)
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder, not the {dataset} annotation file")
     if not os.path.isfile(path):
         raise DataError(f"{path} is missing (--ann_path must be the {dataset} annotation file or its folder)")
     return path
@@ -35,8 +47,7 @@ def annotation_file(dataset: str, ann_path: str, split: str) -> str:
 
 def _load_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -55,6 +66,10 @@ def _image_path(dataset: str, image_root: str, name: str, split: str) -> str:
 
 def load_karpathy_split(dataset: str, ann_path: str, image_root: str, split: str) -> list[tuple[str, list[str]]]:
     """[(image path, [normalised captions])] of one split, in file order."""
+    if os.path.isfile(image_root):
+        raise DataError(f"--image_root {image_root} is a file; give the folder of the images")
+    if not os.path.isdir(image_root):
+        raise DataError(f"--image_root {image_root} does not exist")
     path = annotation_file(dataset, ann_path, split)
     data = _load_json(path)
     name_key = "filename" if dataset == "f30k" else "file_name"
@@ -107,6 +122,10 @@ def read_image(path: str):
             return image.copy(), None
     except FileNotFoundError:
         return None, "is missing"
+    except IsADirectoryError:
+        return None, "is a folder, not an image"
+    except Image.DecompressionBombError as exc:
+        return None, f"is too large to decode safely ({exc})"
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         return None, f"cannot be read ({exc})"
 

@@ -11,10 +11,25 @@ from errors import DataError
 CAPTIONS_PER_IMAGE = 5
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file (a leading byte-order mark is dropped); other encodings are an error
+    naming the line, since decoding them as something else would change the captions."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); convert the file to "
+                        "UTF-8, e.g. iconv -f latin1 -t utf-8") from exc
+
+
 def read_captions(path: str) -> list[str]:
     """One caption a line; an empty or whitespace-only line is an error (it would shift pairs)."""
-    with open(path, encoding="utf-8") as handle:
-        captions = [line.strip() for line in handle]
+    lines = read_text(path).split("\n")  # not splitlines(): it also splits at \x0b, \x1c, \u2028, ...
+    if lines and lines[-1] == "":
+        lines.pop()
+    captions = [line.strip() for line in lines]
     for number, caption in enumerate(captions, start=1):
         if not caption:
             raise DataError(f"{path}:{number} is an empty caption line; every line must hold one caption")
@@ -31,6 +46,8 @@ class PrecompSplit:
     def __init__(self, data_path: str, data_name: str, split: str, img_dim: int,
                  max_captions: int | None = None):
         folder = os.path.join(data_path, data_name)
+        if os.path.isfile(data_path):
+            raise DataError(f"--data_path {data_path} is a file; give the folder that holds {data_name}/")
         if not os.path.isdir(data_path):
             raise DataError(f"data folder {data_path} does not exist (--data_path)")
         if not os.path.isdir(folder):
@@ -38,6 +55,9 @@ class PrecompSplit:
         self.ims_file = os.path.join(folder, f"{split}_ims.npy")
         self.caps_file = os.path.join(folder, f"{split}_caps.txt")
         for path in (self.caps_file, self.ims_file):
+            if os.path.isdir(path):
+                raise DataError(f"{path} is a folder; split '{split}' needs the files {split}_ims.npy and "
+                                f"{split}_caps.txt")
             if not os.path.isfile(path):
                 raise DataError(f"{path} is missing (split '{split}' needs {split}_ims.npy and {split}_caps.txt)")
         self.captions = read_captions(self.caps_file)

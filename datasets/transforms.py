@@ -15,8 +15,26 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images as 8-bit grey, scaled rather than clipped: PIL's own
+    conversion clips them at 255, which turns almost every 16-bit image white. Integer images are
+    taken as 16-bit (0..65535), float images as 0..1 when their maximum is at most 1, else 0..255."""
+    if image.mode in HIGH_BIT_DEPTH:
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        pixels = pixels * 255.0 if pixels.max(initial=0.0) <= 1.0 else pixels
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
 def clip_preprocess(image: Image.Image, size: int = 224) -> torch.Tensor:
     """PIL image -> (3, size, size) float tensor."""
+    image = to_8bit(image)
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     if short != size:

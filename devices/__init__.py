@@ -21,6 +21,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"--device {name!r} is not a device name (try auto, cpu, cuda, cuda:1)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: only cpu and cuda are supported")
     return device
 
 

@@ -55,13 +55,12 @@ def resolve_backbone(name: str, option: str) -> str:
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         pass
     how = f"give a local copy ({option} DIR, a folder written by save_pretrained)"
+    where = f"{option} {name} is neither a folder here ({os.getcwd()}) nor in the HuggingFace cache"
     if constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"{option} {name} is neither a local folder nor in the HuggingFace cache, and "
-                          f"HF_HUB_OFFLINE is set: {how}, or download it once online")
+        raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set: {how}, or download it once online")
     reason = _hub_unreachable(constants.ENDPOINT)
     if reason is not None:
-        raise ConfigError(f"{option} {name} is neither a local folder nor in the HuggingFace cache, and "
-                          f"{constants.ENDPOINT} cannot be reached ({reason}): {how}")
+        raise ConfigError(f"{where}, and {constants.ENDPOINT} cannot be reached ({reason}): {how}")
     try:
         return snapshot_download(name, allow_patterns=DOWNLOAD_PATTERNS)
     except (HfHubHTTPError, OSError, ValueError) as exc:

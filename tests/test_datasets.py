@@ -123,8 +123,8 @@ def test_flickr_karpathy_json(tmp_path):
         {"filename": "2.jpg", "split": "test", "sentences": [{"raw": f"Cat {i}.."} for i in range(6)]},
     ]}
     (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(data))
-    entries = load_karpathy_split("f30k", str(tmp_path), "/imgs", "test")
-    assert entries == [("/imgs/2.jpg", [f"cat {i}" for i in range(6)])]
+    entries = load_karpathy_split("f30k", str(tmp_path), str(tmp_path), "test")
+    assert entries == [(str(tmp_path / "2.jpg"), [f"cat {i}" for i in range(6)])]
     assert evaluation_entries(entries, "x")[0][1] == [f"cat {i}" for i in range(5)]
 
 
@@ -132,9 +132,9 @@ def test_coco_karpathy_json_paths(tmp_path):
     images = [{"file_name": "COCO_val2014_000000000042.jpg", "sentences": [{"raw": "A Man."}] * 5},
               {"file_name": "COCO_train2014_000000000007.jpg", "sentences": [{"raw": "Two Birds"}] * 5}]
     (tmp_path / "train_coco.json").write_text(json.dumps({"images": images}))
-    entries = load_karpathy_split("coco", str(tmp_path), "/coco", "train")
-    assert entries[0] == ("/coco/val2014/COCO_val2014_000000000042.jpg", ["a man."] * 5)
-    assert entries[1][0] == "/coco/train2014/COCO_train2014_000000000007.jpg"
+    entries = load_karpathy_split("coco", str(tmp_path), str(tmp_path), "train")
+    assert entries[0] == (str(tmp_path / "val2014/COCO_val2014_000000000042.jpg"), ["a man."] * 5)
+    assert entries[1][0] == str(tmp_path / "train2014/COCO_train2014_000000000007.jpg")
 
 
 def test_caption_set_is_unaugmented(encoder):

@@ -50,14 +50,16 @@ def test_stop_mid_epoch_and_resume_is_exact(tmp_path, region_data, tiny_bert, st
     assert_same_run(final_state(straight), final_state(interrupted))
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_signal_then_resume_is_exact(tmp_path, region_data, tiny_bert, straight, stop):
-    """SIGKILL: the run dies between checkpoints; SIGTERM (pre-emption): it finishes the step,
-    writes checkpoint_last and exits cleanly. Either way, resuming reproduces the straight run."""
+    """SIGKILL: the run dies between checkpoints; SIGTERM (pre-emption) and Ctrl-C: it finishes the
+    step, writes checkpoint_last and exits (0 for SIGTERM, 130 for Ctrl-C, the data-loader workers
+    untouched). Every way, resuming reproduces the straight run."""
     stopped = tmp_path / "stopped"
     command = [sys.executable, os.path.join(ROOT, "train.py"),
                *args_for(region_data, tiny_bert, stopped, "--workers", "2", "--save_every_steps", "3")]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     checkpoint = stopped / "checkpoint_last.pth"
     deadline = time.time() + 120
     try:
@@ -66,11 +68,16 @@ def test_signal_then_resume_is_exact(tmp_path, region_data, tiny_bert, straight,
                 break
             time.sleep(0.05)
     finally:
-        process.send_signal(stop)
-        returncode = process.wait(timeout=120)
-    if stop == signal.SIGTERM:
-        assert returncode == 0
+        # Ctrl-C reaches the whole foreground process group, data-loader workers included
+        os.killpg(process.pid, stop) if stop == signal.SIGINT else process.send_signal(stop)
+        _, stderr = process.communicate(timeout=120)
     step = final_state(stopped)["progress"]["global_step"]
+    if stop == signal.SIGTERM:
+        assert process.returncode == 0
+    if stop == signal.SIGINT:
+        assert process.returncode == 130
+        assert stderr.strip().splitlines()[-1] == (f"interrupted: checkpoint_last written after step {step}; "
+                                                   "continue with --resume auto")
     assert 9 <= step < 60, "the run was not stopped mid-training"
     assert run_cli(train, args_for(region_data, tiny_bert, stopped, "--workers", "0", "--resume", "auto")) == 0
     assert_same_run(final_state(straight), final_state(stopped))

@@ -1,0 +1,353 @@
+"""Never silently wrong: self-contained checkpoints, tokenizers checked against the model, every
+option and path checked before work, used run folders kept, and one clear line per bad input.
+Each refusal is asserted to leave the output folder exactly as it was."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REGION_DIM, ROOT, run_cli
+from cli.commands import evaluate, train
+from demo.data import write_region_dataset
+from demo.tiny_models import write_tiny_bert
+from errors import DataError
+
+TEST = (lambda argv: evaluate(argv, "test"))
+TESTALL = (lambda argv: evaluate(argv, "testall", coco_testall=True))
+
+
+def tree_state(folder) -> dict:
+    """Every file under `folder` with a hash of its content (empty when the folder is absent)."""
+    state = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as handle:
+                state[os.path.relpath(path, folder)] = hashlib.sha1(handle.read()).hexdigest()
+    return state
+
+
+def error_line(main, argv, capsys):
+    capsys.readouterr()
+    assert run_cli(main, argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0][len("error: "):]
+
+
+def train_args(data_path, bert, out, *extra):
+    return ["--data_path", str(data_path), "--data_name", "f30k_precomp", "--bert_path", str(bert),
+            "--img_dim", str(REGION_DIM), "--batch_size", "16", "--num_epochs", "1", "--workers", "0",
+            "--embed_size", "16", "--sim_head", "esl_h", "--output_dir", str(out), "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, region_data, tiny_bert):
+    """A run trained with a BERT folder that is deleted afterwards: (run folder, data path, rSum)."""
+    root = tmp_path_factory.mktemp("trained")
+    bert = root / "bert_copy"
+    shutil.copytree(tiny_bert, bert)
+    out = root / "run"
+    assert run_cli(train, train_args(region_data[0], bert, out)) == 0
+    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", region_data[0], "--workers", "0"])
+    shutil.rmtree(bert)
+    return out, region_data[0], result["report"]["rsum"]
+
+
+# ----------------------------------------------------------------------------- checkpoints and tokenizers
+
+def test_a_checkpoint_evaluates_from_any_folder_offline_without_its_bert_folder(trained, tmp_path):
+    out, data, rsum = trained
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--checkpoint",
+                             os.path.relpath(out / "model_best.pth", elsewhere), "--data_path",
+                             os.path.relpath(data, elsewhere), "--workers", "0"],
+                            cwd=elsewhere, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"rSum {rsum:.1f}" in result.stdout
+    assert "checkpoint " in result.stdout and "epoch 0, step 30 of 30 (global step 30), validation rSum" in result.stdout
+
+
+def test_a_tokenizer_that_does_not_fit_fails_before_scoring(trained, tmp_path, capsys):
+    out, data, _ = trained
+    other = write_tiny_bert(str(tmp_path / "other_bert"), ["completely different words here"], hidden=32, layers=1)
+    args = ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0", "--bert_path", other]
+    ours = len(open(os.path.join(other, "vocab.txt"), encoding="utf-8").read().split())
+    message = error_line(TEST, args, capsys)
+    assert message.startswith(f"the tokenizer of --bert_path {other} has {ours} tokens but the model's embedding "
+                              "table has ") and message.endswith("it is not the tokenizer this model was trained with")
+
+
+def test_a_tokenizer_of_the_right_size_but_other_ids_fails(trained, tmp_path, tiny_bert, capsys):
+    out, data, _ = trained
+    swapped = tmp_path / "swapped_bert"
+    shutil.copytree(tiny_bert, swapped)
+    vocab = (swapped / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    vocab[10], vocab[11] = vocab[11], vocab[10]
+    (swapped / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
+                                "--bert_path", str(swapped)], capsys)
+    total = len([token for token in vocab if token])
+    assert message == (f"the tokenizer of --bert_path {swapped} maps 2 of {total} tokens to other ids than the "
+                       "checkpoint's own tokenizer")
+
+
+def test_an_old_checkpoint_without_tokenizer_names_what_is_missing(trained, tmp_path, capsys):
+    out, data, _ = trained
+    payload = torch.load(out / "model_best.pth", weights_only=True)
+    del payload["tokenizer"]
+    payload["version"] = 1
+    payload["config"]["bert_path"] = "runs/tiny_bert"
+    old = tmp_path / "format1.pth"
+    torch.save(payload, old)
+    message = error_line(TEST, ["--checkpoint", str(old), "--data_path", data, "--workers", "0"], capsys)
+    assert message == (f"checkpoint {old} carries no tokenizer, and the one it names is not found: --bert_path "
+                       f"runs/tiny_bert is neither a folder here ({os.getcwd()}) nor in the HuggingFace cache, and "
+                       "HF_HUB_OFFLINE is set: give a local copy (--bert_path DIR, a folder written by "
+                       "save_pretrained), or download it once online")
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path, region_data, tiny_bert, capsys):
+    folder = tmp_path / "no_vocab"
+    shutil.copytree(tiny_bert, folder)
+    os.remove(folder / "vocab.txt")
+    out = tmp_path / "out"
+    message = error_line(train, train_args(region_data[0], folder, out), capsys)
+    assert message == f"--bert_path {folder} has no BERT tokenizer files (vocab.txt or tokenizer.json)"
+    assert not out.exists()
+
+
+def hub_error(tmp_path, extra_env):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "empty_cache"), **extra_env}
+    for key in [key for key in extra_env if extra_env[key] is None]:
+        env.pop(key)
+        env.pop("TRANSFORMERS_OFFLINE", None)
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--data_path", str(tmp_path), "--data_name",
+               "f30k_precomp", "--bert_path", "bert-base-uncased", "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    return result.stderr.strip()
+
+
+def test_hub_names_fail_at_once_offline_or_unreachable(tmp_path):
+    offline = hub_error(tmp_path, {"HF_HUB_OFFLINE": "1"})
+    where = f"error: --bert_path bert-base-uncased is neither a folder here ({ROOT}) nor in the HuggingFace cache"
+    assert offline == (f"{where}, and HF_HUB_OFFLINE is set: give a local copy (--bert_path DIR, a folder "
+                       "written by save_pretrained), or download it once online")
+    unreachable = hub_error(tmp_path, {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert unreachable.startswith(f"{where}, and http://127.0.0.1:9 cannot be reached (")
+    assert unreachable.endswith("): give a local copy (--bert_path DIR, a folder written by save_pretrained)")
+
+
+# ----------------------------------------------------------------------------- checks before work
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--workers", "-1"], "--workers must be at least 0 (got -1)"),
+    (["--log_every", "0"], "--log_every must be at least 1 (got 0)"),
+    (["--embed_size", "0"], "--embed_size must be at least 1 (got 0)"),
+    (["--region_drop", "1"], "--region_drop must be in [0, 1) (got 1.0)"),
+    (["--max_steps", "-5"], "--max_steps must be at least 0 (got -5)"),
+    (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1 (got 0)"),
+    (["--learning_rate", "nan"], "--learning_rate must be greater than 0 (got nan)"),
+    (["--eval_mem_gb", "0"], "--eval_mem_gb must be greater than 0 (got 0.0)"),
+    (["--word_aug", "1.5"], "--word_aug must be in [0, 1] (got 1.5)"),
+    (["--val_split", "test"], "--val_split test: the model would be selected on the test set, which makes the "
+                              "reported test numbers optimistic; validate on dev (Flickr30K images: val)"),
+    (["--resume", "auto", "--overwrite"], "--resume continues a run and --overwrite replaces it; give one of them"),
+])
+def test_option_values_are_refused_before_anything(tmp_path, region_data, tiny_bert, capsys, extra, expected):
+    out = tmp_path / "out"
+    assert error_line(train, train_args(region_data[0], tiny_bert, out, *extra), capsys) == expected
+    assert not out.exists()
+
+
+def test_a_used_run_folder_needs_resume_or_overwrite(trained, tmp_path, region_data, tiny_bert, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    before = tree_state(out)
+    assert error_line(train, train_args(region_data[0], tiny_bert, out), capsys) == (
+        f"--output_dir {out} already holds a run; continue it with --resume auto, replace it with --overwrite, "
+        "or choose another folder")
+    assert tree_state(out) == before
+    (out / "notes.txt").write_text("mine")
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--overwrite", "--max_steps", "2")) == 0
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
+    assert not (out / "model_best.pth").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_resume_changes_nothing(trained, tmp_path, region_data, tiny_bert, capsys):
+    """The validation split is checked at the start: a missing dev file fails before config.json,
+    train.log or any checkpoint is touched."""
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    data = tmp_path / "data"
+    shutil.copytree(region_data[0], data)
+    os.remove(data / "f30k_precomp" / "dev_caps.txt")
+    before = tree_state(out)
+    message = error_line(train, train_args(data, tiny_bert, out, "--resume", "auto"), capsys)
+    assert message == (f"{data / 'f30k_precomp' / 'dev_caps.txt'} is missing (split 'dev' needs dev_ims.npy and "
+                       "dev_caps.txt)")
+    assert tree_state(out) == before
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("sims.txt", "--save_sims {p} must end in .npy"),
+    ("folder.npy", "--save_sims {p} is a folder; give a file name ending in .npy"),
+    ("afile/sims.npy", "--save_sims {p}: {t}/afile is a file, not a folder"),
+])
+def test_save_sims_is_checked_before_scoring(trained, tmp_path, capsys, target, expected):
+    out, data, _ = trained
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / target
+    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
+                                "--save_sims", str(path)], capsys)
+    assert message == expected.format(p=path, t=tmp_path)
+
+
+def test_output_dir_that_is_a_file(tmp_path, region_data, tiny_bert, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert error_line(train, train_args(region_data[0], tiny_bert, target), capsys) == \
+        f"--output_dir {target} is a file; give a folder for the run"
+
+
+def test_testall_fold_sizes_are_checked_before_encoding(trained, tmp_path, capsys):
+    out = trained[0]
+    data = tmp_path / "data"
+    write_region_dataset(str(data), {"test": 12}, regions=8, dim=REGION_DIM, seed=3)
+    message = error_line(TESTALL, ["--checkpoint", str(out / "model_best.pth"), "--data_path", str(data),
+                                   "--split", "test", "--workers", "0"], capsys)
+    assert message == (f"{data / 'f30k_precomp' / 'test_caps.txt'} has 12 images, which do not split into 5 equal "
+                       "folds (COCO testall has 5,000); use test.py for a single split")
+
+
+def test_folders_where_files_are_expected(trained, tmp_path, region_data, tiny_bert, capsys):
+    out, data, _ = trained
+    assert error_line(TEST, ["--checkpoint", str(out), "--data_path", data], capsys) == \
+        f"checkpoint {out} is a folder; give the checkpoint file (e.g. {out}/model_best.pth)"
+    copy = tmp_path / "data"
+    shutil.copytree(region_data[0], copy)
+    caps = copy / "f30k_precomp" / "train_caps.txt"
+    os.remove(caps)
+    caps.mkdir()
+    assert error_line(train, train_args(copy, tiny_bert, tmp_path / "o"), capsys) == \
+        f"{caps} is a folder; split 'train' needs the files train_ims.npy and train_caps.txt"
+    assert error_line(train, train_args(caps.parent / "train_ims.npy", tiny_bert, tmp_path / "o"), capsys) == \
+        f"--data_path {caps.parent / 'train_ims.npy'} is a file; give the folder that holds f30k_precomp/"
+    assert error_line(train, train_args(region_data[0], os.path.join(tiny_bert, "vocab.txt"), tmp_path / "o"),
+                      capsys) == (f"--bert_path {os.path.join(tiny_bert, 'vocab.txt')} is a file; give the folder "
+                                  "that holds config.json and the tokenizer files (as written by save_pretrained)")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def test_captions_that_are_not_utf8(tmp_path, region_data, tiny_bert, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(region_data[0], data)
+    caps = data / "f30k_precomp" / "train_caps.txt"
+    lines = caps.read_bytes().split(b"\n")
+    lines[3] = "un caf\u00e9 au lait".encode("latin-1")
+    caps.write_bytes(b"\n".join(lines))
+    assert error_line(train, train_args(data, tiny_bert, tmp_path / "out"), capsys) == \
+        f"{caps}:4 is not UTF-8 text (byte 0xe9); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_caption(tmp_path):
+    from datasets.precomp import read_captions
+    path = tmp_path / "caps.txt"
+    path.write_bytes("\ufeffa dog runs\r\na cat\u2028sleeps\n".encode("utf-8"))
+    assert read_captions(str(path)) == ["a dog runs", "a cat\u2028sleeps"]
+
+
+def test_captions_longer_than_the_text_encoder_are_cut_and_said_once(trained, tmp_path, caplog):
+    out, data, _ = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    caps = copy / "f30k_precomp" / "test_caps.txt"
+    lines = caps.read_text().splitlines()
+    lines[0] = lines[1] = " ".join(["dog"] * 300)  # the tiny BERT has 128 positions
+    caps.write_text("\n".join(lines) + "\n")
+    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", str(copy), "--workers", "0"])
+    assert 0 <= result["report"]["rsum"] <= 600
+    notes = [r.message for r in caplog.records if "truncated" in r.message]
+    assert len(notes) == 1 and "longer than the text encoder's 128 positions are truncated" in notes[0]
+
+
+def test_images_too_large_to_decode(tmp_path, monkeypatch):
+    from datasets.karpathy import ImageFileSet, KarpathyTrainDataset
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("RGB", (100, 100)).save(big)
+    Image.new("RGB", (4, 4)).save(small)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100 x 100 is more than twice this
+    with pytest.raises(DataError, match=r"^evaluation image .*big.png is too large to decode safely \(Image size"):
+        ImageFileSet([str(big)], image_size=8)[0]
+    train_set = KarpathyTrainDataset([(str(big), ["a"]), (str(small), ["b"])], lambda caption: [0], image_size=8)
+    assert train_set[0]["skipped"] == 1
+
+
+def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
+    from datasets.transforms import clip_preprocess
+    grey = (np.arange(48 * 64).reshape(48, 64) % 256).astype(np.uint16)
+    Image.fromarray(grey * 257).save(tmp_path / "grey16.png")
+    opened = Image.open(tmp_path / "grey16.png")
+    assert opened.mode == "I;16"
+    eight_bit = clip_preprocess(Image.fromarray(grey.astype(np.uint8)), 32)
+    assert torch.equal(clip_preprocess(opened, 32), eight_bit)
+    floats = Image.fromarray(grey.astype(np.float32) / 255.0, mode="F")
+    assert torch.allclose(clip_preprocess(floats, 32), eight_bit, atol=1e-6)
+
+
+def write_coco_annotations(folder, images):
+    os.makedirs(folder / "val2014", exist_ok=True)
+    entries = []
+    for number, name in enumerate(images):
+        Image.new("RGB", (8, 8)).save(folder / "val2014" / name)
+        entries.append({"file_name": name, "sentences": [{"raw": f"Caption {number} {k}."} for k in range(5)]})
+    for split in ("train", "dev", "testall"):
+        (folder / f"{split}_coco.json").write_text(json.dumps({"images": entries}))
+
+
+def test_a_single_coco_annotation_file_keeps_its_split(tmp_path):
+    from datasets.karpathy import load_karpathy_split
+    write_coco_annotations(tmp_path, ["a.jpg", "b.jpg"])
+    testall = tmp_path / "testall_coco.json"
+    assert len(load_karpathy_split("coco", str(testall), str(tmp_path), "testall")) == 2
+    with pytest.raises(DataError) as error:
+        load_karpathy_split("coco", str(testall), str(tmp_path), "dev")
+    assert str(error.value) == (f"--ann_path {testall} is the COCO annotation file of split 'testall', but split "
+                                "'dev' needs dev_coco.json; give the folder holding {train,dev,testall}_coco.json")
+    renamed = tmp_path / "captions.json"
+    shutil.copy(testall, renamed)
+    with pytest.raises(DataError, match="is the COCO annotation file of an unknown split"):
+        load_karpathy_split("coco", str(renamed), str(tmp_path), "testall")
+    assert len(load_karpathy_split("coco", str(tmp_path), str(tmp_path), "dev")) == 2
+
+
+# ----------------------------------------------------------------------------- what a run records
+
+def test_train_log_records_progress_and_tensorboard_survives_resume(tmp_path, region_data, tiny_bert):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    args = train_args(region_data[0], tiny_bert, out, "--num_epochs", "2", "--log_every", "10")
+    assert run_cli(train, args + ["--max_steps", "30"]) == 0          # stops right after epoch 0's validation
+    assert run_cli(train, args + ["--resume", "auto"]) == 0
+    log = (out / "train.log").read_text()
+    progress = [line for line in log.splitlines() if "pairs/s" in line]
+    assert len(progress) == 6 and all("loss" in line and "lr text_linear" in line and "ETA" in line
+                                      for line in progress)
+    assert "resolved config" in log and log.count("resumed from") == 1
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/rsum")] == [30, 60]
+    assert [event.step for event in events.Scalars("train/loss")] == [10, 20, 30, 40, 50, 60]
