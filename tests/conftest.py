@@ -60,3 +60,12 @@ def run_cli(main, argv):
     """Run a CLI main in-process; returns its exit status."""
     from cli.guard import run_guarded
     return run_guarded(main, argv)
+
+
+def error_line(main, argv, capsys) -> str:
+    """The one `error: ...` line a CLI main prints for a refused input (exit status 2)."""
+    capsys.readouterr()
+    assert run_cli(main, argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0][len("error: "):]

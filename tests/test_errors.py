@@ -8,18 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REGION_DIM, run_cli
+from conftest import REGION_DIM, error_line, run_cli
 from cli.commands import evaluate, train
 from errors import DataError
 from datasets.karpathy import ImageFileSet, KarpathyTrainDataset, load_karpathy_split
-
-
-def error_line(main, argv, capsys):
-    capsys.readouterr()
-    assert run_cli(main, argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, lines
-    return lines[0][len("error: "):]
 
 
 @pytest.fixture

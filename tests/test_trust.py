@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REGION_DIM, ROOT, run_cli
+from conftest import REGION_DIM, ROOT, error_line, run_cli
 from cli.commands import evaluate, train
 from demo.data import write_region_dataset
 from demo.tiny_models import write_tiny_bert
@@ -33,14 +33,6 @@ def tree_state(folder) -> dict:
             with open(path, "rb") as handle:
                 state[os.path.relpath(path, folder)] = hashlib.sha1(handle.read()).hexdigest()
     return state
-
-
-def error_line(main, argv, capsys):
-    capsys.readouterr()
-    assert run_cli(main, argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, lines
-    return lines[0][len("error: "):]
 
 
 def train_args(data_path, bert, out, *extra):
