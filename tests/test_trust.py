@@ -343,3 +343,39 @@ def test_train_log_records_progress_and_tensorboard_survives_resume(tmp_path, re
     events.Reload()
     assert [event.step for event in events.Scalars("val/rsum")] == [30, 60]
     assert [event.step for event in events.Scalars("train/loss")] == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_released_checkpoint_checks_its_tokenizer_before_encoding(tmp_path, region_data, tiny_bert, capsys):
+    from test_released import released_region_image, released_region_text, released_xdim_head, save_region_release
+    path = tmp_path / "checkpoint_24.pth_528.2.tar"
+    save_region_release(path, released_region_image(), released_region_text(tiny_bert), released_xdim_head())
+    short = tmp_path / "short_vocab_bert"
+    shutil.copytree(tiny_bert, short)
+    vocab = (short / "vocab.txt").read_text(encoding="utf-8").split()
+    (short / "vocab.txt").write_text("\n".join(vocab[:-3]) + "\n", encoding="utf-8")
+    message = error_line(TEST, ["--checkpoint", str(path), "--data_path", region_data[0], "--workers", "0",
+                                "--bert_path", str(short)], capsys)
+    assert message == (f"the tokenizer of --bert_path {short} has {len(vocab) - 3} tokens but the model's embedding "
+                       f"table has {len(vocab)} rows: it is not the tokenizer this model was trained with")
+
+
+def test_a_failing_validation_keeps_the_trained_steps(tmp_path, region_data, tiny_bert, monkeypatch, capsys):
+    from training.validation import Validator
+
+    def broken(self, state):
+        raise DataError("dev images vanished")
+    monkeypatch.setattr(Validator, "__call__", broken)
+    out = tmp_path / "run"
+    assert error_line(train, train_args(region_data[0], tiny_bert, out), capsys) == "dev images vanished"
+    saved = torch.load(out / "checkpoint_last.pth", weights_only=True)
+    assert saved["progress"]["global_step"] == saved["progress"]["steps_per_epoch"] == 30
+
+
+def test_annotation_files_that_are_not_utf8(tmp_path):
+    from datasets.karpathy import load_karpathy_split
+    (tmp_path / "dataset_flickr30k.json").write_bytes(
+        b'{"images": [{"filename": "a.jpg", "split": "test",\n "sentences": [{"raw": "caf\xe9"}]}]}')
+    with pytest.raises(DataError) as error:
+        load_karpathy_split("f30k", str(tmp_path), str(tmp_path), "test")
+    assert str(error.value) == (f"{tmp_path / 'dataset_flickr30k.json'}:2 is not UTF-8 text (byte 0xe9); convert the "
+                                "file to UTF-8, e.g. iconv -f latin1 -t utf-8")
