@@ -119,10 +119,13 @@ def native_history(payload: dict) -> str:
 
 
 def _clear_foreign_data(cfg: Config, args) -> Config:
-    """Data options of one family given on the command line clear the saved ones of the other
-    family, so a saved data_name cannot linger next to a --dataset the user gave."""
-    for given, other in ((REGION_DATA, RAW_IMAGE_DATA), (RAW_IMAGE_DATA, REGION_DATA)):
-        if any(getattr(args, key, None) is not None for key in given):
+    """Data options of only one family given on the command line clear the saved ones of the
+    other family, so a saved data_name cannot linger next to a --dataset the user gave. With
+    both families given (an ensemble of region and CLIP models) each model keeps what it needs."""
+    def given(keys):
+        return any(getattr(args, key, None) is not None for key in keys)
+    for family, other in ((REGION_DATA, RAW_IMAGE_DATA), (RAW_IMAGE_DATA, REGION_DATA)):
+        if given(family) and not given(other):
             for key in other:
                 setattr(cfg, key, None)
     return cfg

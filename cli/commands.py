@@ -51,47 +51,70 @@ def train(argv=None) -> dict:
 
 
 def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:
-    from checkpoints.loading import load_for_evaluation
-    from datasets.builders import load_eval_split
-    from datasets.captions import caption_encoder_for
-    from evaluation.protocol import COCO_FOLDS, evaluate_split, evaluate_testall
+    """Recall@K of one checkpoint, or of an ensemble: each member is loaded, encoded and scored in
+    turn (one model in memory at a time) and the weighted mean of the score matrices is reported
+    next to every member's own numbers."""
+    from evaluation.ensemble import RunningMean, check_same_captions, ensemble_weights
+    from evaluation.protocol import protocol_report
 
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
                    else "Recall@K evaluation of one split (Flickr30K 1K test by default)")
     args = eval_parser(description, default_split).parse_args(argv)
     check_ranges(vars(args), RUNTIME_RANGES)
+    weights = ensemble_weights(args.weights, len(args.checkpoint))
     if args.save_sims:
         check_output_file(args.save_sims, "--save_sims", ".npy")
     setup_logging()
     device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
-    folds = COCO_FOLDS if coco_testall else 1
-    loaded = load_for_evaluation(args.checkpoint, args, lambda cfg: load_eval_split(cfg, args.split, folds=folds))
-    model, cfg = loaded.model, loaded.cfg
-    print(f"checkpoint {args.checkpoint}: {loaded.source}; {loaded.history}")
-    model.to(device)
-    caption_encoder = caption_encoder_for(cfg, loaded.tokenizer, model.text_tokens()["positions"])
-    options = dict(amp=args.amp, batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb)
-    if coco_testall:
-        result = evaluate_testall(model, loaded.data, caption_encoder, device, **options)
-        report = {"five_fold_1k": result["five_fold_1k"]["mean"], "full_5k": result["full_5k"],
-                  "folds": result["five_fold_1k"]["folds"]}
-        fold_images = result["five_fold_1k"]["fold_images"]
-        print(format_metrics(result["five_fold_1k"]["mean"], f"{args.split}: mean of 5 folds of {fold_images} images"))
-        print(format_metrics(result["full_5k"], f"{args.split}: full {result['sims'].shape[0]} images"))
+    ensemble = len(args.checkpoint) > 1
+    mean, first, members = RunningMean(), None, []
+    for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1):
+        name = f"member {number} ({path})" if ensemble else path
+        sims, info, captions, history = score_checkpoint(path, args, device, coco_testall)
+        report, text = protocol_report(sims, coco_testall, f"{args.split}, {name}" if ensemble else args.split)
+        print(text)
+        first = first or (name, captions)
+        check_same_captions(first, (name, captions))
+        mean.add(sims, weight, name)
+        members.append({"checkpoint": path, "history": history, "weight": weight, "metrics": report, "info": info})
+        del sims
+    sims = mean.total
+    if ensemble:
+        report, text = protocol_report(sims, coco_testall, f"{args.split}, ensemble of {len(members)} "
+                                                           f"(weights {' '.join(f'{w:.3g}' for w in weights)})")
+        print(text)
     else:
-        result = evaluate_split(model, loaded.data, caption_encoder, device, **options)
-        report = result["metrics"]
-        print(format_metrics(report, f"{args.split}: {result['sims'].shape[0]} images, "
-                                     f"{result['sims'].shape[1]} captions"))
+        report = members[0]["metrics"]
     if args.save_sims:
-        np.save(args.save_sims, result["sims"])
+        np.save(args.save_sims, sims)
         metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
-        write_json({"checkpoint": args.checkpoint, "checkpoint_history": loaded.history, "split": args.split,
-                    "metrics": report, "info": result["info"]}, metrics_path)
+        saved = {"split": args.split, "metrics": report, "checkpoint": args.checkpoint[0],
+                 "checkpoint_history": members[0]["history"], "info": members[0]["info"]}
+        if ensemble:
+            saved.update(checkpoint=args.checkpoint, members=members, weights=weights)
+        write_json(saved, metrics_path)
         print(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
-    return {"report": report, "info": result["info"], "sims": result["sims"]}
+    return {"report": report, "members": members, "sims": sims}
+
+
+def score_checkpoint(path: str, args, device, coco_testall: bool):
+    """(score matrix, timing info, captions in row order, training history) of one checkpoint;
+    the model is released before returning."""
+    from checkpoints.loading import load_for_evaluation
+    from datasets.builders import load_eval_split
+    from datasets.captions import caption_encoder_for
+    from evaluation.protocol import COCO_FOLDS, compute_split_scores
+
+    folds = COCO_FOLDS if coco_testall else 1
+    loaded = load_for_evaluation(path, args, lambda cfg: load_eval_split(cfg, args.split, folds=folds))
+    print(f"checkpoint {path}: {loaded.source}; {loaded.history}")
+    model = loaded.model.to(device)
+    caption_encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
+    sims, info = compute_split_scores(model, loaded.data, caption_encoder, device, amp=args.amp,
+                                      batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb)
+    return sims, info, loaded.data[1], loaded.history
 
 
 def main_train() -> None:

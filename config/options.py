@@ -132,8 +132,11 @@ def train_parser() -> argparse.ArgumentParser:
 def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="our checkpoint (model_best.pth, checkpoint_last.pth) or an authors' released file")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="our checkpoint (model_best.pth, checkpoint_last.pth) or an authors' released file; "
+                             "several: an ensemble, whose score matrices are averaged")
+    parser.add_argument("--weights", type=float, nargs="+", default=None,
+                        help="ensemble weights, one per checkpoint (normalised to sum 1) [equal]")
     parser.add_argument("--split", default=default_split)
     parser.add_argument("--bert_path", default=None, help="override the BERT tokenizer/architecture path")
     parser.add_argument("--clip_path", default=None, help="override the CLIP tokenizer path")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.batching import CaptionSet, Collate
-from .metrics import coco_five_fold, retrieval_metrics
+from .metrics import coco_five_fold, format_metrics, retrieval_metrics
 from .scoring import encode_items, score_all
 
 logger = logging.getLogger("dimmatch")
@@ -53,8 +53,14 @@ def evaluate_split(model, split_data, caption_encoder, device: torch.device, **k
     return {"metrics": retrieval_metrics(sims), "info": info, "sims": sims}
 
 
-def evaluate_testall(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
-    """COCO: the full 5K matrix once; 1K = mean of its 5 diagonal 1,000-image folds."""
-    sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
-    return {"five_fold_1k": coco_five_fold(sims, COCO_FOLDS), "full_5k": retrieval_metrics(sims), "info": info,
-            "sims": sims}
+def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:
+    """(metrics for the JSON report, printed table) of a score matrix under one protocol."""
+    n_images, n_captions = sims.shape
+    if coco_testall:
+        folds = coco_five_fold(sims, COCO_FOLDS)
+        full = retrieval_metrics(sims)
+        text = (format_metrics(folds["mean"], f"{label}: mean of 5 folds of {folds['fold_images']} images") + "\n"
+                + format_metrics(full, f"{label}: full {n_images} images"))
+        return {"five_fold_1k": folds["mean"], "full_5k": full, "folds": folds["folds"]}, text
+    metrics = retrieval_metrics(sims)
+    return metrics, format_metrics(metrics, f"{label}: {n_images} images, {n_captions} captions")
