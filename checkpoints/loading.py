@@ -48,9 +48,10 @@ class LoadedModel:
     data: object         # what `check_data` returned, before the model was built
 
 
-def load_for_evaluation(path: str, args, check_data=None) -> LoadedModel:
-    """Any checkpoint we accept, ready to evaluate. `check_data(cfg)` runs once the data options
-    are known and before the (slow) model build, so bad data fails first."""
+def load_for_evaluation(path: str, args, check_data=None, require_data: bool = True) -> LoadedModel:
+    """Any checkpoint we accept, ready to evaluate (or to start training from, without its data
+    options: `require_data=False`). `check_data(cfg)` runs once the data options are known and
+    before the (slow) model build, so bad data fails first."""
     from .released import load_released, read_checkpoint, released_history
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path}/model_best.pth)")
@@ -59,7 +60,8 @@ def load_for_evaluation(path: str, args, check_data=None) -> LoadedModel:
 
     def prepare(cfg: Config) -> Config:
         cfg = apply_overrides(_clear_foreign_data(cfg, args), args)
-        check_data_options(cfg, path)
+        if require_data:
+            check_data_options(cfg, path)
         data.append(check_data(cfg) if check_data is not None else None)
         return cfg
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from checkpoints.atomic import write_json
 from config import eval_parser, resolve_train_config, train_parser
-from config.options import RUNTIME_RANGES, check_ranges
+from config.options import RUNTIME_RANGES, check_ranges, explicit_options
 from devices import distributed, resolve_device
 from errors import ConfigError
 from evaluation.metrics import format_metrics
@@ -25,14 +25,20 @@ def train(argv=None) -> dict:
     is touched: a failed start leaves it exactly as it was."""
     from training.trainer import Trainer
 
-    cfg = resolve_train_config(train_parser().parse_args(argv))
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    explicit = explicit_options(parser, sys.argv[1:] if argv is None else argv)
+    init = start_weights(args, explicit) if args.init_from else None
+    cfg = resolve_train_config(args, init.cfg if init else None, explicit)
+    if init:
+        cfg.init_source = f"{init.source}; {init.history}"
     check_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
     device = resolve_device(cfg.device)
     distributed.init_from_environment(device)
     main = distributed.is_main_process()
     setup_logging(main_process=main, buffer=True)
     seed_everything(cfg.seed + distributed.rank())
-    trainer = Trainer(cfg, device)
+    trainer = Trainer(cfg, device, init)
     if main:
         if cfg.overwrite:
             clear_previous_run(cfg.output_dir)
@@ -48,6 +54,20 @@ def train(argv=None) -> dict:
     if main:
         logger.info("done: best validation rSum %.1f at %s", result["best_rsum"], result["best_at"])
     return result
+
+
+def start_weights(args, explicit: set[str]):
+    """The model and tokenizer of --init_from (ours or a released format). A --bert_path /
+    --clip_path given on the command line is checked against the checkpoint's tokenizer."""
+    import argparse
+
+    from checkpoints.loading import load_for_evaluation
+    if args.resume:
+        raise ConfigError("--resume continues a run with its own weights and optimiser; --init_from starts a new "
+                          "one from a checkpoint's weights: give one of them")
+    sources = argparse.Namespace(**{key: getattr(args, key) if key in explicit else None
+                                    for key in ("bert_path", "clip_path")})
+    return load_for_evaluation(args.init_from, sources, require_data=False)
 
 
 def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:

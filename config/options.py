@@ -19,10 +19,10 @@ PRESETS = {
     "region_bert": dict(
         sim_head="xdim", batch_size=128, num_epochs=30, learning_rate=5e-4, lr_update=15,
         weight_decay=1e-4, adam_eps=1e-8, grad_clip=2.0, evals_per_epoch=1, loss="hinge",
-        schedule="step"),
+        schedule="step", optimizer="adamw"),
     "clip": dict(
         sim_head="esl_h", batch_size=64, num_epochs=15, weight_decay=0.2, adam_eps=1e-6,
-        grad_clip=1.0, evals_per_epoch=4, loss="infonce", schedule="cosine"),
+        grad_clip=1.0, evals_per_epoch=4, loss="infonce", schedule="cosine", optimizer="bert_adamw"),
 }
 
 # Keys that define the network; a checkpoint only resumes or loads into the same values.
@@ -99,6 +99,9 @@ def train_parser() -> argparse.ArgumentParser:
     train.add_argument("--noclip_lr", type=float, default=3e-5, help="clip: lr of the head")
     train.add_argument("--warmup_proportion", type=float, default=0.1, help="clip: linear warm-up share of all steps")
     train.add_argument("--weight_decay", type=float, default=None, help="AdamW decay [region: 1e-4; clip: 0.2]")
+    train.add_argument("--optimizer", default=None, choices=["adamw", "bert_adamw"],
+                       help="adamw: torch's; bert_adamw: the original BERT AdamW (eps outside the bias correction, "
+                            "decay after the step) [region: adamw; clip: bert_adamw, as released]")
     train.add_argument("--grad_clip", type=float, default=None, help="grad-norm clip [region: 2.0; clip: 1.0]")
     train.add_argument("--loss", default=None, choices=["hinge", "infonce"],
                        help="[region: hinge (VSE++ after warm-up); clip: infonce with CLIP's logit scale]")
@@ -117,6 +120,9 @@ def train_parser() -> argparse.ArgumentParser:
     train.add_argument("--output_dir", default="runs/exp", help="checkpoints, config, logs and TensorBoard")
     train.add_argument("--resume", default="",
                        help="checkpoint to continue from, or 'auto' for <output_dir>/checkpoint_last.pth")
+    train.add_argument("--init_from", default="",
+                       help="start from the weights of this checkpoint (ours or a released one) with a fresh optimiser "
+                            "and schedule; the model options come from it")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in a non-empty --output_dir, replacing its checkpoints, config, log and "
                             "TensorBoard scalars (without it, a used folder is only continued with --resume)")
@@ -148,10 +154,37 @@ def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser
     return parser
 
 
-def resolve_train_config(args: argparse.Namespace) -> Config:
+def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The options the command line actually gave (as opposed to their defaults)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        if action.nargs == 0:
+            probe.add_argument(*action.option_strings, dest=action.dest, action="store_true",
+                               default=argparse.SUPPRESS)
+        else:
+            probe.add_argument(*action.option_strings, dest=action.dest, nargs=action.nargs,
+                               default=argparse.SUPPRESS)
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+def take_model_options(values: dict, explicit: set[str], init_cfg, path: str) -> None:
+    """--init_from: the network is the checkpoint's; an option that says otherwise is an error."""
+    for key in MODEL_KEYS + ("image_size",):
+        saved = getattr(init_cfg, key, None)
+        if key in explicit and values.get(key) != saved:
+            raise ConfigError(f"--{key} {values.get(key)} contradicts --init_from {path}, whose {key} is {saved}; "
+                              f"drop --{key} or start from another checkpoint")
+        values[key] = saved
+
+
+def resolve_train_config(args: argparse.Namespace, init_cfg=None, explicit: set[str] = frozenset()) -> Config:
     """Fill encoder-pair presets, derive what depends on other options, reject combinations
-    that cannot work."""
+    that cannot work. With `init_cfg` (the config of --init_from) the model options are its own."""
     values = dict(vars(args))
+    if init_cfg is not None:
+        take_model_options(values, explicit, init_cfg, values["init_from"])
     preset = PRESETS[values["encoders"]]
     for key, default in preset.items():
         if values.get(key) is None:
@@ -167,9 +200,10 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
     else:
         if not values["dataset"] or not values["image_root"] or not values["ann_path"]:
             raise ConfigError("clip training needs --dataset (f30k or coco), --image_root and --ann_path")
-        projection, values["image_size"] = _clip_sizes(values["clip_path"])
-        if values["embed_size"] is None:
-            values["embed_size"] = projection
+        if init_cfg is None:
+            projection, values["image_size"] = _clip_sizes(values["clip_path"])
+            if values["embed_size"] is None:
+                values["embed_size"] = projection
         values["val_split"] = values["val_split"] or ("val" if values["dataset"] == "f30k" else "dev")
 
     if values["loss"] == "infonce" and values["encoders"] != "clip":
@@ -181,6 +215,7 @@ def resolve_train_config(args: argparse.Namespace) -> Config:
                           "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
     if values["resume"] and values["overwrite"]:
         raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
+
     if values["batch_size"] < 2:
         raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
     world = int(os.environ.get("WORLD_SIZE", "1"))

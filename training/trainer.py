@@ -17,6 +17,7 @@ from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import HingeLoss, InfoNCELoss
 from modules.model import build_model, pretrained_text_positions
+from .optimizers import build_optimizer
 from .schedule import evaluation_steps
 from .state import LAST, RunState
 from .speed import Throughput
@@ -32,7 +33,9 @@ def ignore_interrupts(worker_id: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, init=None):
+        """`init`: the loaded --init_from checkpoint (model and tokenizer), else the pretrained
+        backbones of --bert_path / --clip_path."""
         self.cfg = cfg
         self.device = device
         self.world = distributed.world_size()
@@ -40,8 +43,11 @@ class Trainer:
 
         text_kind = "clip" if cfg.encoders == "clip" else "bert"
         text_path = cfg.clip_path if cfg.encoders == "clip" else cfg.bert_path
-        tokenizer = load_tokenizer(text_kind, text_path)
-        self.caption_encoder = caption_encoder_for(cfg, tokenizer, pretrained_text_positions(cfg))
+        if init is None:
+            tokenizer, positions = load_tokenizer(text_kind, text_path), pretrained_text_positions(cfg)
+        else:
+            tokenizer, positions = init.tokenizer, init.model.text_tokens()["positions"]
+        self.caption_encoder = caption_encoder_for(cfg, tokenizer, positions)
         self.train_set = build_train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                              distributed.rank(), self.world)
@@ -55,13 +61,15 @@ class Trainer:
         self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
         self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
 
-        self.model = build_model(cfg).to(device)
-        check_tokenizer(tokenizer, self.model.text_kind, self.model.text_tokens(), f"--{text_kind}_path {text_path}")
+        if init is None:
+            self.model = build_model(cfg).to(device)
+            check_tokenizer(tokenizer, text_kind, self.model.text_tokens(), f"--{text_kind}_path {text_path}")
+        else:
+            self.model = init.model.to(device)
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
-        optimizer = torch.optim.AdamW(self.model.optimizer_groups(cfg), weight_decay=cfg.weight_decay,
-                                      eps=cfg.adam_eps)
+        optimizer = build_optimizer(cfg, self.model.optimizer_groups(cfg))
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
