@@ -137,3 +137,17 @@ def test_the_tool_names_the_file_that_differs_or_is_missing(tmp_path, capsys):
         assert run_guarded(ensemble_tool, [str(tmp_path / name) for name in files]) == 2
         assert capsys.readouterr().err.strip() == "error: " + expected.format(t=tmp_path)
     assert os.path.isfile(tmp_path / "a.npy")
+
+
+def test_an_ensemble_with_a_released_checkpoint(region_model, region_data, tiny_bert, tmp_path):
+    import torch
+    from test_released import released_region_image, released_region_text, released_xdim_head, save_region_release
+    torch.manual_seed(0)
+    release = tmp_path / "checkpoint_24.pth_528.2.tar"
+    save_region_release(release, released_region_image(), released_region_text(tiny_bert), released_xdim_head())
+    data = ["--data_path", region_data[0], "--bert_path", tiny_bert]
+    ours, _ = scores([region_model], tmp_path, "ours", *data)
+    theirs, _ = scores([release], tmp_path, "theirs", *data)
+    both, saved = scores([release, region_model], tmp_path, "both", *data)
+    assert np.allclose(both, (ours + theirs) / 2, atol=1e-6)
+    assert saved["members"][0]["history"] == "epoch 25, best rSum 528.2 as recorded by the released training"

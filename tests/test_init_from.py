@@ -18,9 +18,9 @@ from transformers import BertConfig, BertModel
 
 import reference as ref
 from conftest import REGION_DIM, error_line, run_cli
-from test_released import (CLIP_EMBED, CLIP_LEVELS, released_clip_head, released_openai_clip, released_region_image,
+from test_released import (CLIP_EMBED, CLIP_LEVELS, LEVELS, D, released_clip_head, released_esl_region_head, released_openai_clip, released_region_image,
                            released_region_text, released_xdim_head, save_clip_release, save_region_release, widths)
-from checkpoints.released import REGION_IMAGE_RULES, REGION_TEXT_RULES, XDIM_HEAD_RULES, CLIP_RULES, \
+from checkpoints.released import ESL_REGION_HEAD_RULES, REGION_IMAGE_RULES, REGION_TEXT_RULES, XDIM_HEAD_RULES, CLIP_RULES, \
     ESL_CLIP_HEAD_RULES, map_keys
 from cli.commands import train
 from datasets.captions import load_tokenizer
@@ -100,10 +100,30 @@ def bert_without_dropout(tmp_path_factory, tiny_bert):
     return folder
 
 
-def released_region_step(image, text, head, regions, captions, bert_dir, lr, weight_decay=1e-4, clip=2.0,
+def xdim_scores(h, images, words):
+    return ref.xdim_scores(h["weights.weight"], h["sim_map.weight"][0], h["temp_learnable.weight"][0, 0],
+                           h["temp_scale.weight"][0, 0], images, words)
+
+
+def esl_h_scores(h, images, words):
+    levels, sims = "plus_encoder.encoders_1.", "sims.calculator_1."
+    image_levels = ref.heuristic_levels(images, [h[f"{levels}image_levels.kernel_img_{l}.weight"]
+                                                 for l in range(1, LEVELS + 1)])
+    caption_levels = [ref.heuristic_levels(w, [h[f"{levels}text_levels.kernel_txt_{l}.weight"]
+                                               for l in range(1, LEVELS + 1)], chain_normalized=False) for w in words]
+    coefficients = ref.level_coefficients(h[sims + "sim_eval.weight"][0], h[sims + "temp_scale_1.weight"][0, 0],
+                                          h[sims + "temp_scale_2.weight"][0, 0], sigmoid=False)
+    matrices = [F.layer_norm(h[f"{sims}masks_{l}.weight"], (n, n), h[f"{sims}lynorm_{l}.weight"],
+                             h[f"{sims}lynorm_{l}.bias"], eps=1e-8) for l, n in enumerate(widths(D, LEVELS))]
+    return ref.esl_region_scores(image_levels, caption_levels, widths(D, LEVELS), coefficients, matrices,
+                                 h[sims + "temp_scale.weight"][0, 0])
+
+
+def released_region_step(score, image, text, head, regions, captions, bert_dir, lr, weight_decay=1e-4, clip=2.0,
                          margin=0.2, eps=1e-8):
-    """One released X-Dim training step from the formulas: BatchNorm with batch statistics, the
-    summed hinge of the first epoch, the grad norm clipped over all parameters, torch AdamW."""
+    """One released region training step (X-Dim and ESL-region share it) from the formulas:
+    BatchNorm with batch statistics, the summed hinge of the first epoch, the grad norm clipped
+    over all parameters, torch AdamW with the text-linear / BERT (lr/10) / image / head groups."""
     params = {("image", k): v.clone().requires_grad_(v.is_floating_point() and "running" not in k)
               for k, v in image.items()}
     params.update({("head", k): v.clone().requires_grad_(True) for k, v in head.items()})
@@ -124,9 +144,7 @@ def released_region_step(image, text, head, regions, captions, bert_dir, lr, wei
     for ids in captions:
         hidden_words = bert(torch.tensor([ids])).last_hidden_state[0]
         words.append(ref.l2n(hidden_words @ params[("text", "linear.weight")].t() + params[("text", "linear.bias")]))
-    h = {key[1]: value for key, value in params.items() if key[0] == "head"}
-    sims = ref.xdim_scores(h["weights.weight"], h["sim_map.weight"][0], h["temp_learnable.weight"][0, 0],
-                           h["temp_scale.weight"][0, 0], images, words)
+    sims = score({key[1]: value for key, value in params.items() if key[0] == "head"}, images, words)
     positives = sims.diag()
     eye = torch.eye(len(sims), dtype=torch.bool)
     loss = (margin + sims - positives[None, :]).clamp(min=0).masked_fill(eye, 0).sum() + \
@@ -147,11 +165,15 @@ def released_region_step(image, text, head, regions, captions, bert_dir, lr, wei
     return updated, grads, (mean.detach(), var.detach() * len(flat) / (len(flat) - 1))
 
 
-def test_one_xdim_step_equals_the_released_recipe(tmp_path, bert_without_dropout):
+@pytest.mark.parametrize("system", ["xdim", "esl_h"])
+def test_one_region_step_equals_the_released_recipe(tmp_path, bert_without_dropout, system):
     torch.manual_seed(0)
     data = tmp_path / "data"
     write_region_dataset(str(data), {"train": 4, "dev": 2, "test": 2}, regions=6, dim=REGION_DIM, seed=5)
-    image, text, head = released_region_image(), released_region_text(bert_without_dropout), released_xdim_head()
+    image, text = released_region_image(), released_region_text(bert_without_dropout)
+    head = released_xdim_head() if system == "xdim" else released_esl_region_head("heuristic")
+    head_rules, score = (XDIM_HEAD_RULES, xdim_scores) if system == "xdim" else \
+        (ESL_REGION_HEAD_RULES["esl_h"], esl_h_scores)
     release = tmp_path / "checkpoint_24.pth_528.2.tar"
     save_region_release(release, image, text, head)
     out = tmp_path / "run"
@@ -165,7 +187,7 @@ def test_one_xdim_step_equals_the_released_recipe(tmp_path, bert_without_dropout
     regions = torch.stack([split.features(split.image_row(i)) for i in range(len(split.captions))])
     tokenizer = load_tokenizer("bert", str(bert_without_dropout))
     captions = [tokenizer(caption)["input_ids"] for caption in split.captions]
-    updated, grads, (batch_mean, batch_var) = released_region_step(image, text, head, regions, captions,
+    updated, grads, (batch_mean, batch_var) = released_region_step(score, image, text, head, regions, captions,
                                                                    bert_without_dropout, lr)
     released = {"image": dict(image), "text": dict(text), "head": dict(head)}
     released_grads = {"image": {}, "text": {}, "head": {}}
@@ -178,16 +200,16 @@ def test_one_xdim_step_equals_the_released_recipe(tmp_path, bert_without_dropout
     released["image"][bn + "num_batches_tracked"] = image[bn + "num_batches_tracked"] + 1
     expected = {**map_keys(released["image"], REGION_IMAGE_RULES, "ref", "image"),
                 **map_keys(released["text"], REGION_TEXT_RULES, "ref", "text"),
-                **map_keys(released["head"], XDIM_HEAD_RULES, "ref", "head")}
+                **map_keys(released["head"], head_rules, "ref", "head")}
     assert set(expected) == set(ours)
     start = {**map_keys(image, REGION_IMAGE_RULES, "r", "i"), **map_keys(text, REGION_TEXT_RULES, "r", "t"),
-             **map_keys(head, XDIM_HEAD_RULES, "r", "h")}
+             **map_keys(head, head_rules, "r", "h")}
     gradients = {**map_keys(released_grads["image"], REGION_IMAGE_RULES, "r", "i"),
                  **map_keys(released_grads["text"], REGION_TEXT_RULES, "r", "t"),
-                 **map_keys(released_grads["head"], XDIM_HEAD_RULES, "r", "h")}
+                 **map_keys(released_grads["head"], head_rules, "r", "h")}
     for key, value in ours.items():
         assert_same_step(value, expected[key], start[key], gradients.get(key), lr, key)
-    assert not torch.equal(ours["head.dependency_logits"], head["weights.weight"])
+    assert not torch.equal(ours["encoders.image_encoder.fc.weight"], image["fc.weight"])
 
 
 # ----------------------------------------------------------------------------- step parity: ESL-CLIP
