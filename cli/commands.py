@@ -51,8 +51,10 @@ def train(argv=None) -> dict:
     if result["interrupted"]:
         raise KeyboardInterrupt(f"checkpoint_last written after step {result['global_step']}; "
                                 "continue with --resume auto")
-    if main:
+    if main and result["best_at"] is not None:
         logger.info("done: best validation rSum %.1f at %s", result["best_rsum"], result["best_at"])
+    elif main:
+        logger.info("done after step %d, before any validation", result["global_step"])
     return result
 
 
