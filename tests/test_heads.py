@@ -166,3 +166,33 @@ def test_esl_region_gradients_are_finite_with_padded_captions(strategy):
     head(images, None, captions, lengths).sum().backward()
     for name, p in head.named_parameters():
         assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("saved_bytes", [0, 2**30])
+def test_xdim_training_path_equals_the_straightforward_computation(float64, monkeypatch, saved_bytes):
+    """The blocked training scores (word scores from x . g and x D^T D x^T, backward written out)
+    give the scores and gradients of the direct formula (every parameter and both inputs), with
+    several blocks, recomputed under checkpointing (no saved-bytes budget) or kept."""
+    torch.manual_seed(4)
+    head = XDimHead(16)
+    images = torch.nn.functional.normalize(torch.randn(5, 4, 16), dim=-1).requires_grad_(True)
+    captions = torch.nn.functional.normalize(torch.randn(6, 7, 16), dim=-1).requires_grad_(True)
+    lengths = torch.tensor([7, 3, 5, 2, 7, 4])
+    monkeypatch.setattr(XDimHead, "TRAIN_BLOCK_BYTES", 6 * 7 * (4 * 16 + 12) * 8 * 2)   # blocks of 2 images
+    monkeypatch.setattr(XDimHead, "TRAIN_SAVED_BYTES", saved_bytes)
+    weights = torch.randn(5, 6)
+
+    def scores_and_grads(function):
+        for tensor in (images, captions, *head.parameters()):
+            tensor.grad = None
+        scores = function()
+        (scores * weights).sum().backward()
+        return scores.detach(), [t.grad.clone() for t in (images, captions, *head.parameters())]
+
+    direct, direct_grads = scores_and_grads(lambda: head.score(images, None, captions, lengths))
+    blocked, blocked_grads = scores_and_grads(lambda: head(images, None, captions, lengths))
+    assert torch.allclose(blocked, direct, rtol=1e-10, atol=1e-12)
+    for ours, expected in zip(blocked_grads, direct_grads):
+        assert torch.allclose(ours, expected, rtol=1e-6, atol=1e-10)
+    with torch.no_grad():
+        assert torch.allclose(head(images, None, captions, lengths), direct)

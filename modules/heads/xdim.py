@@ -5,6 +5,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..common import l2norm, lengths_to_mask
 from .base import LOCAL, SimilarityHead
@@ -51,6 +52,56 @@ class XDimHead(SimilarityHead):
         dependency = l2norm(mask * weights, dim=1)
         return dependency, dependency.sum(0)
 
+    # Training scores images in blocks of about TRAIN_BLOCK_BYTES of (images x caption words x d)
+    # intermediates. The three such tensors the backward needs are kept while they fit in
+    # TRAIN_SAVED_BYTES (X-Dim at batch 128: about 2.5 GB); beyond that, blocks run under activation
+    # checkpointing and are recomputed in backward (one more d x d product, memory of one block).
+    TRAIN_BLOCK_BYTES = 64 * 2**20
+    TRAIN_SAVED_BYTES = 6 * 2**30
+
+    def forward(self, images, image_lengths, captions, caption_lengths):
+        """The training scores (images x captions), equal to `score` but at the FLOP bound.
+
+        With x = l2norm(context) * w, the word score needs only sum(x D^T) = x . g and
+        ||x D^T||^2 = x (D^T D) x^T, so the d x d product runs once per word and image in the
+        forward pass (as in `score`) and its backward costs one recomputation plus one Gram
+        matrix, instead of autograd's two extra products and (images x words x d) tensors kept
+        for backward."""
+        if not torch.is_grad_enabled():
+            return super().forward(images, image_lengths, captions, caption_lengths)
+        dependency, diagonal = self.dependency()
+        gram = dependency.t() @ dependency
+        gram = (gram + gram.t()) / 2  # exactly symmetric, so the quadratic form's gradient is 2 x M
+        n_img, n_reg, dim = images.shape
+        n_cap, n_word, _ = captions.shape
+        valid = lengths_to_mask(caption_lengths, n_word)
+        # the d x d work runs on real words only: padding would waste a third of it on usual batches
+        word_rows = valid.reshape(-1).nonzero().squeeze(1)
+        per_image = (len(word_rows) * 5 * dim + n_cap * n_word * 3 * n_reg) * images.element_size()
+        step = max(1, min(n_img, self.TRAIN_BLOCK_BYTES // per_image))
+        recompute = n_img * len(word_rows) * 3 * dim * images.element_size() > self.TRAIN_SAVED_BYTES
+        blocks = []
+        for start in range(0, n_img, step):
+            inputs = (images[start:start + step], captions, valid.to(images.dtype), word_rows, caption_lengths,
+                      diagonal, gram, self.log_inv_tau)
+            blocks.append(checkpoint(self._training_block, *inputs, use_reentrant=False) if recompute
+                          else self._training_block(*inputs))
+        return torch.cat(blocks)
+
+    @staticmethod
+    def _training_block(images, captions, valid, word_rows, caption_lengths, diagonal, gram, log_inv_tau):
+        n_img, n_reg, dim = images.shape
+        n_cap, n_word, _ = captions.shape
+        logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
+        attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
+        attn = attn * (log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
+        attn = torch.softmax(attn, dim=-1).permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
+        context = attn[:, word_rows] @ images                                                  # (I, W, d)
+        words = captions.reshape(n_cap * n_word, dim)[word_rows]                                # (W, d)
+        word_scores = WordScores.apply(context, words, diagonal, gram)                          # (I, W)
+        per_caption = word_scores.new_zeros(n_img, n_cap).index_add(1, word_rows // n_word, word_scores)
+        return per_caption / caption_lengths.to(images.dtype)
+
     def pair_bytes(self, n_words: int, n_regions: int) -> int:
         return 4 * (3 * n_words * n_regions + 3 * n_words * self.embed_size)  # context, weighted, projected
 
@@ -74,3 +125,39 @@ class XDimHead(SimilarityHead):
         word_scores = (projected.sum(-1) / scale) / (torch.linalg.vector_norm(projected, dim=-1) / scale + 1e-8)
         word_scores = word_scores.view(n_img, n_cap, n_word) * valid
         return word_scores.sum(-1) / caption_lengths.to(images.dtype)
+
+
+class WordScores(torch.autograd.Function):
+    """sum(l2norm((l2norm(c) * w) D^T)) for every (image, word): with x = c * w and s = ||c|| + eps,
+    it is (x . g) / (||x D^T|| + eps s), where g = column sums of D and ||x D^T||^2 = x M x^T for
+    M = D^T D (symmetric). The backward is written out so that the (images x words x d) tensors
+    are passed over a few times only: dx = dt g + (dn / n) x M (x M kept from the forward), dM =
+    X^T diag(dn / 2n) X (one Gram matrix), dg = X^T dt."""
+
+    @staticmethod
+    def forward(ctx, context, words, diagonal, gram):
+        weighted = context * words
+        total = weighted @ diagonal
+        product = weighted @ gram
+        norm = torch.linalg.vecdot(product, weighted).clamp_min(0).sqrt()
+        scale = torch.linalg.vector_norm(context, dim=-1) + 1e-8
+        denominator = norm + 1e-8 * scale
+        ctx.save_for_backward(context, words, weighted, diagonal, product, total, norm, scale, denominator)
+        return total / denominator
+
+    @staticmethod
+    def backward(ctx, grad):
+        context, words, weighted, diagonal, product, total, norm, scale, denominator = ctx.saved_tensors
+        grad_total = grad / denominator
+        grad_norm = -grad * total / denominator ** 2
+        grad_scale = 1e-8 * grad_norm
+        # d||x D^T|| / dx = x M / ||x D^T||; rows with a zero norm have a zero gradient there
+        norm_coefficient = torch.where(norm > 0, grad_norm / norm.clamp_min(1e-30), torch.zeros_like(norm))
+        rows = weighted.reshape(-1, weighted.shape[-1])
+        grad_gram = rows.t() @ (rows * (norm_coefficient / 2).reshape(-1, 1))
+        grad_diagonal = rows.t() @ grad_total.reshape(-1)
+        grad_weighted = product.mul_(norm_coefficient[..., None]).addcmul_(grad_total[..., None], diagonal)
+        grad_words = (grad_weighted * context).sum(0)
+        grad_context = grad_weighted.mul_(words).addcmul_(
+            context, (grad_scale / (scale - 1e-8).clamp_min(1e-30))[..., None])
+        return grad_context, grad_words, grad_diagonal, grad_gram
