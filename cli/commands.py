@@ -9,7 +9,7 @@ import numpy as np
 from checkpoints.atomic import write_json
 from config import eval_parser, resolve_train_config, train_parser
 from config.options import RUNTIME_RANGES, check_ranges, explicit_options
-from devices import distributed, resolve_device
+from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError
 from evaluation.metrics import format_metrics
 from training.rng import seed_everything
@@ -34,6 +34,7 @@ def train(argv=None) -> dict:
         cfg.init_source = f"{init.source}; {init.history}"
     check_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
     device = resolve_device(cfg.device)
+    set_tf32(cfg.tf32)
     distributed.init_from_environment(device)
     main = distributed.is_main_process()
     setup_logging(main_process=main, buffer=True)
@@ -86,27 +87,35 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
     if args.save_sims:
         check_output_file(args.save_sims, "--save_sims", ".npy")
-    setup_logging()
     device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
+    set_tf32(args.tf32)
+    distributed.init_from_environment(device)
+    main = distributed.is_main_process()   # under torchrun the ranks share the scoring, rank 0 reports
+    setup_logging(main_process=main)
+    say = print if main else (lambda *_: None)
     ensemble = len(args.checkpoint) > 1
     mean, first, members = RunningMean(), None, []
     for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1):
         name = f"member {number} ({path})" if ensemble else path
-        sims, info, captions, history = score_checkpoint(path, args, device, coco_testall)
+        sims, info, captions, history = score_checkpoint(path, args, device, coco_testall, say)
+        if not main:
+            continue
         report, text = protocol_report(sims, coco_testall, f"{args.split}, {name}" if ensemble else args.split)
-        print(text)
+        say(text)
         first = first or (name, captions)
         check_same_captions(first, (name, captions))
         mean.add(sims, weight, name)
         members.append({"checkpoint": path, "history": history, "weight": weight, "metrics": report, "info": info})
         del sims
+    if not main:
+        return {}
     sims = mean.total
     if ensemble:
         report, text = protocol_report(sims, coco_testall, f"{args.split}, ensemble of {len(members)} "
                                                            f"(weights {' '.join(f'{w:.3g}' for w in weights)})")
-        print(text)
+        say(text)
     else:
         report = members[0]["metrics"]
     if args.save_sims:
@@ -117,11 +126,11 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
         if ensemble:
             saved.update(checkpoint=args.checkpoint, members=members, weights=weights)
         write_json(saved, metrics_path)
-        print(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
+        say(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
     return {"report": report, "members": members, "sims": sims}
 
 
-def score_checkpoint(path: str, args, device, coco_testall: bool):
+def score_checkpoint(path: str, args, device, coco_testall: bool, say=print):
     """(score matrix, timing info, captions in row order, training history) of one checkpoint;
     the model is released before returning."""
     from checkpoints.loading import load_for_evaluation
@@ -131,11 +140,12 @@ def score_checkpoint(path: str, args, device, coco_testall: bool):
 
     folds = COCO_FOLDS if coco_testall else 1
     loaded = load_for_evaluation(path, args, lambda cfg: load_eval_split(cfg, args.split, folds=folds))
-    print(f"checkpoint {path}: {loaded.source}; {loaded.history}")
+    say(f"checkpoint {path}: {loaded.source}; {loaded.history}")
     model = loaded.model.to(device)
     caption_encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
     sims, info = compute_split_scores(model, loaded.data, caption_encoder, device, amp=args.amp,
-                                      batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb)
+                                      batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb,
+                                      progress=distributed.is_main_process(), shard=True)
     return sims, info, loaded.data[1], loaded.history
 
 

@@ -63,6 +63,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     group.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                        help="mixed precision for encoders and heads (CUDA; bf16 also on CPU)")
+    group.add_argument("--tf32", default="off", choices=["off", "on"],
+                       help="TF32 matmuls and convolutions on CUDA (faster, 10-bit mantissa); off keeps fp32")
     group.add_argument("--eval_batch_size", type=int, default=128, help="items per encoder batch at evaluation")
     group.add_argument("--eval_mem_gb", type=float, default=None,
                        help="memory budget for the intermediate tensors of one scoring shard "

@@ -34,3 +34,12 @@ def autocast_context(device: torch.device, amp: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_tf32(setting: str) -> None:
+    """`--tf32 on` lets CUDA matmuls and convolutions use TF32 (10-bit mantissa, much faster on
+    Ampere and later); `off` (the default) keeps full fp32, so reported numbers equal the released
+    code's. It has no effect on the CPU."""
+    enabled = setting == "on"
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -57,6 +57,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / world_size()
 
 
+def sum_to_main(matrix, device: torch.device):
+    """Sum a NumPy matrix over all processes onto rank 0 (NCCL reduces on the GPU, gloo on the CPU);
+    used to assemble score matrices whose columns each rank filled in part."""
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.from_numpy(matrix).to(on)
+    dist.reduce(tensor, dst=0)
+    return tensor.cpu().numpy()
+
+
 def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor

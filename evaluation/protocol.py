@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.batching import CaptionSet, Collate
+from devices import distributed
 from .metrics import coco_five_fold, format_metrics, retrieval_metrics
 from .scoring import encode_items, score_all
 
@@ -26,8 +27,12 @@ def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
 
 def compute_split_scores(model, split_data, caption_encoder, device: torch.device, *, amp: str = "off",
                          batch_size: int = 128, workers: int = 2, mem_gb: float | None = None,
-                         progress: bool = True):
-    """Score matrix (images x captions) of a loaded split; every image and caption is encoded once."""
+                         progress: bool = True, shard: bool = False):
+    """Score matrix (images x captions) of a loaded split; every image and caption is encoded once.
+
+    With `shard` (test.py under torchrun; every process must call it) each process encodes the
+    split and scores its share of the caption shards, and the full matrix is summed onto rank 0
+    (the other ranks get only their share). Validation during training runs on rank 0 alone."""
     image_set, captions = split_data
     caption_set = CaptionSet(captions, caption_encoder)
     was_training = model.training
@@ -38,7 +43,11 @@ def compute_split_scores(model, split_data, caption_encoder, device: torch.devic
     captions = encode_items(model, _loader(caption_set, batch_size, workers, caption_encoder.pad_id),
                             "captions", device, amp, progress)
     encoded = time.time()
-    sims = score_all(model.head, images, captions, device, mem_gb, amp, progress)
+    world = distributed.world_size() if shard else 1
+    sims = score_all(model.head, images, captions, device, mem_gb, amp, progress,
+                     distributed.rank() if shard else 0, world)
+    if world > 1:
+        sims = distributed.sum_to_main(sims, device)
     model.train(was_training)
     info = {"images_encoded": len(images), "captions_encoded": len(captions),
             "encode_seconds": encoded - started, "score_seconds": time.time() - encoded}

@@ -117,11 +117,14 @@ def encode_items(model, loader, side: str, device: torch.device, amp: str = "off
 
 
 def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.device,
-              mem_gb: float | None = None, amp: str = "off", progress: bool = True) -> np.ndarray:
+              mem_gb: float | None = None, amp: str = "off", progress: bool = True, rank: int = 0,
+              world: int = 1) -> np.ndarray:
     """The (images x captions) score matrix, computed shard by shard on `device`.
 
     `mem_gb` bounds the intermediate tensors of one shard (default: a quarter of the free GPU
-    memory on CUDA, cache-sized blocks on the CPU)."""
+    memory on CUDA, cache-sized blocks on the CPU). With `world` > 1 this process computes every
+    `world`-th caption shard from `rank` on (shards are sorted by length, so the work is even)
+    and leaves the other columns 0, for a sum over processes."""
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
         if images.nbytes + captions.nbytes < 0.4 * free:
@@ -131,7 +134,7 @@ def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.
     else:
         budget = min(int(mem_gb * 2**30), CPU_BLOCK_BYTES) if mem_gb else CPU_BLOCK_BYTES
     n_images, n_captions = len(images), len(captions)
-    sims = torch.empty(n_images, n_captions, dtype=torch.float32)
+    sims = (torch.zeros if world > 1 else torch.empty)(n_images, n_captions, dtype=torch.float32)
     if captions.lengths is not None:
         order = torch.argsort(captions.lengths.cpu(), descending=True, stable=True)
     else:
@@ -145,6 +148,7 @@ def score_all(head, images: EncodedItems, captions: EncodedItems, device: torch.
         per_image = len(caption_ids) * head.pair_bytes(words, regions)
         image_step = max(1, min(n_images, budget // max(per_image, 1)))
         shards.append((caption_ids, image_step))
+    shards = shards[rank::world]
     total = sum(math.ceil(n_images / step) for _, step in shards)
     with torch.inference_mode(), autocast_context(device, amp), \
             tqdm(total=total, desc="score shards", disable=not progress, leave=False) as bar:

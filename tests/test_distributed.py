@@ -73,3 +73,27 @@ def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tin
     torchrun(os.path.join(ROOT, "train.py"), *clip_args(image_data, tiny_clip, out), "--num_epochs", "1")
     assert (out / "model_best.pth").is_file() and (out / "checkpoint_last.pth").is_file()
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
+
+
+def test_test_py_under_torchrun_shards_the_scoring(tmp_path, region_data, tiny_bert):
+    """Two gloo processes share the caption shards; rank 0 assembles, prints and saves the same
+    matrix and Recall as one process, and rank 1 prints nothing."""
+    import json
+
+    import numpy as np
+
+    from conftest import REGION_DIM, run_cli
+    from cli.commands import evaluate, train
+    out = tmp_path / "run"
+    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
+                           "--img_dim", str(REGION_DIM), "--embed_size", "32", "--batch_size", "16",
+                           "--max_steps", "3", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
+    common = ["--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0", "--device", "cpu",
+              "--eval_mem_gb", "0.0001"]
+    assert run_cli(lambda argv: evaluate(argv, "test"), common + ["--save_sims", str(tmp_path / "one.npy")]) == 0
+    result = torchrun(os.path.join(ROOT, "test.py"), *common, "--save_sims", str(tmp_path / "two.npy"))
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert np.abs(one - two).max() <= 1e-6
+    assert json.loads((tmp_path / "two.json").read_text())["metrics"] == \
+        json.loads((tmp_path / "one.json").read_text())["metrics"]
+    assert result.stdout.count("rSum") == 1 and result.stdout.count("Image to text") == 1
