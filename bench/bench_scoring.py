@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from devices import set_tf32  # noqa: E402
 from evaluation.metrics import retrieval_metrics  # noqa: E402
 from evaluation.scoring import EncodedItems, score_all  # noqa: E402
 from modules.common import l2norm  # noqa: E402
@@ -135,7 +136,7 @@ def run_head(name, head, args, device):
 
 
 def amp_check(args, device):
-    """Recall@K of fp32 and autocast scoring on a structured check set."""
+    """Recall@K of fp32 scoring and of the --amp / --tf32 setting on a structured check set."""
     esl = ESLRegionHead(args.esl_dim, 2, 8, "heuristic")
     with torch.no_grad():  # identity level matrices: a head that matches the structured features
         for matrix in esl.bilinear:
@@ -145,8 +146,11 @@ def amp_check(args, device):
         head = head.to(device).eval()
         images, captions, lengths = features(args.check_images, 5 * args.check_images, args.regions, args.words, dim,
                                              device, structured=True, seed=1)
+        set_tf32("off")
         full, full_seconds = timed(lambda: ours(head, images, captions, lengths, device, args.mem_gb, "off"), device)
+        set_tf32(args.tf32)
         low, low_seconds = timed(lambda: ours(head, images, captions, lengths, device, args.mem_gb, args.amp), device)
+        set_tf32("off")
         exact, reduced = retrieval_metrics(full), retrieval_metrics(low)
         same = all(exact[d][k] == reduced[d][k] for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
         rows.append((name, full_seconds, low_seconds, exact["rsum"], reduced["rsum"], same))
@@ -165,6 +169,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mem_gb", type=float, default=None, help="scoring budget (default: as test.py)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    parser.add_argument("--tf32", default="off", choices=["off", "on"], help="CUDA TF32 for the precision check")
     parser.add_argument("--check_images", type=int, default=1000, help="images of the --amp Recall check set")
     parser.add_argument("--metrics_images", type=int, default=5000)
     args = parser.parse_args(argv)
@@ -189,10 +194,11 @@ def main(argv=None):
         print(f"{name:7} {row['d']:>5} {row['ours_s']:>9.3f} {row['loop_s']:>9.3f} {row['speedup']:>8.1f}x "
               f"{row['max_abs_diff']:>10.1e}  {note}")
 
-    if args.amp != "off":
-        print(f"--amp {args.amp}: Recall@K on a structured check set of {args.check_images} images")
+    if args.amp != "off" or args.tf32 == "on":
+        setting = f"--amp {args.amp} --tf32 {args.tf32}"
+        print(f"{setting}: Recall@K on a structured check set of {args.check_images} images")
         for name, full_s, low_s, full_rsum, low_rsum, same in amp_check(args, device):
-            print(f"  {name:6} fp32 {full_s:.3f}s rSum {full_rsum:.1f} | {args.amp} {low_s:.3f}s rSum {low_rsum:.1f} "
+            print(f"  {name:6} fp32 {full_s:.3f}s rSum {full_rsum:.1f} | {setting} {low_s:.3f}s rSum {low_rsum:.1f} "
                   f"| Recall@K identical: {same}")
 
     sims = np.random.default_rng(0).standard_normal((args.metrics_images, 5 * args.metrics_images), dtype=np.float32)
