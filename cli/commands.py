@@ -78,6 +78,8 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     turn (one model in memory at a time) and the weighted mean of the score matrices is reported
     next to every member's own numbers."""
     from evaluation.ensemble import RunningMean, check_same_captions, ensemble_weights
+    from evaluation.extended import extended_metrics, format_extended, load_annotations
+    from evaluation.metrics import per_query_results
     from evaluation.protocol import protocol_report
 
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
@@ -87,6 +89,9 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
     if args.save_sims:
         check_output_file(args.save_sims, "--save_sims", ".npy")
+    if args.save_ranks:
+        check_output_file(args.save_ranks, "--save_ranks", ".json")
+    annotations = load_annotations() if args.extended else None
     device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
@@ -96,15 +101,16 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     setup_logging(main_process=main)
     say = print if main else (lambda *_: None)
     ensemble = len(args.checkpoint) > 1
-    mean, first, members = RunningMean(), None, []
+    mean, first, members, first_ids = RunningMean(), None, [], None
     for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1):
         name = f"member {number} ({path})" if ensemble else path
-        sims, info, captions, history = score_checkpoint(path, args, device, coco_testall, say)
+        sims, info, captions, history, ids = score_checkpoint(path, args, device, coco_testall, say, annotations)
         if not main:
             continue
         report, text = protocol_report(sims, coco_testall, f"{args.split}, {name}" if ensemble else args.split)
         say(text)
         first = first or (name, captions)
+        first_ids = ids if first_ids is None else first_ids
         check_same_captions(first, (name, captions))
         mean.add(sims, weight, name)
         members.append({"checkpoint": path, "history": history, "weight": weight, "metrics": report, "info": info})
@@ -118,6 +124,12 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
         say(text)
     else:
         report = members[0]["metrics"]
+    if annotations is not None:
+        report = {**report, "extended": extended_metrics(sims, *first_ids, annotations)}
+        say(format_extended(report["extended"]))
+    if args.save_ranks:
+        write_json(per_query_results(sims), args.save_ranks)
+        say(f"per-query ranks and top-10 -> {args.save_ranks}")
     if args.save_sims:
         np.save(args.save_sims, sims)
         metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
@@ -130,9 +142,9 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     return {"report": report, "members": members, "sims": sims}
 
 
-def score_checkpoint(path: str, args, device, coco_testall: bool, say=print):
-    """(score matrix, timing info, captions in row order, training history) of one checkpoint;
-    the model is released before returning."""
+def score_checkpoint(path: str, args, device, coco_testall: bool, say=print, annotations=None):
+    """(score matrix, timing info, captions in row order, training history, COCO (image ids, caption
+    ids) for --extended or None) of one checkpoint; the model is released before returning."""
     from checkpoints.loading import load_for_evaluation
     from datasets.builders import load_eval_split
     from datasets.captions import caption_encoder_for
@@ -141,12 +153,26 @@ def score_checkpoint(path: str, args, device, coco_testall: bool, say=print):
     folds = COCO_FOLDS if coco_testall else 1
     loaded = load_for_evaluation(path, args, lambda cfg: load_eval_split(cfg, args.split, folds=folds))
     say(f"checkpoint {path}: {loaded.source}; {loaded.history}")
+    ids = None if annotations is None else coco_ids(loaded.cfg, args, len(loaded.data[0]), annotations)
     model = loaded.model.to(device)
     caption_encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
     sims, info = compute_split_scores(model, loaded.data, caption_encoder, device, amp=args.amp,
                                       batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb,
                                       progress=distributed.is_main_process(), shard=True)
-    return sims, info, loaded.data[1], loaded.history
+    return sims, info, loaded.data[1], loaded.history, ids
+
+
+def coco_ids(cfg, args, n_images: int, annotations: dict):
+    """(COCO image id per row, caption id per column) of the evaluated split, checked (--extended)."""
+    from evaluation.extended import precomp_ids, read_ids, row_ids
+    if args.ids_file is not None:
+        ids, source = read_ids(args.ids_file), args.ids_file
+    elif cfg.encoders == "region_bert":
+        ids, source = precomp_ids(cfg, args.split, None)
+    else:
+        raise ConfigError("--extended on raw COCO images needs --ids_file: the COCO caption ids of the "
+                          "annotation file's captions, one per line, in its order")
+    return row_ids(ids, n_images, annotations, source)
 
 
 def main_train() -> None:

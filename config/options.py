@@ -151,6 +151,13 @@ def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser
     parser.add_argument("--img_dim", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save_sims", default=None,
                         help="write the image x caption score matrix here (.npy) and its metrics next to it (.json)")
+    parser.add_argument("--save_ranks", default=None,
+                        help="write, for every image and caption query, its rank and top-10 items with scores (.json)")
+    parser.add_argument("--extended", action="store_true",
+                        help="COCO 5K: add ECCV Caption mAP@R / R-Precision / R@1 and CxC R@1 (needs eccv_caption)")
+    parser.add_argument("--ids_file", default=None,
+                        help="--extended: COCO caption ids (or image ids) of the rows, one per line "
+                             "[coco_precomp: <split>_ids.txt]")
     _add_data_options(parser)
     _add_runtime_options(parser)
     return parser

@@ -97,3 +97,23 @@ def format_metrics(metrics: dict, title: str = "") -> str:
             f"Text to image: R@1 {t2i['r1']:.1f}  R@5 {t2i['r5']:.1f}  R@10 {t2i['r10']:.1f}  "
             f"MedR {t2i['medr']:.1f}  MeanR {t2i['meanr']:.1f}\n"
             f"rSum {metrics['rsum']:.1f}")
+
+
+def per_query_results(sims, top: int = 10) -> dict:
+    """For every image query and every caption query: the rank of its ground truth (0 = first;
+    for an image, its best caption) and its `top` retrieved items with their scores, best first."""
+    sims = _as_array(sims)
+    top = min(top, sims.shape[0], sims.shape[1])
+
+    def best(matrix):
+        picks = np.argpartition(-matrix, top - 1, axis=1)[:, :top]
+        scores = np.take_along_axis(matrix, picks, 1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(picks, order, 1), np.take_along_axis(scores, order, 1)
+
+    results = {}
+    for direction, matrix, ranks in (("i2t", sims, i2t_ranks(sims)), ("t2i", sims.T, t2i_ranks(sims))):
+        items, scores = best(matrix)
+        results[direction] = [{"query": q, "rank": int(ranks[q]), "top": items[q].tolist(),
+                               "scores": [round(float(s), 6) for s in scores[q]]} for q in range(matrix.shape[0])]
+    return results
