@@ -42,7 +42,7 @@ class Config(SimpleNamespace):
         return {key: getattr(self, key, None) for key in MODEL_KEYS}
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data_path", default=None,
                        help="folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K")
@@ -90,7 +90,7 @@ def train_parser() -> argparse.ArgumentParser:
                        help="pooling of local features for --sim_head cosine")
     model.add_argument("--bert_path", default="bert-base-uncased", help="hub name or local BERT folder")
     model.add_argument("--clip_path", default="openai/clip-vit-base-patch16", help="hub name or local CLIP folder")
-    _add_data_options(parser)
+    add_data_options(parser)
 
     train = parser.add_argument_group("training")
     train.add_argument("--num_epochs", type=int, default=None, help="[region: 30; clip: 15]")
@@ -158,7 +158,7 @@ def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser
     parser.add_argument("--ids_file", default=None,
                         help="--extended: COCO caption ids (or image ids) of the rows, one per line "
                              "[coco_precomp: <split>_ids.txt]")
-    _add_data_options(parser)
+    add_data_options(parser)
     _add_runtime_options(parser)
     return parser
 

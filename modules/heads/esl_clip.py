@@ -27,10 +27,14 @@ class ESLClipHead(SimilarityHead):
         self.lam = nn.Parameter(torch.tensor(4.0))
         self.bilinear = nn.ParameterList(nn.Parameter(torch.eye(n)) for n in self.widths)
 
+    def coefficients(self) -> torch.Tensor:
+        """The level weights a_l (sparse exponent, threshold through a sigmoid of sigma)."""
+        return level_coefficients(self.level_weights, self.sigma, self.lam, sigmoid_threshold=True)
+
     def prepare_images(self, features, lengths):
         features = features / features.norm(dim=-1, keepdim=True)
         levels = self.image_levels(features).split(self.widths, dim=-1)
-        coefficients = level_coefficients(self.level_weights, self.sigma, self.lam, sigmoid_threshold=True)
+        coefficients = self.coefficients()
         folded = [level @ (matrix * coefficient) for level, matrix, coefficient
                   in zip(levels, self.bilinear, coefficients)]
         return torch.cat(folded, dim=-1) / len(self.widths)

@@ -1,0 +1,242 @@
+"""A self-contained HTML page of what a model retrieves and what it learned about dimensions.
+
+    python tools/report.py --checkpoint model_best.pth --out report/             # scores the test split
+    python tools/report.py --checkpoint model_best.pth --sims sims.npy --out report/
+    python tools/report.py --checkpoint X --dataset f30k --image_root ... --ann_path ... --split test --out report/
+
+For sampled caption queries, the top-5 images (thumbnails for raw-image datasets; for region
+datasets the image number and its first caption) and, for sampled images, the top-5 captions, the
+correct items marked and the failures first; the Recall@K curve for K = 1..100; and what the head
+learned: X-Dim's dependency matrix D and its sparsity, ESL's level weights a_l and the H kernels or
+the A selective masks. Figures are written as PNG files and embedded in `index.html`, which needs
+nothing else to open. matplotlib is needed (pip install matplotlib).
+"""
+
+import argparse
+import base64
+import html
+import io
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from checkpoints.atomic import atomic_write_text  # noqa: E402
+from cli.guard import run_guarded  # noqa: E402
+from cli.logs import setup_logging  # noqa: E402
+from config.options import add_data_options  # noqa: E402
+from errors import ConfigError, DataError  # noqa: E402
+from evaluation.metrics import i2t_ranks, retrieval_metrics, t2i_ranks  # noqa: E402
+
+THUMBNAIL = 96
+
+
+def pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ConfigError("tools/report.py draws its figures with matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(figure, path: str) -> str:
+    """Write the PNG and return it as a data URI for the page."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def recall_curve(plt, sims, path: str) -> str:
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    ks = np.arange(1, 101)
+    for label, ranks in (("image to text", i2t_ranks(sims)), ("text to image", t2i_ranks(sims))):
+        axis.plot(ks, [100 * np.mean(ranks < k) for k in ks], label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("K")
+    axis.set_ylabel("Recall@K (%)")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    uri = save_figure(figure, path)
+    plt.close(figure)
+    return uri
+
+
+def dimension_figure(plt, head, path: str) -> tuple[str, str]:
+    """(data URI, caption) of what the head learned about dimensions."""
+    with torch.no_grad():
+        if hasattr(head, "dependency"):
+            dependency, _ = head.dependency()
+            matrix = dependency.cpu().numpy()
+            figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+            shown = left.imshow(matrix, cmap="viridis", aspect="auto")
+            figure.colorbar(shown, ax=left)
+            left.set_title("dependency matrix D (rows l2-normalised)")
+            row_max = matrix.max(1, keepdims=True)
+            kept = (matrix > 0.01 * row_max).mean(1)
+            right.hist(kept * 100, bins=30)
+            right.set_xlabel("entries above 1% of their row's maximum (%)")
+            right.set_ylabel("rows")
+            right.set_title("sparsity of D")
+            caption = (f"X-Dim: D is {matrix.shape[0]} x {matrix.shape[1]}; a row keeps on average "
+                       f"{100 * kept.mean():.1f}% of its entries above 1% of its maximum.")
+        elif hasattr(head, "level_weights"):
+            coefficients = (head.coefficients() if hasattr(head, "coefficients") else head.level_weights).cpu().numpy()
+            levels = head.image_levels
+            figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+            left.bar(range(len(coefficients)), coefficients)
+            left.set_xlabel("level l (width d / k^l)")
+            left.set_title("level weights a_l")
+            if levels.strategy == "adaptive":
+                mask = levels.selective_masks()[0].cpu().numpy()
+                shown = right.imshow(mask, cmap="coolwarm", aspect="auto")
+                figure.colorbar(shown, ax=right)
+                right.set_title(f"A: selective mask of level 1 ({mask.shape[0]} x {mask.shape[1]}, top-2 per row)")
+            else:
+                kernels = np.stack([kernel.weight.sum(0)[0].cpu().numpy() for kernel in levels.kernels])
+                shown = right.imshow(kernels, cmap="coolwarm", aspect="auto")
+                figure.colorbar(shown, ax=right)
+                right.set_xticks(range(kernels.shape[1]))
+                right.set_yticks(range(len(kernels)), [str(level + 1) for level in range(len(kernels))])
+                right.set_xlabel("position in the measure-unit")
+                right.set_ylabel("level")
+                right.set_title("H: summed kernels per level (image side)")
+            caption = f"ESL ({levels.strategy}): {len(coefficients)} levels; a_l = " + \
+                ", ".join(f"{c:.3f}" for c in coefficients)
+        else:
+            return "", "The cosine head has no dimension structure to show."
+    uri = save_figure(figure, path)
+    plt.close(figure)
+    return uri, caption
+
+
+def thumbnail(path: str) -> str:
+    from PIL import Image
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_cell(index: int, correct: bool, score: float, paths, captions) -> str:
+    mark = "good" if correct else "bad"
+    if paths is not None:
+        body = f'<img src="{thumbnail(paths[index])}" alt="image {index}">'
+    else:
+        body = f'<div class="label">image {index}<br><i>{html.escape(captions[5 * index][:60])}</i></div>'
+    return f'<figure class="{mark}">{body}<figcaption>#{index} &middot; {score:.3f}</figcaption></figure>'
+
+
+def sample(ranks: np.ndarray, count: int, seed: int) -> list[int]:
+    """`count` queries at random, failures (rank > 0) first, the worst first."""
+    picks = np.random.default_rng(seed).choice(len(ranks), size=min(count, len(ranks)), replace=False)
+    return sorted(picks.tolist(), key=lambda q: (-int(ranks[q] > 0), -int(ranks[q]), q))
+
+
+def page(sims, captions, paths, title, curve, dims, dims_caption, queries, seed) -> str:
+    metrics = retrieval_metrics(sims)
+    i2t, t2i = i2t_ranks(sims), t2i_ranks(sims)
+    rows = []
+    for caption in sample(t2i, queries, seed):
+        best = np.argsort(-sims[:, caption], kind="stable")[:5]
+        cells = "".join(image_cell(int(i), int(i) == caption // 5, float(sims[i, caption]), paths, captions)
+                        for i in best)
+        rows.append(f'<tr><td class="query">{html.escape(captions[caption])}<div class="rank">rank of its image: '
+                    f'{t2i[caption] + 1}</div></td><td>{cells}</td></tr>')
+    caption_rows = "\n".join(rows)
+    rows = []
+    for image in sample(i2t, queries, seed + 1):
+        best = np.argsort(-sims[image], kind="stable")[:5]
+        items = "".join(f'<li class="{"good" if c // 5 == image else "bad"}">{html.escape(captions[c])} '
+                        f'<span class="score">{sims[image, c]:.3f}</span></li>' for c in best)
+        query = image_cell(image, True, float(sims[image].max()), paths, captions).replace('class="good"', "")
+        rows.append(f'<tr><td class="query">{query}<div class="rank">rank of its best caption: {i2t[image] + 1}'
+                    f'</div></td><td><ol>{items}</ol></td></tr>')
+    image_rows = "\n".join(rows)
+    summary = (f"Image to text R@1 {metrics['i2t']['r1']:.1f}, R@5 {metrics['i2t']['r5']:.1f}, "
+               f"R@10 {metrics['i2t']['r10']:.1f}; text to image R@1 {metrics['t2i']['r1']:.1f}, "
+               f"R@5 {metrics['t2i']['r5']:.1f}, R@10 {metrics['t2i']['r10']:.1f}; rSum {metrics['rsum']:.1f}")
+    dims_html = f'<img class="figure" src="{dims}" alt="dimensions"><p>{html.escape(dims_caption)}</p>' if dims \
+        else f"<p>{html.escape(dims_caption)}</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 32px; }}
+table {{ border-collapse: collapse; width: 100%; }} td {{ border-top: 1px solid #ddd; padding: 8px; vertical-align: top; }}
+td.query {{ width: 280px; }} .rank {{ color: #666; font-size: 12px; margin-top: 4px; }}
+figure {{ display: inline-block; margin: 0 6px 0 0; padding: 3px; border: 3px solid transparent; text-align: center; }}
+figure.good {{ border-color: #2a9d3c; }} figure.bad {{ border-color: #d0d0d0; }}
+figure img {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; object-fit: cover; display: block; }}
+figcaption {{ font-size: 11px; color: #555; }} .label {{ width: {THUMBNAIL}px; height: {THUMBNAIL}px; font-size: 11px;
+  background: #f3f3f3; overflow: hidden; }}
+li.good {{ color: #1d7a2e; font-weight: 600; }} li.bad {{ color: #444; }} .score {{ color: #888; font-size: 11px; }}
+img.figure {{ max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{summary}. Correct items are marked green; sampled queries are listed failures first.</p>
+<h2>Recall@K</h2><img class="figure" src="{curve}" alt="Recall@K curve">
+<h2>What the head learned about dimensions</h2>{dims_html}
+<h2>Caption queries: top-5 images</h2><table>{caption_rows}</table>
+<h2>Image queries: top-5 captions</h2><table>{image_rows}</table>
+</body></html>
+"""
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--sims", default=None, help="scores saved by test.py --save_sims for the same split")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", required=True, help="folder for index.html and the PNG figures")
+    parser.add_argument("--queries", type=int, default=8, help="sampled queries of each kind")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--eval_batch_size", type=int, default=128)
+    parser.add_argument("--eval_mem_gb", type=float, default=None)
+    add_data_options(parser)
+    args = parser.parse_args(argv)
+    plt = pyplot()
+    if os.path.isfile(args.out):
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    from checkpoints.loading import load_for_evaluation
+    from datasets.builders import load_eval_split
+    from datasets.captions import caption_encoder_for
+    from devices import resolve_device
+    from evaluation.protocol import compute_split_scores
+    setup_logging()
+    loaded = load_for_evaluation(args.checkpoint, args, lambda cfg: load_eval_split(cfg, args.split))
+    image_set, captions = loaded.data
+    if args.sims:
+        sims = np.load(args.sims)
+        if sims.shape != (len(image_set), len(captions)):
+            raise DataError(f"{args.sims} is {sims.shape[0]} x {sims.shape[1]}, but split '{args.split}' has "
+                            f"{len(image_set)} images and {len(captions)} captions")
+    else:
+        device = resolve_device(args.device)
+        model = loaded.model.to(device)
+        encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
+        sims, _ = compute_split_scores(model, loaded.data, encoder, device, batch_size=args.eval_batch_size,
+                                       workers=0, mem_gb=args.eval_mem_gb)
+    os.makedirs(args.out, exist_ok=True)
+    paths = getattr(image_set, "paths", None)
+    curve = recall_curve(plt, sims, os.path.join(args.out, "recall_at_k.png"))
+    dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))
+    title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions)"
+    target = os.path.join(args.out, "index.html")
+    atomic_write_text(page(sims, captions, paths, title, curve, dims, dims_caption, args.queries, args.seed), target)
+    print(f"report -> {target}")
+    return target
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))
