@@ -11,7 +11,6 @@ from config import eval_parser, resolve_train_config, train_parser
 from config.options import RUNTIME_RANGES, check_ranges, explicit_options
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError
-from evaluation.metrics import format_metrics
 from training.rng import seed_everything
 from .guard import run_guarded
 from .logs import attach_log_file, setup_logging
@@ -170,8 +169,13 @@ def coco_ids(cfg, args, n_images: int, annotations: dict):
     elif cfg.encoders == "region_bert":
         ids, source = precomp_ids(cfg, args.split, None)
     else:
-        raise ConfigError("--extended on raw COCO images needs --ids_file: the COCO caption ids of the "
-                          "annotation file's captions, one per line, in its order")
+        from datasets.karpathy import annotation_file, caption_ids
+        found = caption_ids(cfg.dataset, cfg.ann_path, args.split)
+        source = annotation_file(cfg.dataset, cfg.ann_path, args.split)
+        if found is None:
+            raise ConfigError(f"{source} gives its captions no COCO ids (sentences[].id), so --extended cannot "
+                              "identify them; give --ids_file with the caption ids in the file's order")
+        ids = np.array(found, dtype=np.int64)
     return row_ids(ids, n_images, annotations, source)
 
 

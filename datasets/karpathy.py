@@ -100,6 +100,21 @@ def load_karpathy_split(dataset: str, ann_path: str, image_root: str, split: str
     return entries
 
 
+def caption_ids(dataset: str, ann_path: str, split: str) -> list[int] | None:
+    """The COCO caption ids of a split's evaluated captions (each image's first 5, in file order),
+    from `sentences[].id`; None when the file does not carry them."""
+    path = annotation_file(dataset, ann_path, split)
+    ids = []
+    for image in _load_json(path)["images"]:
+        if dataset == "f30k" and image.get("split") != split:
+            continue
+        for sentence in image["sentences"][:CAPTIONS_PER_IMAGE]:
+            if not isinstance(sentence.get("id"), int):
+                return None
+            ids.append(sentence["id"])
+    return ids
+
+
 def evaluation_entries(entries, path_hint: str, max_images: int | None = None):
     """Images with exactly their first 5 captions, as the protocol scores them."""
     entries = entries[:max_images] if max_images else entries

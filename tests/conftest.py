@@ -69,3 +69,19 @@ def error_line(main, argv, capsys) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, lines
     return lines[0][len("error: "):]
+
+
+def train_short_region(out, region_data, tiny_bert, *extra):
+    """A few training steps of a tiny region model (X-Dim, d=16 unless `extra` says otherwise);
+    returns its checkpoint_last."""
+    from cli.commands import train
+    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
+                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16", "--workers", "0",
+                           "--device", "cpu", "--output_dir", str(out), *extra]) == 0
+    return out / "checkpoint_last.pth"
+
+
+@pytest.fixture(scope="session")
+def short_region_checkpoint(tmp_path_factory, region_data, tiny_bert):
+    return train_short_region(tmp_path_factory.mktemp("short_region") / "run", region_data, tiny_bert,
+                              "--max_steps", "4")

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REGION_DIM, error_line, run_cli
+from conftest import REGION_DIM, error_line, run_cli, train_short_region
 from cli.commands import evaluate, train
 from evaluation.metrics import retrieval_metrics
 
@@ -20,12 +20,8 @@ def ensemble_tool(argv):
 
 @pytest.fixture(scope="module")
 def region_model(tmp_path_factory, region_data, tiny_bert):
-    out = tmp_path_factory.mktemp("ens_region") / "run"
-    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
-                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--sim_head", "esl_a",
-                           "--batch_size", "16", "--max_steps", "6", "--workers", "0", "--device", "cpu",
-                           "--output_dir", str(out)]) == 0
-    return out / "checkpoint_last.pth"
+    return train_short_region(tmp_path_factory.mktemp("ens_region") / "run", region_data, tiny_bert,
+                              "--sim_head", "esl_a", "--max_steps", "6")
 
 
 @pytest.fixture(scope="module")

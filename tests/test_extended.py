@@ -160,3 +160,19 @@ def test_extended_without_the_package_is_one_line(monkeypatch, coco_layout, caps
     root, checkpoint = coco_layout
     assert error_line(TESTALL, ["--checkpoint", str(checkpoint), "--data_path", str(root), "--extended"], capsys) == \
         "--extended needs the eccv_caption package for its annotation files: pip install --no-deps eccv_caption==0.1.0"
+
+
+def test_raw_coco_captions_take_their_ids_from_the_annotation_file(tmp_path, synthetic_package):
+    """Karpathy-style COCO JSON with sentences[].id: the ids resolve through the same checks."""
+    from datasets.karpathy import caption_ids
+    annotations, test_ids = synthetic_package
+    images = [{"file_name": f"COCO_val2014_{i}.jpg",
+               "sentences": [{"raw": "x", "id": int(c)} for c in test_ids[5 * i: 5 * i + 5]] + [{"raw": "y", "id": 1}]}
+              for i in range(4)]
+    (tmp_path / "testall_coco.json").write_text(json.dumps({"images": images}))
+    ids = caption_ids("coco", str(tmp_path), "testall")
+    assert ids == test_ids.tolist()                   # the sixth caption of an image is not evaluated
+    assert row_ids(np.array(ids), 4, annotations, "testall_coco.json")[0].tolist() == [7, 8, 9, 6]
+    del images[0]["sentences"][0]["id"]
+    (tmp_path / "testall_coco.json").write_text(json.dumps({"images": images}))
+    assert caption_ids("coco", str(tmp_path), "testall") is None

@@ -6,10 +6,8 @@ the same weights and the same batch, the whole tiny training split, and compare 
 
 import json
 import math
-import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

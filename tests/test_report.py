@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REGION_DIM, run_cli
+from conftest import run_cli
 from cli.commands import evaluate, train
 from evaluation.metrics import retrieval_metrics
 
@@ -19,13 +19,9 @@ def report(argv):
     return main(argv)
 
 
-@pytest.fixture(scope="module")
-def region_run(tmp_path_factory, region_data, tiny_bert):
-    out = tmp_path_factory.mktemp("report") / "run"
-    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
-                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
-                           "--max_steps", "3", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
-    return out / "checkpoint_last.pth"
+@pytest.fixture
+def region_run(short_region_checkpoint):
+    return short_region_checkpoint
 
 
 def test_region_report_from_saved_scores(region_run, region_data, tmp_path):

@@ -1,11 +1,9 @@
 """tools/retrieve.py: an index of one's own collection answers queries as the evaluation scores."""
 
-import json
-
 import numpy as np
 import pytest
 
-from conftest import REGION_DIM, error_line, run_cli
+from conftest import run_cli
 from cli.commands import evaluate, train
 
 
@@ -14,13 +12,9 @@ def retrieve(argv):
     return main(argv)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, region_data, tiny_bert):
-    out = tmp_path_factory.mktemp("retrieve") / "run"
-    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
-                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
-                           "--max_steps", "4", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
-    return out / "checkpoint_last.pth"
+@pytest.fixture
+def trained(short_region_checkpoint):
+    return short_region_checkpoint
 
 
 def test_text_and_image_queries_rank_as_the_evaluation_scores(trained, region_data, tmp_path):
