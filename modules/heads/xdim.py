@@ -64,9 +64,8 @@ class XDimHead(SimilarityHead):
 
         With x = l2norm(context) * w, the word score needs only sum(x D^T) = x . g and
         ||x D^T||^2 = x (D^T D) x^T, so the d x d product runs once per word and image in the
-        forward pass (as in `score`) and its backward costs one recomputation plus one Gram
-        matrix, instead of autograd's two extra products and (images x words x d) tensors kept
-        for backward."""
+        forward pass (as in `score`) and the backward (WordScores) adds one Gram matrix, instead
+        of autograd's two more products; under checkpointing the forward product is recomputed."""
         if not torch.is_grad_enabled():
             return super().forward(images, image_lengths, captions, caption_lengths)
         dependency, diagonal = self.dependency()
@@ -90,17 +89,25 @@ class XDimHead(SimilarityHead):
 
     @staticmethod
     def _training_block(images, captions, valid, word_rows, caption_lengths, diagonal, gram, log_inv_tau):
-        n_img, n_reg, dim = images.shape
+        n_img, _, dim = images.shape
         n_cap, n_word, _ = captions.shape
-        logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
-        attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
-        attn = attn * (log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
-        attn = torch.softmax(attn, dim=-1).permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
+        attn = XDimHead._attention(images, captions, valid, diagonal, log_inv_tau)
         context = attn[:, word_rows] @ images                                                  # (I, W, d)
         words = captions.reshape(n_cap * n_word, dim)[word_rows]                                # (W, d)
         word_scores = WordScores.apply(context, words, diagonal, gram)                          # (I, W)
         per_caption = word_scores.new_zeros(n_img, n_cap).index_add(1, word_rows // n_word, word_scores)
         return per_caption / caption_lengths.to(images.dtype)
+
+    @staticmethod
+    def _attention(images, captions, valid, diagonal, log_inv_tau):
+        """(I, C*L, R) text-to-image attention: tanh((w * g) v^T), leaky ReLU, normalised across
+        the caption's valid words, softmax over regions at temperature exp(tau)."""
+        n_img, n_reg, dim = images.shape
+        n_cap, n_word, _ = captions.shape
+        logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
+        attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
+        attn = attn * (log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
+        return torch.softmax(attn, dim=-1).permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
 
     def pair_bytes(self, n_words: int, n_regions: int) -> int:
         return 4 * (3 * n_words * n_regions + 3 * n_words * self.embed_size)  # context, weighted, projected
@@ -111,11 +118,7 @@ class XDimHead(SimilarityHead):
         n_cap, n_word, _ = captions.shape
         valid = lengths_to_mask(caption_lengths, n_word).to(images.dtype)                    # (C, L)
 
-        logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
-        attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
-        attn = attn * (self.log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
-        attn = torch.softmax(attn, dim=-1)                                                     # over regions
-        attn = attn.permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
+        attn = self._attention(images, captions, valid, diagonal, self.log_inv_tau)
 
         # z = l2norm(l2norm(context) * w) D^T) is computed without materialising l2norm(context):
         # with s = ||context|| + eps, sum(z) = (sum(p) / s) / (||p|| / s + eps) for p = (context * w) D^T
