@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 
 from config import Config
-from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
+from datasets.captions import caption_encoder_for, check_tokenizer, load_tokenizer, tokenizer_from_snapshot
 from errors import CheckpointError, ConfigError
 from modules.model import build_model
 from . import native as checkpoint
@@ -46,6 +46,10 @@ class LoadedModel:
     tokenizer: object
     history: str         # which state of which training run
     data: object         # what `check_data` returned, before the model was built
+
+    def caption_encoder(self):
+        """Captions -> token ids for this model: its tokenizer, cut to its text positions."""
+        return caption_encoder_for(self.cfg, self.tokenizer, self.model.text_tokens()["positions"])
 
 
 def load_for_evaluation(path: str, args, check_data=None, require_data: bool = True) -> LoadedModel:

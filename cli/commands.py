@@ -108,9 +108,10 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
             continue
         report, text = protocol_report(sims, coco_testall, f"{args.split}, {name}" if ensemble else args.split)
         say(text)
-        first = first or (name, captions)
-        first_ids = ids if first_ids is None else first_ids
-        check_same_captions(first, (name, captions))
+        if first is None:
+            first, first_ids = (name, captions), ids
+        else:
+            check_same_captions(first, (name, captions))
         mean.add(sims, weight, name)
         members.append({"checkpoint": path, "history": history, "weight": weight, "metrics": report, "info": info})
         del sims
@@ -146,19 +147,24 @@ def score_checkpoint(path: str, args, device, coco_testall: bool, say=print, ann
     ids) for --extended or None) of one checkpoint; the model is released before returning."""
     from checkpoints.loading import load_for_evaluation
     from datasets.builders import load_eval_split
-    from datasets.captions import caption_encoder_for
     from evaluation.protocol import COCO_FOLDS, compute_split_scores
 
     folds = COCO_FOLDS if coco_testall else 1
-    loaded = load_for_evaluation(path, args, lambda cfg: load_eval_split(cfg, args.split, folds=folds))
+
+    def check_data(cfg):
+        """The split and, for --extended, its COCO ids: both checked before the model is built."""
+        split_data = load_eval_split(cfg, args.split, folds=folds)
+        ids = None if annotations is None else coco_ids(cfg, args, len(split_data[0]), annotations)
+        return split_data, ids
+
+    loaded = load_for_evaluation(path, args, check_data)
+    split_data, ids = loaded.data
     say(f"checkpoint {path}: {loaded.source}; {loaded.history}")
-    ids = None if annotations is None else coco_ids(loaded.cfg, args, len(loaded.data[0]), annotations)
     model = loaded.model.to(device)
-    caption_encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
-    sims, info = compute_split_scores(model, loaded.data, caption_encoder, device, amp=args.amp,
+    sims, info = compute_split_scores(model, split_data, loaded.caption_encoder(), device, amp=args.amp,
                                       batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb,
                                       progress=distributed.is_main_process(), shard=True)
-    return sims, info, loaded.data[1], loaded.history, ids
+    return sims, info, split_data[1], loaded.history, ids
 
 
 def coco_ids(cfg, args, n_images: int, annotations: dict):
@@ -167,7 +173,7 @@ def coco_ids(cfg, args, n_images: int, annotations: dict):
     if args.ids_file is not None:
         ids, source = read_ids(args.ids_file), args.ids_file
     elif cfg.encoders == "region_bert":
-        ids, source = precomp_ids(cfg, args.split, None)
+        ids, source = precomp_ids(cfg, args.split)
     else:
         from datasets.karpathy import annotation_file, caption_ids
         found = caption_ids(cfg.dataset, cfg.ann_path, args.split)

@@ -36,6 +36,34 @@ def read_captions(path: str) -> list[str]:
     return captions
 
 
+def load_region_features(path: str, img_dim: int) -> np.ndarray:
+    """A checked, memory-mapped (images x regions x img_dim) float feature file."""
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+            raise DataError(
+                f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
+        raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npy file (truncated download?): {exc}") from exc
+    if images.dtype.kind != "f":
+        raise DataError(f"{path} has dtype {images.dtype}; expected float region features")
+    if images.ndim != 3:
+        raise DataError(f"{path} has shape {images.shape}; expected (images, regions, {img_dim})")
+    if images.shape[2] != img_dim:
+        raise DataError(f"{path} has {images.shape[2]}-d region features but --img_dim is {img_dim}")
+    return images
+
+
+def region_row(features: np.ndarray, path: str, row: int) -> torch.Tensor:
+    """One image's regions as float32; NaN or infinite values are an error naming the row."""
+    regions = np.array(features[row], dtype=np.float32)
+    if not np.isfinite(regions).all():
+        raise DataError(f"{path} row {row} has NaN or infinite values")
+    return torch.from_numpy(regions)
+
+
 class PrecompSplit:
     """One split, validated at load. Features are memory-mapped (COCO train is ~33 GB).
 
@@ -61,7 +89,7 @@ class PrecompSplit:
             if not os.path.isfile(path):
                 raise DataError(f"{path} is missing (split '{split}' needs {split}_ims.npy and {split}_caps.txt)")
         self.captions = read_captions(self.caps_file)
-        self._images = self._load_features(self.ims_file, img_dim)
+        self._images = load_region_features(self.ims_file, img_dim)
         n_rows, n_captions = self._images.shape[0], len(self.captions)
         if n_captions == CAPTIONS_PER_IMAGE * n_rows:
             self.image_divisor = CAPTIONS_PER_IMAGE
@@ -84,25 +112,6 @@ class PrecompSplit:
         # never pickle the memory map: that would copy the whole feature file into each worker
         return {**self.__dict__, "_images": None}
 
-    @staticmethod
-    def _load_features(path: str, img_dim: int) -> np.ndarray:
-        try:
-            images = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "Python objects" in str(exc):
-                raise DataError(
-                    f"{path} holds Python objects, not a float array (images x regions x {img_dim})") from exc
-            raise DataError(f"{path} is not a readable .npy file: {exc}") from exc
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path} is not a readable .npy file (truncated download?): {exc}") from exc
-        if images.dtype.kind != "f":
-            raise DataError(f"{path} has dtype {images.dtype}; expected float region features")
-        if images.ndim != 3:
-            raise DataError(f"{path} has shape {images.shape}; expected (images, regions, {img_dim})")
-        if images.shape[2] != img_dim:
-            raise DataError(f"{path} has {images.shape[2]}-d region features but --img_dim is {img_dim}")
-        return images
-
     @property
     def num_images(self) -> int:
         """Images of the evaluation protocol (5 consecutive captions each)."""
@@ -112,10 +121,7 @@ class PrecompSplit:
         return caption_index // self.image_divisor
 
     def features(self, row: int) -> torch.Tensor:
-        regions = np.array(self.images[row], dtype=np.float32)
-        if not np.isfinite(regions).all():
-            raise DataError(f"{self.ims_file} row {row} has NaN or infinite values")
-        return torch.from_numpy(regions)
+        return region_row(self.images, self.ims_file, row)
 
 
 class PrecompTrainDataset(Dataset):

@@ -16,10 +16,11 @@ from transformers import BertConfig, BertModel
 
 import reference as ref
 from conftest import REGION_DIM, error_line, run_cli
-from test_released import (CLIP_EMBED, CLIP_LEVELS, LEVELS, D, released_clip_head, released_esl_region_head, released_openai_clip, released_region_image,
-                           released_region_text, released_xdim_head, save_clip_release, save_region_release, widths)
-from checkpoints.released import ESL_REGION_HEAD_RULES, REGION_IMAGE_RULES, REGION_TEXT_RULES, XDIM_HEAD_RULES, CLIP_RULES, \
-    ESL_CLIP_HEAD_RULES, map_keys
+from test_released import (LEVELS, D, released_clip_head, released_esl_clip_scores, released_esl_region_head,
+                           released_openai_clip, released_region_image, released_region_text, released_xdim_head,
+                           save_clip_release, save_region_release, widths)
+from checkpoints.released import (CLIP_RULES, ESL_CLIP_HEAD_RULES, ESL_REGION_HEAD_RULES, REGION_IMAGE_RULES,
+                                  REGION_TEXT_RULES, XDIM_HEAD_RULES, map_keys)
 from cli.commands import train
 from datasets.captions import load_tokenizer
 from datasets.karpathy import load_karpathy_split
@@ -246,18 +247,7 @@ def test_one_esl_clip_step_equals_the_released_recipe(tmp_path, tiny_clip):
     image_features = ref.openai_clip_image(c, pixels, layers=1)
     text_features = torch.cat([ref.openai_clip_text(c, torch.tensor([tokenizer(caption)["input_ids"]]), layers=1)
                                for _, caption in pairs])
-    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-    prefix, sims_prefix = "pool_frames.cross_attn.plus_encoder.encoders_1.", "pool_frames.cross_attn.sims.calculator_1."
-    image_levels = ref.heuristic_levels(image_features, [params[f"{prefix}image_levels.kernel_img_{l}.weight"]
-                                                         for l in range(1, CLIP_LEVELS + 1)])
-    caption_levels = ref.heuristic_levels(text_features, [params[f"{prefix}text_levels.kernel_txt_{l}.weight"]
-                                                          for l in range(1, CLIP_LEVELS + 1)], chain_normalized=False)
-    coefficients = ref.level_coefficients(params[sims_prefix + "sim_eval.weight"][0],
-                                          params[sims_prefix + "temp_scale_1.weight"][0, 0],
-                                          params[sims_prefix + "temp_scale_2.weight"][0, 0], sigmoid=True)
-    matrices = [params[f"{sims_prefix}masks_{l}.weight"] for l in range(CLIP_LEVELS + 1)]
-    sims = ref.esl_clip_scores(image_levels, caption_levels, widths(CLIP_EMBED, CLIP_LEVELS), coefficients, matrices)
+    sims = released_esl_clip_scores(params, image_features, text_features, "heuristic")
     logits = sims * params["clip.logit_scale"].exp()
     targets = torch.arange(len(pairs))
     loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
@@ -282,4 +272,5 @@ def test_one_esl_clip_step_equals_the_released_recipe(tmp_path, tiny_clip):
     for key, value in ours.items():
         assert_same_step(value, expected[key], start[key], grads.get(key),
                          clip_lr if key.startswith("encoders.") else head_lr, key)
-    assert not torch.equal(ours["head.sigma"], head[sims_prefix + "temp_scale_1.weight"].reshape(()))
+    assert not torch.equal(ours["head.sigma"],
+                           head["pool_frames.cross_attn.sims.calculator_1.temp_scale_1.weight"].reshape(()))

@@ -203,6 +203,24 @@ def released_clip_head(strategy):
     return state
 
 
+def released_esl_clip_scores(head, image_features, text_features, strategy):
+    """The ESL-CLIP scores of released-layout head tensors on CLIP embeddings, from the formulas."""
+    prefix = "pool_frames.cross_attn.plus_encoder.encoders_1."
+    sims_prefix = "pool_frames.cross_attn.sims.calculator_1."
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    levels, kind = (ref.heuristic_levels, "kernel_{}") if strategy == "heuristic" else (ref.adaptive_levels, "masks")
+    image_levels = levels(image_features, [head[f"{prefix}image_levels.{kind.format('img')}_{l}.weight"]
+                                           for l in range(1, CLIP_LEVELS + 1)])
+    caption_levels = levels(text_features, [head[f"{prefix}text_levels.{kind.format('txt')}_{l}.weight"]
+                                            for l in range(1, CLIP_LEVELS + 1)], chain_normalized=False)
+    coefficients = ref.level_coefficients(head[sims_prefix + "sim_eval.weight"][0],
+                                          head[sims_prefix + "temp_scale_1.weight"][0, 0],
+                                          head[sims_prefix + "temp_scale_2.weight"][0, 0], sigmoid=True)
+    matrices = [head[f"{sims_prefix}masks_{l}.weight"] for l in range(CLIP_LEVELS + 1)]
+    return ref.esl_clip_scores(image_levels, caption_levels, widths(CLIP_EMBED, CLIP_LEVELS), coefficients, matrices)
+
+
 def save_clip_release(path, state):
     """Pickle the authors' Config object as their code did: class config.all_config.AllConfig."""
     package, module = types.ModuleType("config"), types.ModuleType("config.all_config")
@@ -237,25 +255,7 @@ def test_esl_clip_release_loads_and_scores_like_the_released_model(tmp_path, ima
         image_features = ref.openai_clip_image(clip, pixels, layers=1)
         text_features = torch.cat([ref.openai_clip_text(clip, torch.tensor([tokenizer(c)["input_ids"]]), layers=1)
                                    for c in captions])
-    prefix = "pool_frames.cross_attn.plus_encoder.encoders_1."
-    sims_prefix = "pool_frames.cross_attn.sims.calculator_1."
-    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-    if strategy == "heuristic":
-        image_levels = ref.heuristic_levels(image_features, [head[f"{prefix}image_levels.kernel_img_{l}.weight"]
-                                                             for l in range(1, CLIP_LEVELS + 1)])
-        caption_levels = ref.heuristic_levels(text_features, [head[f"{prefix}text_levels.kernel_txt_{l}.weight"]
-                                                              for l in range(1, CLIP_LEVELS + 1)], chain_normalized=False)
-    else:
-        image_levels = ref.adaptive_levels(image_features, [head[f"{prefix}image_levels.masks_{l}.weight"]
-                                                            for l in range(1, CLIP_LEVELS + 1)])
-        caption_levels = ref.adaptive_levels(text_features, [head[f"{prefix}text_levels.masks_{l}.weight"]
-                                                             for l in range(1, CLIP_LEVELS + 1)], chain_normalized=False)
-    coefficients = ref.level_coefficients(head[sims_prefix + "sim_eval.weight"][0],
-                                          head[sims_prefix + "temp_scale_1.weight"][0, 0],
-                                          head[sims_prefix + "temp_scale_2.weight"][0, 0], sigmoid=True)
-    matrices = [head[f"{sims_prefix}masks_{l}.weight"] for l in range(CLIP_LEVELS + 1)]
-    expected = ref.esl_clip_scores(image_levels, caption_levels, widths(CLIP_EMBED, CLIP_LEVELS), coefficients, matrices)
+    expected = released_esl_clip_scores(head, image_features, text_features, strategy)
     assert np.allclose(sims, expected.numpy(), atol=1e-5)
 
 

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pytest
 
 from conftest import run_cli
 from cli.commands import evaluate, train
@@ -19,17 +18,12 @@ def report(argv):
     return main(argv)
 
 
-@pytest.fixture
-def region_run(short_region_checkpoint):
-    return short_region_checkpoint
-
-
-def test_region_report_from_saved_scores(region_run, region_data, tmp_path):
+def test_region_report_from_saved_scores(short_region_checkpoint, region_data, tmp_path):
     sims_path = tmp_path / "sims.npy"
-    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(region_run), "--data_path",
+    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(short_region_checkpoint), "--data_path",
                                                          region_data[0], "--workers", "0",
                                                          "--save_sims", str(sims_path)]) == 0
-    page = open(report(["--checkpoint", str(region_run), "--data_path", region_data[0], "--sims", str(sims_path),
+    page = open(report(["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--sims", str(sims_path),
                         "--out", str(tmp_path / "out"), "--queries", "5", "--device", "cpu"]), encoding="utf-8").read()
     assert {"index.html", "recall_at_k.png", "dimensions.png"} <= set(os.listdir(tmp_path / "out"))
     assert "X-Dim: D is 16 x 16" in page and page.count('<img class="figure" src="data:image/png;base64,') == 2
@@ -60,11 +54,11 @@ def test_clip_report_shows_thumbnails_and_esl_levels(tmp_path, image_data, tiny_
         assert shot.stat().st_size > 50_000
 
 
-def test_saved_scores_of_another_split_are_refused(region_run, region_data, tmp_path, capsys):
+def test_saved_scores_of_another_split_are_refused(short_region_checkpoint, region_data, tmp_path, capsys):
     from cli.guard import run_guarded
     np.save(tmp_path / "wrong.npy", np.zeros((3, 15), np.float32))
     capsys.readouterr()
-    assert run_guarded(report, ["--checkpoint", str(region_run), "--data_path", region_data[0], "--sims",
+    assert run_guarded(report, ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--sims",
                                 str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'wrong.npy'} is 3 x 15, but split 'test' has "
                                                "10 images and 50 captions")

@@ -1,7 +1,6 @@
 """tools/retrieve.py: an index of one's own collection answers queries as the evaluation scores."""
 
 import numpy as np
-import pytest
 
 from conftest import run_cli
 from cli.commands import evaluate, train
@@ -12,20 +11,15 @@ def retrieve(argv):
     return main(argv)
 
 
-@pytest.fixture
-def trained(short_region_checkpoint):
-    return short_region_checkpoint
-
-
-def test_text_and_image_queries_rank_as_the_evaluation_scores(trained, region_data, tmp_path):
+def test_text_and_image_queries_rank_as_the_evaluation_scores(short_region_checkpoint, region_data, tmp_path):
     data = region_data[0]
     sims_path = tmp_path / "sims.npy"
-    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(trained), "--data_path", data,
+    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(short_region_checkpoint), "--data_path", data,
                                                          "--workers", "0", "--save_sims", str(sims_path)]) == 0
     sims = np.load(sims_path)
     index = tmp_path / "test.index"
     regions = f"{data}/f30k_precomp/test_ims.npy"
-    run_cli(retrieve, ["index", "--checkpoint", str(trained), "--regions", regions, "--out", str(index),
+    run_cli(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", regions, "--out", str(index),
                        "--device", "cpu"])
     captions = open(f"{data}/f30k_precomp/test_caps.txt", encoding="utf-8").read().splitlines()
     results = retrieve(["text", "--index", str(index), "--query", captions[7], "--query", captions[31],
@@ -45,12 +39,12 @@ def test_text_and_image_queries_rank_as_the_evaluation_scores(trained, region_da
     assert arrays["image_names"].shape == (10,) and arrays["caption_lengths"].shape == (50,)
 
 
-def test_wrong_collections_are_one_line_errors(trained, tmp_path, capsys):
+def test_wrong_collections_are_one_line_errors(short_region_checkpoint, tmp_path, capsys):
     from cli.guard import run_guarded
     capsys.readouterr()
-    assert run_guarded(retrieve, ["index", "--checkpoint", str(trained), "--images", str(tmp_path),
+    assert run_guarded(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--images", str(tmp_path),
                                   "--out", str(tmp_path / "x.index")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: {trained} is a region model: index a BUTD feature file "
+    assert capsys.readouterr().err.strip() == (f"error: {short_region_checkpoint} is a region model: index a BUTD feature file "
                                                "with --regions")
     assert run_guarded(retrieve, ["text", "--index", str(tmp_path / "none.index"), "--query", "a dog"]) == 2
     assert capsys.readouterr().err.strip() == f"error: index {tmp_path / 'none.index'} does not exist"

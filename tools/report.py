@@ -210,7 +210,6 @@ def main(argv=None) -> str:
         raise ConfigError(f"--out {args.out} is a file; give a folder")
     from checkpoints.loading import load_for_evaluation
     from datasets.builders import load_eval_split
-    from datasets.captions import caption_encoder_for
     from devices import resolve_device
     from evaluation.protocol import compute_split_scores
     setup_logging()
@@ -223,10 +222,8 @@ def main(argv=None) -> str:
                             f"{len(image_set)} images and {len(captions)} captions")
     else:
         device = resolve_device(args.device)
-        model = loaded.model.to(device)
-        encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
-        sims, _ = compute_split_scores(model, loaded.data, encoder, device, batch_size=args.eval_batch_size,
-                                       workers=0, mem_gb=args.eval_mem_gb)
+        sims, _ = compute_split_scores(loaded.model.to(device), loaded.data, loaded.caption_encoder(), device,
+                                       batch_size=args.eval_batch_size, workers=0, mem_gb=args.eval_mem_gb)
     os.makedirs(args.out, exist_ok=True)
     paths = getattr(image_set, "paths", None)
     curve = recall_curve(plt, sims, os.path.join(args.out, "recall_at_k.png"))

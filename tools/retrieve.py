@@ -30,9 +30,8 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import check_output_file  # noqa: E402
 from datasets.batching import CaptionSet, Collate  # noqa: E402
-from datasets.captions import caption_encoder_for  # noqa: E402
 from datasets.karpathy import ImageFileSet  # noqa: E402
-from datasets.precomp import PrecompSplit, read_captions  # noqa: E402
+from datasets.precomp import load_region_features, read_captions, region_row  # noqa: E402
 from devices import resolve_device  # noqa: E402
 from errors import ConfigError, DataError  # noqa: E402
 from evaluation.scoring import EncodedItems, encode_items, score_all  # noqa: E402
@@ -47,24 +46,19 @@ class RegionRows(Dataset):
     def __init__(self, path: str, img_dim: int):
         if not os.path.isfile(path):
             raise DataError(f"{path} is not a region feature file (.npy)")
-        self.features = PrecompSplit._load_features(path, img_dim)
+        self.features = load_region_features(path, img_dim)
         self.path = path
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
     def __getitem__(self, index: int) -> dict:
-        regions = np.array(self.features[index], dtype=np.float32)
-        if not np.isfinite(regions).all():
-            raise DataError(f"{self.path} row {index} has NaN or infinite values")
-        return {"image": torch.from_numpy(regions), "index": index}
+        return {"image": region_row(self.features, self.path, index), "index": index}
 
 
 def load_model(checkpoint: str, device):
     loaded = load_for_evaluation(checkpoint, argparse.Namespace(), require_data=False)
-    model = loaded.model.to(device)
-    encoder = caption_encoder_for(loaded.cfg, loaded.tokenizer, model.text_tokens()["positions"])
-    return model, loaded.cfg, encoder
+    return loaded.model.to(device), loaded.cfg, loaded.caption_encoder()
 
 
 def collection(cfg, args):
