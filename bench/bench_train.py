@@ -24,6 +24,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -128,7 +129,7 @@ def main(argv=None) -> None:
     print("| head | batch | ours | released-style loop | speed-up | ours / FLOP bound | ours performed GFLOP/s | "
           "peak memory ours / loop | loss diff (rel.) | max grad diff (rel.) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    scratch = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_train_{os.getpid()}")
+    scratch = os.path.join(tempfile.gettempdir(), f"bench_train_{os.getpid()}")
     for name in args.heads:
         for batch in args.batches:
             ours = run_isolated(args, name, "ours", batch, scratch + "_ours.pt")
