@@ -16,7 +16,8 @@ DATA_OPTIONS = REGION_DATA + RAW_IMAGE_DATA
 
 def apply_overrides(cfg: Config, args) -> Config:
     """Command-line data/tokenizer paths replace those saved with the checkpoint."""
-    for key in DATA_OPTIONS + ("bert_path", "clip_path", "img_dim"):
+    for key in DATA_OPTIONS + ("bert_path", "clip_path", "img_dim", "clip_truncation", "clip_text_cleaning",
+                                "truncated_images"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
@@ -71,7 +72,7 @@ def load_for_evaluation(path: str, args, check_data=None, require_data: bool = T
 
     if checkpoint.is_native(payload):
         checkpoint.check_version(payload, path)
-        cfg = prepare(Config(**payload["config"]))
+        cfg = prepare(checkpoint.saved_config(payload))
         model = build_model(cfg, backbone_config=payload["backbone_config"])
         checkpoint.load_weights(model, payload["model"], path)
         source = f"dimmatch checkpoint ({cfg.encoders} + {cfg.sim_head})"

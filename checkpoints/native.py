@@ -16,6 +16,17 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
+# Options added after checkpoints were first written, with the behaviour those checkpoints were
+# trained with (a config that lacks them predates the option).
+LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer", "truncated_images": "refuse",
+                 "last_batch": "drop", "val_protocol": "first_1k"}
+
+
+def saved_config(payload: dict) -> Config:
+    """The config a checkpoint of ours was written with, completed for options it predates."""
+    return Config(**{**LEGACY_VALUES, **payload["config"]})
+
+
 def save(path: str, payload: dict) -> None:
     try:
         atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)

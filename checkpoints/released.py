@@ -231,7 +231,8 @@ def _region_config(kind: str, payload: dict, args) -> tuple[Config, dict, dict]:
                   img_dim=image["fc.weight"].shape[1], kernel_size=2, esl_levels=None, cosine_pool="mean",
                   bert_path=getattr(args, "bert_path", None) or DEFAULT_BERT, clip_path=DEFAULT_CLIP,
                   data_path=None, data_name=_attribute(opt, "data_name"), dataset=None, image_root=None,
-                  ann_path=None)
+                  ann_path=None, word_aug=0.2, clip_truncation="released", clip_text_cleaning="released",
+                  truncated_images="refuse")
     if kind != "xdim":
         values["kernel_size"] = int(_attribute(opt, "kernel_size", 2))
         values["esl_levels"] = resolve_num_levels(
@@ -286,7 +287,8 @@ def _clip_config(kind: str, payload: dict, args) -> tuple[Config, list, dict]:
                   cosine_pool="mean", bert_path=DEFAULT_BERT,
                   clip_path=getattr(args, "clip_path", None) or DEFAULT_CLIP, data_path=None, data_name=None,
                   dataset={"MS-COCO": "coco", "Flickr30K": "f30k"}.get(dataset_name), image_root=None,
-                  ann_path=None)
+                  ann_path=None, word_aug=0.2, clip_truncation="released", clip_text_cleaning="released",
+                  truncated_images="load")
     head = {key: value for key, value in state.items() if key.startswith("pool_frames.")}
     clip = {key: value for key, value in state.items() if not key.startswith("pool_frames.")}
     parts = [(clip, CLIP_RULES, "CLIP"), (head, ESL_CLIP_HEAD_RULES, "head")]

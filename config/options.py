@@ -10,19 +10,24 @@ import json
 import os
 from types import SimpleNamespace
 
+from datasets.captions import CLIP_TEXT_CLEANINGS, CLIP_TRUNCATIONS
+from datasets.karpathy import TRUNCATED_IMAGES
 from errors import ConfigError
 from modules.heads import HEAD_NAMES
 from modules.levels import resolve_num_levels
+from evaluation.protocol import VALIDATION_PROTOCOLS
 
 # The released hyper-parameters per encoder pair (ESL/X-Dim region code; ESL-CLIP code).
 PRESETS = {
     "region_bert": dict(
         sim_head="xdim", batch_size=128, num_epochs=30, learning_rate=5e-4, lr_update=15,
         weight_decay=1e-4, adam_eps=1e-8, grad_clip=2.0, evals_per_epoch=1, loss="hinge",
-        schedule="step", optimizer="adamw"),
+        schedule="step", optimizer="adamw", last_batch="drop", val_protocol="first_1k", clip_truncation="released",
+        clip_text_cleaning="released", truncated_images="refuse"),
     "clip": dict(
         sim_head="esl_h", batch_size=64, num_epochs=15, weight_decay=0.2, adam_eps=1e-6,
-        grad_clip=1.0, evals_per_epoch=4, loss="infonce", schedule="cosine", optimizer="bert_adamw"),
+        grad_clip=1.0, evals_per_epoch=4, loss="infonce", schedule="cosine", optimizer="bert_adamw",
+        last_batch="keep", clip_truncation="released", clip_text_cleaning="released"),
 }
 
 # Keys that define the network; a checkpoint only resumes or loads into the same values.
@@ -55,6 +60,10 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ann_path", default=None,
                        help="Karpathy JSON file, or the folder holding dataset_flickr30k.json / "
                             "{train,dev,testall}_coco.json")
+    group.add_argument("--truncated_images", default=None, choices=TRUNCATED_IMAGES,
+                       help="raw images whose file is cut short: load = decode what is there (the released COCO "
+                            "loader), refuse = unreadable (skipped in training, an error in evaluation) "
+                            "[COCO: load; Flickr30K: refuse; evaluation: the checkpoint's]")
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
 
 
@@ -88,6 +97,13 @@ def train_parser() -> argparse.ArgumentParser:
                        help="ESL levels above the input [8, fewer when embed_size is not divisible by k**8]")
     model.add_argument("--cosine_pool", default="mean", choices=["mean", "max"],
                        help="pooling of local features for --sim_head cosine")
+    model.add_argument("--clip_truncation", default=None, choices=CLIP_TRUNCATIONS,
+                       help="CLIP captions longer than 77 tokens: released = the first 77 ids (end token lost, "
+                            "pooling at the start token, as the released ESL-CLIP code); keep_eot = 76 ids and the "
+                            "end token [released]")
+    model.add_argument("--clip_text_cleaning", default=None, choices=CLIP_TEXT_CLEANINGS,
+                       help="CLIP captions: released = ftfy and HTML unescaping first, as the released tokeniser; "
+                            "tokenizer = the tokenizer's own normalisation only [released]")
     model.add_argument("--bert_path", default="bert-base-uncased", help="hub name or local BERT folder")
     model.add_argument("--clip_path", default="openai/clip-vit-base-patch16", help="hub name or local CLIP folder")
     add_data_options(parser)
@@ -115,9 +131,17 @@ def train_parser() -> argparse.ArgumentParser:
     train.add_argument("--region_drop", type=float, default=0.2, help="train: probability of dropping a region")
     train.add_argument("--word_aug", type=float, default=0.2,
                        help="train: probability of altering a word (50%% [MASK], 10%% random, 40%% delete)")
+    train.add_argument("--last_batch", default=None, choices=["keep", "drop"],
+                       help="the incomplete last batch of an epoch: trained and counted in the schedule, or "
+                            "dropped [region: drop; clip: keep, as released]")
     train.add_argument("--evals_per_epoch", type=int, default=None, help="validations per epoch [region: 1; clip: 4]")
     train.add_argument("--val_every", type=int, default=1, help="validate every N epochs")
     train.add_argument("--val_split", default=None, help="validation split [dev; Flickr30K raw images: val]")
+    train.add_argument("--val_protocol", default=None, choices=VALIDATION_PROTOCOLS,
+                       help="model selection: first_1k = rSum of the first 1,000 validation images; last_fold = "
+                            "the whole split scored in 5 folds (COCO dev: 5 x 1,000), selected on the last fold's "
+                            "rSum; mean_5fold = on the folds' mean rSum [COCO clip: last_fold; others: first_1k, "
+                            "as released]")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output_dir", default="runs/exp", help="checkpoints, config, logs and TensorBoard")
     train.add_argument("--resume", default="",
@@ -149,6 +173,11 @@ def eval_parser(description: str, default_split: str) -> argparse.ArgumentParser
     parser.add_argument("--bert_path", default=None, help="override the BERT tokenizer/architecture path")
     parser.add_argument("--clip_path", default=None, help="override the CLIP tokenizer path")
     parser.add_argument("--img_dim", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--clip_truncation", default=None, choices=CLIP_TRUNCATIONS,
+                        help="CLIP captions longer than 77 tokens (see train.py --help) [the checkpoint's; released "
+                             "files: released]")
+    parser.add_argument("--clip_text_cleaning", default=None, choices=CLIP_TEXT_CLEANINGS,
+                        help="CLIP caption cleaning (see train.py --help) [the checkpoint's; released files: released]")
     parser.add_argument("--save_sims", default=None,
                         help="write the image x caption score matrix here (.npy) and its metrics next to it (.json)")
     parser.add_argument("--save_ranks", default=None,
@@ -214,6 +243,10 @@ def resolve_train_config(args: argparse.Namespace, init_cfg=None, explicit: set[
             if values["embed_size"] is None:
                 values["embed_size"] = projection
         values["val_split"] = values["val_split"] or ("val" if values["dataset"] == "f30k" else "dev")
+        if values["val_protocol"] is None:
+            values["val_protocol"] = "last_fold" if values["dataset"] == "coco" else "first_1k"
+        if values["truncated_images"] is None:
+            values["truncated_images"] = "load" if values["dataset"] == "coco" else "refuse"
 
     if values["loss"] == "infonce" and values["encoders"] != "clip":
         raise ConfigError("--loss infonce needs CLIP's logit scale; use --loss hinge with region_bert encoders")

@@ -50,19 +50,23 @@ class Collate:
 class ResumableBatchSampler(Sampler):
     """Shuffled batches whose order is a function of (seed, epoch) alone.
 
-    Under DDP each rank takes every `world`-th batch-slot of the same permutation, so the
+    Under DDP each rank takes its slot of every global batch of the same permutation, so the
     ranks' batches together form the single-process global batch. `start_batch` skips the
-    batches a resumed run already trained on. Incomplete last batches are dropped, as released.
+    batches a resumed run already trained on. `drop_last` drops the incomplete last batch (the
+    released region loaders); otherwise it is trained too (the released ESL-CLIP loader), split
+    over the ranks as evenly as possible.
     """
 
-    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 drop_last: bool = True):
         if global_batch % world:
             raise ValueError("global batch must be divisible by the number of processes")
         self.num_items = num_items
         self.global_batch = global_batch
-        self.local_batch = global_batch // world
         self.seed = seed
         self.rank = rank
+        self.world = world
+        self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
 
@@ -70,7 +74,12 @@ class ResumableBatchSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches_per_epoch(self) -> int:
-        return self.num_items // self.global_batch
+        full, rest = divmod(self.num_items, self.global_batch)
+        return full + (0 if self.drop_last or not rest else 1)
+
+    def last_batch_size(self) -> int:
+        """Pairs in the epoch's last global batch."""
+        return min(self.global_batch, self.num_items - (self.batches_per_epoch() - 1) * self.global_batch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
@@ -79,5 +88,7 @@ class ResumableBatchSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_items, generator=generator).tolist()
         for batch in range(self.start_batch, self.batches_per_epoch()):
-            start = batch * self.global_batch + self.rank * self.local_batch
-            yield order[start: start + self.local_batch]
+            items = order[batch * self.global_batch: (batch + 1) * self.global_batch]
+            share, extra = divmod(len(items), self.world)
+            start = self.rank * share + min(self.rank, extra)
+            yield items[start: start + share + (self.rank < extra)]

@@ -5,17 +5,12 @@ from .karpathy import (ImageFileSet, KarpathyTrainDataset, check_images_exist, e
                        load_karpathy_split)
 from .precomp import CAPTIONS_PER_IMAGE, PrecompImageSet, PrecompSplit, PrecompTrainDataset
 
-# COCO's dev split has 5,000 images; like the released code, validation during training uses
-# its first 1,000 images (5,000 captions).
-VALIDATION_MAX_IMAGES = 1000
-
-
 def build_train_dataset(cfg, caption_encoder):
     if cfg.encoders == "region_bert":
         split = PrecompSplit(cfg.data_path, cfg.data_name, "train", cfg.img_dim)
         return PrecompTrainDataset(split, caption_encoder, cfg.seed, cfg.region_drop)
     entries = load_karpathy_split(cfg.dataset, cfg.ann_path, cfg.image_root, "train")
-    return KarpathyTrainDataset(entries, caption_encoder, cfg.image_size)
+    return KarpathyTrainDataset(entries, caption_encoder, cfg.image_size, cfg.truncated_images)
 
 
 def load_eval_split(cfg, split: str, max_images: int | None = None, folds: int = 1):
@@ -35,7 +30,7 @@ def load_eval_split(cfg, split: str, max_images: int | None = None, folds: int =
         paths = [path for path, _ in entries]
         check_images_exist(paths)
         captions = [caption for _, captions in entries for caption in captions]
-        image_set, where = ImageFileSet(paths, cfg.image_size), f"{cfg.dataset} split '{split}'"
+        image_set, where = ImageFileSet(paths, cfg.image_size, cfg.truncated_images), f"{cfg.dataset} split '{split}'"
     if len(image_set) == 0:
         raise DataError(f"{where} has no images to evaluate")
     if len(image_set) % folds:

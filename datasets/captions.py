@@ -1,6 +1,7 @@
 """Caption -> token ids, with the released word-level augmentation for BERT; tokenizers loaded
 from a backbone folder, or rebuilt from the copy a checkpoint carries."""
 
+import html
 import logging
 import os
 import tempfile
@@ -82,6 +83,10 @@ class BertCaptionEncoder:
     def max_positions(self) -> int:
         return self.max_length
 
+    def truncation_note(self) -> str:
+        return (f"cut to {self.max_length} tokens ([CLS] and [SEP] kept); the released code does not cut and its "
+                "BERT would fail on them")
+
     def __call__(self, caption: str, rng: np.random.Generator | None = None) -> list[int]:
         encoding = self.tokenizer(caption, add_special_tokens=False)
         ids = encoding["input_ids"]
@@ -114,12 +119,43 @@ class BertCaptionEncoder:
         return output
 
 
-class ClipCaptionEncoder:
-    """CLIP BPE with start/end tokens, truncated to the 77-token context (end token kept)."""
+CLIP_TRUNCATIONS = ("released", "keep_eot")
+CLIP_TEXT_CLEANINGS = ("released", "tokenizer")
 
-    def __init__(self, tokenizer, context_length: int = 77):
+
+def released_clip_clean(text: str) -> str:
+    """The text cleaning of the released ESL-CLIP tokeniser (OpenAI's `basic_clean`): ftfy's
+    `fix_text`, HTML entities unescaped twice, outer whitespace stripped. The tokenizer's own
+    normalisation (whitespace runs, lower case) follows."""
+    try:
+        import ftfy
+    except ImportError as exc:
+        raise ConfigError("the released ESL-CLIP text cleaning needs ftfy (pip install ftfy==6.3.1); "
+                          "--clip_text_cleaning tokenizer skips it") from exc
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+class ClipCaptionEncoder:
+    """CLIP BPE with start and end tokens, cut to the context length (77).
+
+    `cleaning` 'released' first cleans the text as the released tokeniser does (ftfy, HTML
+    entities); 'tokenizer' leaves it to the tokenizer's own normalisation.
+
+    `truncation` decides what a longer caption keeps: 'released' its first 77 ids, as the released
+    ESL-CLIP tokeniser does, so the end token is lost and the text tower pools at the start token
+    (the largest id left, and the first position when no end token is found); 'keep_eot' its
+    first 76 ids and the end token, as OpenAI's `clip.tokenize(truncate=True)` does."""
+
+    def __init__(self, tokenizer, context_length: int = 77, truncation: str = "released",
+                 cleaning: str = "released"):
+        if truncation not in CLIP_TRUNCATIONS or cleaning not in CLIP_TEXT_CLEANINGS:
+            raise ValueError(f"unknown CLIP truncation {truncation!r} or cleaning {cleaning!r}")
         self.tokenizer = tokenizer
         self.context_length = context_length
+        self.truncation = truncation
+        self.clean = released_clip_clean if cleaning == "released" else None
+        if self.clean is not None:
+            self.clean("")      # a missing ftfy is reported before any work
         self.pad_id = tokenizer.pad_token_id
         self.truncation_noted = False
 
@@ -127,29 +163,40 @@ class ClipCaptionEncoder:
     def max_positions(self) -> int:
         return self.context_length
 
+    def truncation_note(self) -> str:
+        if self.truncation == "released":
+            return (f"cut to their first {self.context_length} tokens, end token dropped, as the released ESL-CLIP "
+                    "tokenisation does (the text tower then pools at the start token; --clip_truncation keep_eot "
+                    "keeps the end token)")
+        return (f"cut to {self.context_length - 1} tokens plus the end token (--clip_truncation keep_eot; the "
+                "released ESL-CLIP tokenisation drops the end token)")
+
     def __call__(self, caption: str, rng=None) -> list[int]:
-        ids = self.tokenizer(caption)["input_ids"]
+        ids = self.tokenizer(self.clean(caption) if self.clean is not None else caption)["input_ids"]
         if len(ids) > self.context_length:
             note_truncation(self, caption)
-            ids = ids[: self.context_length - 1] + ids[-1:]
+            ids = ids[: self.context_length] if self.truncation == "released" else \
+                ids[: self.context_length - 1] + ids[-1:]
         return ids
 
 
 def note_truncation(encoder, caption: str) -> None:
-    """Say once per encoder (and process) that captions are cut to the text encoder's positions."""
+    """Say once per encoder (and process) that captions are cut to the text encoder's positions,
+    and how."""
     if not encoder.truncation_noted:
         encoder.truncation_noted = True
-        logger.warning("captions longer than the text encoder's %d positions are truncated to fit (as the "
-                       "released tokenisation does), e.g. %r", encoder.max_positions, caption[:60] + "...")
+        logger.warning("captions longer than the text encoder's %d positions are %s, e.g. %r",
+                       encoder.max_positions, encoder.truncation_note(), caption[:60] + "...")
 
 
 def caption_encoder_for(cfg, tokenizer, max_positions: int):
     """The caption encoder of a config's text tower, cutting captions to `max_positions`
     tokens; it augments only when given an rng."""
     if cfg.encoders == "clip":
-        encoder = ClipCaptionEncoder(tokenizer, context_length=max_positions)
+        encoder = ClipCaptionEncoder(tokenizer, context_length=max_positions, truncation=cfg.clip_truncation,
+                                     cleaning=cfg.clip_text_cleaning)
     else:
-        encoder = BertCaptionEncoder(tokenizer, word_aug=getattr(cfg, "word_aug", 0.2), max_length=max_positions)
+        encoder = BertCaptionEncoder(tokenizer, word_aug=cfg.word_aug, max_length=max_positions)
     return encoder
 
 

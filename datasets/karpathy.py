@@ -11,7 +11,7 @@ import logging
 import os
 import re
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from errors import DataError
@@ -129,12 +129,36 @@ def evaluation_entries(entries, path_hint: str, max_images: int | None = None):
     return [(p, captions[:CAPTIONS_PER_IMAGE]) for p, captions in entries]
 
 
-def read_image(path: str):
-    """The decoded image, or the reason it cannot be used."""
+TRUNCATED_IMAGES = ("load", "refuse")
+
+
+def _decode(path: str, load_truncated: bool):
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy(), None
+            return image.copy()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def read_image(path: str, truncated: str = "refuse"):
+    """The decoded image, or the reason it cannot be used. A truncated file is unreadable, or with
+    `truncated='load'` decoded as far as it goes (the rest grey), as the released COCO loader does
+    (PIL's LOAD_TRUNCATED_IMAGES), with one warning per file."""
+    try:
+        try:
+            return _decode(path, load_truncated=False), None
+        except OSError as exc:
+            if truncated != "load" or "truncated" not in str(exc).lower():
+                raise
+        image = _decode(path, load_truncated=True)
+        if path not in _TRUNCATED_NOTED:
+            _TRUNCATED_NOTED.add(path)
+            logger.warning("image %s is truncated; decoded as far as it goes, as the released COCO loader does "
+                           "(--truncated_images refuse treats it as unreadable)", path)
+        return image, None
     except FileNotFoundError:
         return None, "is missing"
     except IsADirectoryError:
@@ -145,6 +169,9 @@ def read_image(path: str):
         return None, f"cannot be read ({exc})"
 
 
+_TRUNCATED_NOTED = set()
+
+
 class KarpathyTrainDataset(Dataset):
     """(image, caption) pairs. An unreadable image is skipped: the pair is replaced by the next
     readable one (so batches keep their size, which DDP's gathers need), warned about once and
@@ -152,10 +179,11 @@ class KarpathyTrainDataset(Dataset):
 
     MAX_SKIPPED = 100
 
-    def __init__(self, entries, caption_encoder, image_size: int = 224):
+    def __init__(self, entries, caption_encoder, image_size: int = 224, truncated: str = "refuse"):
         self.pairs = [(path, caption) for path, captions in entries for caption in captions]
         self.caption_encoder = caption_encoder
         self.image_size = image_size
+        self.truncated = truncated
         self.epoch = 0
         self.warned = set()
 
@@ -168,7 +196,7 @@ class KarpathyTrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         for skipped in range(min(self.MAX_SKIPPED, len(self.pairs))):
             path, caption = self.pairs[(index + skipped) % len(self.pairs)]
-            image, problem = read_image(path)
+            image, problem = read_image(path, self.truncated)
             if image is not None:
                 return {"image": clip_preprocess(image, self.image_size), "ids": self.caption_encoder(caption),
                         "index": index, "skipped": skipped}
@@ -182,15 +210,16 @@ class KarpathyTrainDataset(Dataset):
 class ImageFileSet(Dataset):
     """Each evaluation image once; an unreadable image is an error (it would change the metrics)."""
 
-    def __init__(self, paths: list[str], image_size: int = 224):
+    def __init__(self, paths: list[str], image_size: int = 224, truncated: str = "refuse"):
         self.paths = paths
         self.image_size = image_size
+        self.truncated = truncated
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        image, problem = read_image(self.paths[index])
+        image, problem = read_image(self.paths[index], self.truncated)
         if image is None:
             raise DataError(f"evaluation image {self.paths[index]} {problem}")
         return {"image": clip_preprocess(image, self.image_size), "index": index}

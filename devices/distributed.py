@@ -66,34 +66,48 @@ def sum_to_main(matrix, device: torch.device):
     return tensor.cpu().numpy()
 
 
-def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+def gathered_sizes(rows: int, device: torch.device) -> list[int]:
+    """Every rank's number of rows (the last batch of an epoch may split unevenly)."""
+    if not is_distributed():
+        return [rows]
+    return all_gather_no_grad(torch.tensor([rows], device=device)).tolist()
+
+
+def all_gather_no_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """All ranks' rows concatenated in rank order; `sizes` (from `gathered_sizes`) when the ranks
+    hold different numbers of rows, which are padded for the collective and cut after it."""
     if not is_distributed():
         return tensor
+    tensor = tensor.contiguous()
+    longest = max(sizes) if sizes else tensor.shape[0]
+    if tensor.shape[0] < longest:
+        tensor = torch.cat([tensor, tensor.new_zeros(longest - tensor.shape[0], *tensor.shape[1:])])
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
+    dist.all_gather(parts, tensor)
+    if sizes:
+        parts = [part[:size] for part, size in zip(parts, sizes)]
     return torch.cat(parts)
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """Concatenate equal-shaped tensors of all ranks; the backward sums every rank's gradient
-    for this rank's slice, so losses that use other ranks' items still train their encoders.
+    """Concatenate the tensors of all ranks; the backward sums every rank's gradient for this
+    rank's slice, so losses that use other ranks' items still train their encoders.
     (all_reduce + slice rather than reduce_scatter, which gloo lacks.)"""
 
     @staticmethod
-    def forward(ctx, tensor):
-        ctx.rows = tensor.shape[0]
-        return all_gather_no_grad(tensor)
+    def forward(ctx, tensor, sizes):
+        ctx.start, ctx.rows = sum(sizes[:rank()]), tensor.shape[0]
+        return all_gather_no_grad(tensor, sizes)
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        start = rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[ctx.start:ctx.start + ctx.rows], None
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(tensor) if is_distributed() else tensor
+def all_gather_with_grad(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    return _GatherWithGrad.apply(tensor, sizes) if is_distributed() else tensor
 
 
 def cleanup() -> None:

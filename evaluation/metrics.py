@@ -80,12 +80,17 @@ def coco_five_fold(sims, folds: int = 5) -> dict:
         rows = slice(fold * size, (fold + 1) * size)
         cols = slice(fold * size * CAPTIONS_PER_IMAGE, (fold + 1) * size * CAPTIONS_PER_IMAGE)
         results.append(retrieval_metrics(sims[rows, cols]))
+    return {"folds": results, "mean": mean_metrics(results), "fold_images": size}
+
+
+def mean_metrics(results: list[dict]) -> dict:
+    """The mean of several metrics dicts (COCO 1K: of the five folds), key by key."""
     mean = {
         direction: {key: float(np.mean([r[direction][key] for r in results])) for key in results[0][direction]}
         for direction in ("i2t", "t2i")
     }
     mean["rsum"] = float(np.mean([r["rsum"] for r in results]))
-    return {"folds": results, "mean": mean, "fold_images": size}
+    return mean
 
 
 def format_metrics(metrics: dict, title: str = "") -> str:

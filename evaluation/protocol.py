@@ -11,12 +11,18 @@ from torch.utils.data import DataLoader
 
 from datasets.batching import CaptionSet, Collate
 from devices import distributed
-from .metrics import coco_five_fold, format_metrics, retrieval_metrics
+from datasets.precomp import CAPTIONS_PER_IMAGE
+from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics
 from .scoring import encode_items, score_all
 
 logger = logging.getLogger("dimmatch")
 
 COCO_FOLDS = 5
+# Model selection during training (training.validation): the first 1,000 images of the validation
+# split (the released region code, VSE-infinity's dev loader), or the whole split in 5 folds with the
+# last fold's rSum (what the released ESL-CLIP COCO trainer returns) or their mean rSum selecting.
+VALIDATION_PROTOCOLS = ("first_1k", "last_fold", "mean_5fold")
+VALIDATION_MAX_IMAGES = 1000
 
 
 def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
@@ -60,6 +66,28 @@ def compute_split_scores(model, split_data, caption_encoder, device: torch.devic
 def evaluate_split(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
     sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
     return {"metrics": retrieval_metrics(sims), "info": info, "sims": sims}
+
+
+def fold_subsets(split_data, folds: int):
+    """The (image set, captions) of each of `folds` equal consecutive folds of a split."""
+    from torch.utils.data import Subset
+    image_set, captions = split_data
+    size = len(image_set) // folds
+    return [(Subset(image_set, range(fold * size, (fold + 1) * size)),
+             captions[fold * size * CAPTIONS_PER_IMAGE:(fold + 1) * size * CAPTIONS_PER_IMAGE])
+            for fold in range(folds)]
+
+
+def validation_metrics(model, split_data, protocol: str, caption_encoder, device, **kwargs) -> dict:
+    """The metrics that select the model: those of one block (`first_1k`: the split as loaded, its
+    first 1,000 images), or of the last of five folds (`last_fold`) or their mean (`mean_5fold`),
+    with every fold's metrics under 'folds'. Each fold is scored on its own (its diagonal block)."""
+    if protocol == "first_1k":
+        return evaluate_split(model, split_data, caption_encoder, device, **kwargs)["metrics"]
+    folds = [evaluate_split(model, fold, caption_encoder, device, **kwargs)["metrics"]
+             for fold in fold_subsets(split_data, COCO_FOLDS)]
+    selected = folds[-1] if protocol == "last_fold" else mean_metrics(folds)
+    return {**selected, "protocol": protocol, "folds": folds}
 
 
 def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:

@@ -92,19 +92,23 @@ class Matcher(nn.Module):
         if world == 1:
             rows = self.head(img, img_lengths, cap, cap_lengths)
             columns = rows.t()
+            total = batch
         else:
+            # the last batch of an epoch may be split unevenly (--last_batch keep)
+            sizes = distributed.gathered_sizes(batch, img.device)
             gather = distributed.all_gather_with_grad
             lengths = distributed.all_gather_no_grad
-            all_img, all_cap = gather(img), gather(cap)
-            all_img_lengths = None if img_lengths is None else lengths(img_lengths)
-            all_cap_lengths = None if cap_lengths is None else lengths(cap_lengths)
+            all_img, all_cap = gather(img, sizes), gather(cap, sizes)
+            all_img_lengths = None if img_lengths is None else lengths(img_lengths, sizes)
+            all_cap_lengths = None if cap_lengths is None else lengths(cap_lengths, sizes)
             rows = self.head(img, img_lengths, all_cap, all_cap_lengths)
             columns = self.head(all_img, all_img_lengths, cap, cap_lengths).t()
-            positives = positives + distributed.rank() * batch
+            positives = positives + sum(sizes[:distributed.rank()])
+            total = sum(sizes)
         if criterion.uses_logit_scale:
             scale = self.encoders.logit_scale.exp()
             rows, columns = rows * scale, columns * scale
-        return criterion(rows, positives, columns, positives, batch * world)
+        return criterion(rows, positives, columns, positives, total)
 
 
 def build_model(cfg, backbone_config: dict | None = None) -> Matcher:

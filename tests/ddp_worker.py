@@ -1,7 +1,8 @@
 """Run under `torch.distributed.run` by test_distributed.py (gloo on CPU).
 
     train OUT ARGS...  train with train.py's options, then every rank saves its weights
-    grad OUT ARGS...   one DDP forward/backward on a fixed global batch, rank 0 saves the grads
+    grad[:N] OUT ARGS  one DDP forward/backward on a fixed global batch of N pairs (8), split over the
+                       ranks as the sampler splits a last partial batch; rank 0 saves the grads
 """
 
 import faulthandler
@@ -31,9 +32,11 @@ def main() -> None:
         torch.save(trainer.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     else:
         from global_batch import global_batch
-        batch = global_batch(cfg, trainer.train_set, trainer.caption_encoder.pad_id)
-        share = len(batch["index"]) // distributed.world_size()
-        own = slice(rank * share, (rank + 1) * share)
+        size = int(mode.split(":")[1]) if ":" in mode else 8
+        batch = global_batch(cfg, trainer.train_set, trainer.caption_encoder.pad_id, size)
+        share, extra = divmod(size, distributed.world_size())
+        start = rank * share + min(rank, extra)
+        own = slice(start, start + share + (rank < extra))
         loss = trainer.trained(batch["images"][own], None, batch["input_ids"][own], batch["lengths"][own],
                                trainer.criterion, trainer.caption_encoder.pad_id)
         (loss * distributed.world_size()).backward()

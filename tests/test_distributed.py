@@ -50,16 +50,18 @@ def test_ranks_keep_identical_weights(tmp_path, region_data, tiny_bert):
     assert saved["progress"]["global_step"] == 5
 
 
-def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data, tiny_clip):
+@pytest.mark.parametrize("size", [8, 7])
+def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data, tiny_clip, size):
+    """8 pairs: 4 per rank; 7 (a kept last partial batch): 4 and 3."""
     out = tmp_path / "grad"
     out.mkdir()
     args = clip_args(image_data, tiny_clip, out)
-    torchrun(WORKER, "grad", str(out), *args)
+    torchrun(WORKER, f"grad:{size}", str(out), *args)
     ddp = torch.load(out / "ddp_grads.pt", weights_only=True)
 
     torch.manual_seed(0)
     trainer = Trainer(resolve_train_config(train_parser().parse_args(args)), torch.device("cpu"))
-    batch = global_batch(trainer.cfg, trainer.train_set, trainer.caption_encoder.pad_id)
+    batch = global_batch(trainer.cfg, trainer.train_set, trainer.caption_encoder.pad_id, size)
     loss = trainer.model(batch["images"], None, batch["input_ids"], batch["lengths"], trainer.criterion,
                          trainer.caption_encoder.pad_id)
     loss.backward()
@@ -70,8 +72,11 @@ def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data
 
 def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tiny_clip):
     out = tmp_path / "cli"
-    torchrun(os.path.join(ROOT, "train.py"), *clip_args(image_data, tiny_clip, out), "--num_epochs", "1")
+    # 320 pairs in global batches of 18: 17 full ones and a kept last batch of 14, 7 on each rank
+    torchrun(os.path.join(ROOT, "train.py"), *clip_args(image_data, tiny_clip, out), "--num_epochs", "1",
+             "--batch_size", "18")
     assert (out / "model_best.pth").is_file() and (out / "checkpoint_last.pth").is_file()
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 18
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
 
 

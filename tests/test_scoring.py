@@ -48,7 +48,9 @@ def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
 
     root, images, _ = image_data
     cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
-                 clip_path=tiny_clip, image_size=32, dataset="f30k", image_root=images, ann_path=root)
+                 clip_path=tiny_clip, image_size=32, dataset="f30k", image_root=images, ann_path=root,
+                 clip_truncation="released", clip_text_cleaning="released",
+                 truncated_images="refuse")
     model = build_model(cfg)
     encoded = {"images": 0, "captions": 0}
     for side, method in (("images", "encode_images"), ("captions", "encode_captions")):

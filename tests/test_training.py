@@ -49,7 +49,8 @@ def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
     torch.manual_seed(0)
     root, images, _ = image_data
     cfg = Config(encoders="clip", sim_head=head, embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
-                 clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3)
+                 clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3, clip_truncation="released", clip_text_cleaning="released",
+                 truncated_images="refuse")
     encoder = caption_encoder_for(cfg, load_tokenizer("clip", tiny_clip), 77)
     dataset = KarpathyTrainDataset(load_karpathy_split("f30k", root, images, "train"), encoder, image_size=32)
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])

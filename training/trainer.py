@@ -50,11 +50,14 @@ class Trainer:
         self.caption_encoder = caption_encoder_for(cfg, tokenizer, positions)
         self.train_set = build_train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
-                                             distributed.rank(), self.world)
+                                             distributed.rank(), self.world, drop_last=cfg.last_batch == "drop")
         steps_per_epoch = self.sampler.batches_per_epoch()
         if steps_per_epoch == 0:
             raise ConfigError(f"the training split has {len(self.train_set)} pairs, fewer than one "
                               f"batch of --batch_size {cfg.batch_size}")
+        if self.sampler.last_batch_size() < self.world:
+            raise ConfigError(f"the last batch of each epoch has {self.sampler.last_batch_size()} pairs, fewer than "
+                              f"the {self.world} processes; use --last_batch drop or another --batch_size")
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
                                  collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_interrupts,
                                  pin_memory=device.type == "cuda", generator=torch.Generator())

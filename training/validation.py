@@ -4,9 +4,9 @@ import logging
 import os
 
 from checkpoints.atomic import write_json
-from datasets.builders import VALIDATION_MAX_IMAGES, load_eval_split
+from datasets.builders import load_eval_split
 from evaluation.metrics import format_metrics
-from evaluation.protocol import evaluate_split
+from evaluation.protocol import COCO_FOLDS, VALIDATION_MAX_IMAGES, validation_metrics
 
 logger = logging.getLogger("dimmatch")
 
@@ -20,16 +20,23 @@ class Validator:
         self.caption_encoder = caption_encoder
         self.scalar = scalar  # (name, value) -> TensorBoard at the current step
         # read and checked when training starts, so that no epoch is lost to a bad validation file
-        self.data = load_eval_split(cfg, cfg.val_split, VALIDATION_MAX_IMAGES)
+        if cfg.val_protocol == "first_1k":
+            self.data = load_eval_split(cfg, cfg.val_split, VALIDATION_MAX_IMAGES)
+        else:
+            self.data = load_eval_split(cfg, cfg.val_split, folds=COCO_FOLDS)
 
     def __call__(self, state) -> dict:
         cfg = self.cfg
-        result = evaluate_split(state.model, self.data, self.caption_encoder, self.device, amp=cfg.amp,
-                                batch_size=cfg.eval_batch_size, workers=cfg.workers, mem_gb=cfg.eval_mem_gb,
-                                progress=True)
-        metrics = result["metrics"]
-        logger.info(format_metrics(metrics, f"validation ({cfg.val_split}) epoch {state.epoch} "
-                                            f"step {state.step_in_epoch}/{state.steps_per_epoch}"))
+        metrics = validation_metrics(state.model, self.data, cfg.val_protocol, self.caption_encoder, self.device,
+                                     amp=cfg.amp, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                                     mem_gb=cfg.eval_mem_gb, progress=True)
+        title = f"validation ({cfg.val_split}, {cfg.val_protocol}) epoch {state.epoch} " \
+                f"step {state.step_in_epoch}/{state.steps_per_epoch}"
+        for number, fold in enumerate(metrics.get("folds", []), start=1):
+            logger.info(format_metrics(fold, f"{title}: fold {number} of {len(metrics['folds'])}"))
+        selected = {"first_1k": title, "last_fold": f"{title}: the last fold, which selects the model",
+                    "mean_5fold": f"{title}: the mean of the folds, which selects the model"}[cfg.val_protocol]
+        logger.info(format_metrics(metrics, selected))
         for direction in ("i2t", "t2i"):
             for key in ("r1", "r5", "r10"):
                 self.scalar(f"val/{direction}_{key}", metrics[direction][key])
