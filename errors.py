@@ -23,3 +23,12 @@ class ConfigError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Stopped(BaseException):
+    """A run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) after writing its checkpoint; the
+    program exits with 128 + the signal number, as a process killed by it would."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

@@ -21,6 +21,18 @@ def atomic_torch_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
+def atomic_save_npy(array, path: str) -> None:
+    """np.save through a temporary file, so that a reader never sees half a matrix."""
+    import numpy as np
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def atomic_write_text(text: str, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:

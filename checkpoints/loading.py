@@ -1,112 +1,126 @@
-"""Build a ready-to-evaluate model from any checkpoint we accept (ours or the authors')."""
+"""Any checkpoint we accept (ours or the authors'), in two steps: `read_checkpoint_config` reads its
+config, tokenizer and backbone architecture and checks them against each other and the command
+line, without building anything; `load_model` then builds the model with its weights. Callers
+check the data between the two, so that a bad data file fails before the slow build."""
 
 import os
 from dataclasses import dataclass
 
-from config import Config
-from datasets.captions import caption_encoder_for, check_tokenizer, load_tokenizer, tokenizer_from_snapshot
+from config.options import all_options, config_from_saved
+from config.schema import Config
+from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
 from errors import CheckpointError, ConfigError
-from modules.model import build_model
+from pairs import build_model, pair_of
 from . import native as checkpoint
-
-REGION_DATA = ("data_path", "data_name")
-RAW_IMAGE_DATA = ("dataset", "image_root", "ann_path")
-DATA_OPTIONS = REGION_DATA + RAW_IMAGE_DATA
 
 
 def apply_overrides(cfg: Config, args) -> Config:
-    """Command-line data/tokenizer paths replace those saved with the checkpoint."""
-    for key in DATA_OPTIONS + ("bert_path", "clip_path", "img_dim", "clip_truncation", "clip_text_cleaning",
-                                "truncated_images"):
-        value = getattr(args, key, None)
+    """Data and tokenizer options given on the command line replace those saved with the checkpoint."""
+    for name, option in all_options().items():
+        value = getattr(args, name, None) if option.evaluation else None
         if value is not None:
-            setattr(cfg, key, value)
+            setattr(cfg, name, value)
     return cfg
 
 
 def check_data_options(cfg: Config, path: str) -> None:
-    if cfg.encoders == "region_bert":
-        if getattr(cfg, "dataset", None) and not getattr(cfg, "data_name", None):
-            raise ConfigError(f"checkpoint {path} is a region model ({cfg.sim_head} on BUTD regions): evaluate "
-                              f"it with --data_path/--data_name, not --dataset raw images")
-        if not cfg.data_path or not cfg.data_name:
-            raise ConfigError("give --data_path and --data_name (f30k_precomp or coco_precomp)")
-    else:
-        if getattr(cfg, "data_name", None) and not getattr(cfg, "dataset", None):
-            raise ConfigError(f"checkpoint {path} is an ESL-CLIP model: evaluate it on raw images with "
-                              f"--dataset/--image_root/--ann_path, not --data_name")
-        if not (cfg.dataset and cfg.image_root and cfg.ann_path):
-            raise ConfigError("give --dataset (f30k or coco), --image_root and --ann_path")
+    """The checkpoint's encoder pair has all its data options, and none of another pair's alone."""
+    from pairs import PAIRS
+    pair = pair_of(cfg)
+    if not all(getattr(cfg, name, None) for name in pair.data_options):
+        for other in PAIRS.values():
+            if other is not pair and any(getattr(cfg, name, None) for name in other.data_options):
+                raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): "
+                                  f"evaluate it with {pair.data_hint}, not {other.data_hint}")
+        raise ConfigError(f"give {pair.data_hint} for checkpoint {path} ({pair.name}: {pair.summary})")
+
+
+@dataclass
+class CheckpointConfig:
+    """A checkpoint read but not built: its config (with the command line's data and tokenizer
+    options), the tokenizer checked against its text tower, and what `load_model` needs."""
+
+    path: str
+    kind: str            # 'native' or the released format
+    cfg: Config
+    source: str          # which format and system, for the report
+    history: str         # which state of which training run
+    tokenizer: object
+    backbone_config: dict
+    payload: dict
+    parts: list | None = None   # released formats: the key-rule parts
 
 
 @dataclass
 class LoadedModel:
     model: object        # Matcher on CPU, eval mode
-    cfg: Config          # the checkpoint's config with the command line's data/backbone options
-    source: str          # which format and system
+    cfg: Config
+    source: str
     tokenizer: object
-    history: str         # which state of which training run
-    data: object         # what `check_data` returned, before the model was built
+    history: str
 
     def caption_encoder(self):
         """Captions -> token ids for this model: its tokenizer, cut to its text positions."""
-        return caption_encoder_for(self.cfg, self.tokenizer, self.model.text_tokens()["positions"])
+        return pair_of(self.cfg).caption_encoder(self.cfg, self.tokenizer, self.model.text_tokens()["positions"])
 
 
-def load_for_evaluation(path: str, args, check_data=None, require_data: bool = True) -> LoadedModel:
-    """Any checkpoint we accept, ready to evaluate (or to start training from, without its data
-    options: `require_data=False`). `check_data(cfg)` runs once the data options are known and
-    before the (slow) model build, so bad data fails first."""
-    from .released import load_released, read_checkpoint, released_history
+def read_checkpoint_config(path: str, args, require_data: bool = True) -> CheckpointConfig:
+    """Read a checkpoint's config and tokenizer (the weights are not mapped yet). Without
+    `require_data` (--init_from, tools on own collections) its data options may be absent."""
+    from .released import RELEASED_NAMES, read_checkpoint, region_backbone_config, released_config, released_history
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path}/model_best.pth)")
     payload = read_checkpoint(path)
-    data = []
-
-    def prepare(cfg: Config) -> Config:
-        cfg = apply_overrides(_clear_foreign_data(cfg, args), args)
-        if require_data:
-            check_data_options(cfg, path)
-        data.append(check_data(cfg) if check_data is not None else None)
-        return cfg
-
     if checkpoint.is_native(payload):
         checkpoint.check_version(payload, path)
-        cfg = prepare(checkpoint.saved_config(payload))
-        model = build_model(cfg, backbone_config=payload["backbone_config"])
-        checkpoint.load_weights(model, payload["model"], path)
-        source = f"dimmatch checkpoint ({cfg.encoders} + {cfg.sim_head})"
-        history = native_history(payload)
+        cfg = apply_overrides(_clear_foreign_data(config_from_saved(payload["config"]), args), args)
+        kind, parts, backbone = "native", None, payload["backbone_config"]
+        source, history = f"dimmatch checkpoint ({cfg.encoders} + {cfg.sim_head})", native_history(payload)
     else:
-        cfg, model, source = load_released(path, args, payload, prepare)
-        history = released_history(payload)
-    tokenizer = evaluation_tokenizer(model, cfg, args, payload.get("tokenizer"), path)
+        kind, cfg, parts, backbone = released_config(path, payload, args)
+        cfg = apply_overrides(_clear_foreign_data(cfg, args), args)
+        backbone = backbone or region_backbone_config(cfg, path)
+        source, history = f"released {RELEASED_NAMES[kind]} checkpoint", released_history(payload)
+    if require_data:
+        check_data_options(cfg, path)
+    tokenizer = evaluation_tokenizer(cfg, args, payload.get("tokenizer"), path, pair_of(cfg).text_tokens(backbone))
+    return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts)
+
+
+def load_model(read: CheckpointConfig) -> LoadedModel:
+    """The model of a checkpoint read by `read_checkpoint_config`, with its weights, in eval mode."""
+    from .released import build_released
+    if read.kind == "native":
+        model = build_model(read.cfg, backbone_config=read.backbone_config)
+        checkpoint.load_weights(model, read.payload["model"], read.path)
+    else:
+        model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
     model.eval()
-    return LoadedModel(model, cfg, source, tokenizer, history, data[0])
+    return LoadedModel(model, read.cfg, read.source, read.tokenizer, read.history)
 
 
-def evaluation_tokenizer(model, cfg, args, snapshot: dict | None, path: str):
-    """The checkpoint's own tokenizer, or the one a path names, checked against the model.
+def evaluation_tokenizer(cfg, args, snapshot: dict | None, path: str, text_tokens: dict):
+    """The checkpoint's own tokenizer, or the one a path names, checked against the text tower.
 
     A path given on the command line must agree with the tokenizer the checkpoint carries;
     without one (released formats, our format 1) the path is the only source, so it is at
     least checked against the embedding table before anything is encoded."""
-    kind = model.text_kind
-    option = "--clip_path" if kind == "clip" else "--bert_path"
-    override = getattr(args, option[2:], None)
+    pair = pair_of(cfg)
+    kind, option = pair.text_kind, pair.backbone_option
+    override = getattr(args, option, None)
     reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
     if override is None and reference is not None:
-        check_tokenizer(reference, kind, model.text_tokens(), f"checkpoint {path}")
+        check_tokenizer(reference, kind, text_tokens, f"checkpoint {path}")
         return reference
-    name = override or getattr(cfg, option[2:])
+    name = override or getattr(cfg, option)
     try:
-        tokenizer = load_tokenizer(kind, name)
+        tokenizer = load_tokenizer(kind, name, need_config=False)
     except ConfigError as exc:
         if override is None:
             raise ConfigError(f"checkpoint {path} carries no tokenizer, and the one it names is not found: "
                               f"{exc}") from exc
         raise
-    check_tokenizer(tokenizer, kind, model.text_tokens(), f"{option} {name}", reference=reference)
+    check_tokenizer(tokenizer, kind, text_tokens, f"--{option} {name}", reference=reference)
     return tokenizer
 
 
@@ -126,13 +140,15 @@ def native_history(payload: dict) -> str:
 
 
 def _clear_foreign_data(cfg: Config, args) -> Config:
-    """Data options of only one family given on the command line clear the saved ones of the
-    other family, so a saved data_name cannot linger next to a --dataset the user gave. With
-    both families given (an ensemble of region and CLIP models) each model keeps what it needs."""
-    def given(keys):
-        return any(getattr(args, key, None) is not None for key in keys)
-    for family, other in ((REGION_DATA, RAW_IMAGE_DATA), (RAW_IMAGE_DATA, REGION_DATA)):
-        if given(family) and not given(other):
-            for key in other:
-                setattr(cfg, key, None)
+    """Data options of only one encoder pair given on the command line clear the saved ones of the
+    others, so a saved data_name cannot linger next to a --dataset the user gave. With the options
+    of several pairs given (an ensemble of region and CLIP models) each model keeps what it needs."""
+    from pairs import PAIRS
+    given = [pair for pair in PAIRS.values() if any(getattr(args, name, None) is not None
+                                                     for name in pair.data_options)]
+    if len(given) == 1:
+        for pair in PAIRS.values():
+            if pair is not given[0]:
+                for name in pair.data_options:
+                    setattr(cfg, name, None)
     return cfg

@@ -6,7 +6,6 @@ import zipfile
 
 import torch
 
-from config import MODEL_KEYS, Config
 from errors import CheckpointError
 from .atomic import atomic_torch_save
 
@@ -14,17 +13,6 @@ FORMAT = "dimmatch"
 # 1: weights, config, backbone config; 2: also the tokenizer's files (evaluates anywhere, offline)
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-
-
-# Options added after checkpoints were first written, with the behaviour those checkpoints were
-# trained with (a config that lacks them predates the option).
-LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer", "truncated_images": "refuse",
-                 "last_batch": "drop", "val_protocol": "first_1k"}
-
-
-def saved_config(payload: dict) -> Config:
-    """The config a checkpoint of ours was written with, completed for options it predates."""
-    return Config(**{**LEGACY_VALUES, **payload["config"]})
 
 
 def save(path: str, payload: dict) -> None:
@@ -70,16 +58,6 @@ def load_native(path: str) -> dict:
         raise CheckpointError(f"{path} is not a dimmatch checkpoint")
     check_version(payload, path)
     return payload
-
-
-def check_same_model(path: str, saved_config: dict, cfg: Config) -> None:
-    """A checkpoint only continues into the same network."""
-    differences = [
-        f"{key}={saved_config.get(key)!r} (now {getattr(cfg, key, None)!r})"
-        for key in MODEL_KEYS if saved_config.get(key) != getattr(cfg, key, None)
-    ]
-    if differences:
-        raise CheckpointError(f"checkpoint {path} is another model: " + ", ".join(differences))
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:

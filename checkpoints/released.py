@@ -22,14 +22,13 @@ import re
 import torch
 
 from . import native as checkpoint
-from config import Config
+from config.options import config_from_saved
+from datasets.captions import tokenizer_snapshot
 from errors import CheckpointError
 from modules.backbones import resolve_backbone
 from modules.levels import resolve_num_levels
-from modules.model import backbone_config_of, build_model
+from pairs import build_model
 
-DEFAULT_BERT = "bert-base-uncased"
-DEFAULT_CLIP = "openai/clip-vit-base-patch16"
 
 
 class ReleasedConfig:
@@ -223,23 +222,25 @@ def _attribute(obj, name: str, default=None):
     return getattr(obj, name, default) if obj is not None else default
 
 
-def _region_config(kind: str, payload: dict, args) -> tuple[Config, dict, dict]:
+def _given(args, name: str) -> dict:
+    """The backbone option of the command line, if given (else the schema's default applies)."""
+    value = getattr(args, name, None)
+    return {name: value} if value is not None else {}
+
+
+def _region_config(kind: str, payload: dict, args):
     image, text, head = (_strip_module(part) for part in payload["model"])
     opt = payload.get("opt")
     embed_size = image["fc.weight"].shape[0]
-    values = dict(encoders="region_bert", sim_head=kind, embed_size=embed_size,
-                  img_dim=image["fc.weight"].shape[1], kernel_size=2, esl_levels=None, cosine_pool="mean",
-                  bert_path=getattr(args, "bert_path", None) or DEFAULT_BERT, clip_path=DEFAULT_CLIP,
-                  data_path=None, data_name=_attribute(opt, "data_name"), dataset=None, image_root=None,
-                  ann_path=None, word_aug=0.2, clip_truncation="released", clip_text_cleaning="released",
-                  truncated_images="refuse")
+    values = dict(encoders="region_bert", sim_head=kind, embed_size=embed_size, img_dim=image["fc.weight"].shape[1],
+                  data_name=_attribute(opt, "data_name"), **_given(args, "bert_path"))
     if kind != "xdim":
         values["kernel_size"] = int(_attribute(opt, "kernel_size", 2))
         values["esl_levels"] = resolve_num_levels(
             embed_size, values["kernel_size"], _count_levels(head, r"image_levels\.(?:kernel_img|masks)_(\d+)\."))
     parts = [(image, REGION_IMAGE_RULES, "image encoder"), (text, REGION_TEXT_RULES, "text encoder"),
              (head, XDIM_HEAD_RULES if kind == "xdim" else ESL_REGION_HEAD_RULES[kind], "head")]
-    return Config(**values), parts, None
+    return config_from_saved(values, legacy=False), parts, None
 
 
 def _clip_backbone_config(state: dict) -> dict:
@@ -272,7 +273,7 @@ def _clip_backbone_config(state: dict) -> dict:
     }
 
 
-def _clip_config(kind: str, payload: dict, args) -> tuple[Config, list, dict]:
+def _clip_config(kind: str, payload: dict, args):
     state = payload["state_dict"]
     released_config = payload.get("config")
     strategy = kind.removeprefix("clip_")
@@ -282,17 +283,15 @@ def _clip_config(kind: str, payload: dict, args) -> tuple[Config, list, dict]:
     dataset_name = _attribute(released_config, "dataset_name", "")
     backbone_config = _clip_backbone_config(state)
     values = dict(encoders="clip", sim_head=strategy, embed_size=embed_size, img_dim=None,
-                  image_size=backbone_config["vision_config"]["image_size"],
-                  kernel_size=kernel_size, esl_levels=resolve_num_levels(embed_size, kernel_size, levels),
-                  cosine_pool="mean", bert_path=DEFAULT_BERT,
-                  clip_path=getattr(args, "clip_path", None) or DEFAULT_CLIP, data_path=None, data_name=None,
-                  dataset={"MS-COCO": "coco", "Flickr30K": "f30k"}.get(dataset_name), image_root=None,
-                  ann_path=None, word_aug=0.2, clip_truncation="released", clip_text_cleaning="released",
-                  truncated_images="load")
+                  image_size=backbone_config["vision_config"]["image_size"], kernel_size=kernel_size,
+                  esl_levels=resolve_num_levels(embed_size, kernel_size, levels),
+                  **_given(args, "clip_path"),
+                  dataset={"MS-COCO": "coco", "Flickr30K": "f30k"}.get(dataset_name),
+                  truncated_images="load")     # the released COCO loader decodes truncated JPEGs
     head = {key: value for key, value in state.items() if key.startswith("pool_frames.")}
     clip = {key: value for key, value in state.items() if not key.startswith("pool_frames.")}
     parts = [(clip, CLIP_RULES, "CLIP"), (head, ESL_CLIP_HEAD_RULES, "head")]
-    return Config(**values), parts, backbone_config
+    return config_from_saved(values, legacy=False), parts, backbone_config
 
 
 def _reshape_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -302,25 +301,32 @@ def _reshape_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def load_released(path: str, args, payload=None, prepare=None):
-    """(config, model with the released weights, description) of an authors' checkpoint;
-    `prepare(cfg) -> cfg` runs before the model is built."""
-    payload = payload if payload is not None else read_checkpoint(path)
+RELEASED_NAMES = {"xdim": "X-Dim", "esl_h": "ESL-region H", "esl_a": "ESL-region A",
+                  "clip_esl_h": "ESL-CLIP H", "clip_esl_a": "ESL-CLIP A"}
+
+
+def released_config(path: str, payload, args):
+    """(kind, config, key-rule parts, backbone config) of an authors' checkpoint, without building
+    its model. The BERT architecture of the region formats comes from --bert_path."""
     kind = detect(payload, path)
     if kind.startswith("clip_"):
-        cfg, parts, backbone_config = _clip_config(kind, payload, args)
-    else:
-        cfg, parts, backbone_config = _region_config(kind, payload, args)
-    if prepare is not None:
-        cfg = prepare(cfg)
-    if backbone_config is None:
-        from transformers import BertConfig
-        folder = resolve_backbone(cfg.bert_path, "--bert_path")
-        try:
-            backbone_config = BertConfig.from_pretrained(folder).to_dict()
-        except OSError as exc:
-            raise CheckpointError(f"the BERT architecture of {path} comes from --bert_path {cfg.bert_path}, "
-                                  f"which cannot be loaded: {str(exc).splitlines()[0]}") from exc
+        return (kind, *_clip_config(kind, payload, args))
+    cfg, parts, _ = _region_config(kind, payload, args)
+    return kind, cfg, parts, None
+
+
+def region_backbone_config(cfg, path: str) -> dict:
+    from transformers import BertConfig
+    folder = resolve_backbone(cfg.bert_path, "--bert_path")
+    try:
+        return BertConfig.from_pretrained(folder).to_dict()
+    except OSError as exc:
+        raise CheckpointError(f"the BERT architecture of {path} comes from --bert_path {cfg.bert_path}, "
+                              f"which cannot be loaded: {str(exc).splitlines()[0]}") from exc
+
+
+def build_released(path: str, kind: str, cfg, parts: list, backbone_config: dict):
+    """The model of an authors' checkpoint with its weights mapped onto ours."""
     model = build_model(cfg, backbone_config=backbone_config)
     own = model.state_dict()
     mapped = {}
@@ -332,9 +338,7 @@ def load_released(path: str, args, payload=None, prepare=None):
                               f"(e.g. {missing[0]}); the file is incomplete")
     state = {key: _reshape_like(mapped[key], own[key]) for key in own}
     checkpoint.load_weights(model, state, path)
-    names = {"xdim": "X-Dim", "esl_h": "ESL-region H", "esl_a": "ESL-region A",
-             "clip_esl_h": "ESL-CLIP H", "clip_esl_a": "ESL-CLIP A"}
-    return cfg, model, f"released {names[kind]} checkpoint"
+    return model
 
 
 def released_history(payload: dict) -> str:
@@ -347,13 +351,14 @@ def released_history(payload: dict) -> str:
 
 def convert(path: str, out_path: str, args) -> str:
     """Write a released checkpoint in our format (weights only, like model_best.pth)."""
-    from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_snapshot
-    cfg, model, source = load_released(path, args)
-    kind = model.text_kind
-    name = cfg.clip_path if kind == "clip" else cfg.bert_path
-    tokenizer = load_tokenizer(kind, name)
-    check_tokenizer(tokenizer, kind, model.text_tokens(), f"--{kind}_path {name}")
-    checkpoint.save(out_path, {"config": cfg.to_dict(), "backbone_config": backbone_config_of(model),
-                               "model": model.state_dict(), "tokenizer": tokenizer_snapshot(tokenizer, kind),
+    from checkpoints.loading import load_model, read_checkpoint_config
+    read = read_checkpoint_config(path, args, require_data=False)
+    if read.kind == "native":
+        raise CheckpointError(f"{path} is already a dimmatch checkpoint ({read.source}); test.py and testall.py "
+                              "read it as it is")
+    loaded = load_model(read)
+    checkpoint.save(out_path, {"config": read.cfg.to_dict(), "backbone_config": loaded.model.backbone_config(),
+                               "model": loaded.model.state_dict(),
+                               "tokenizer": tokenizer_snapshot(loaded.tokenizer, loaded.model.text_kind),
                                "progress": None, "metrics": None, "converted_from": path})
-    return source
+    return read.source

@@ -3,54 +3,76 @@
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-from checkpoints.atomic import write_json
-from config import eval_parser, resolve_train_config, train_parser
-from config.options import RUNTIME_RANGES, check_ranges, explicit_options
+from checkpoints.atomic import atomic_save_npy, write_json
+from config.parsers import eval_parser, train_parser
+from config.recipes import describe, recipe_names
+from config.resolve import check_command, check_device_options, resolve_train_config, resumed_config
 from devices import distributed, resolve_device, set_tf32
-from errors import ConfigError
+from errors import ConfigError, Stopped, UserError
+from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
 from .guard import run_guarded
 from .logs import attach_log_file, setup_logging
-from .outputs import check_output_dir, check_output_file, clear_previous_run
+from .outputs import FolderLock, Outputs, check_output_dir, clear_previous_run
 
 logger = logging.getLogger("dimmatch")
 
 
 def train(argv=None) -> dict:
-    """Every option, path and file is checked (Trainer construction) before the output folder
-    is touched: a failed start leaves it exactly as it was."""
+    """Every option, path and file is checked (Trainer construction) before the output folder is
+    touched: a failed start leaves it exactly as it was. The folder is then held by this process."""
     from training.trainer import Trainer
 
-    parser = train_parser()
-    args = parser.parse_args(argv)
-    explicit = explicit_options(parser, sys.argv[1:] if argv is None else argv)
-    init = start_weights(args, explicit) if args.init_from else None
-    cfg = resolve_train_config(args, init.cfg if init else None, explicit)
-    if init:
-        cfg.init_source = f"{init.source}; {init.history}"
-    check_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
+    given = vars(train_parser().parse_args(argv))
+    if given.pop("list_recipes", False):
+        for name in recipe_names():
+            print(f"{name:22s} {describe(name)}")
+        return {}
+    print_only = given.pop("print_config", False)
+    check_command(given)
+    init, resume = None, resume_checkpoint(given)
+    if resume is not None:
+        cfg = resumed_config(given, resume[1]["config"], resume[0])
+    else:
+        init = start_weights(given) if given.get("init_from") else None
+        cfg = resolve_train_config(given, init.cfg if init else None)
+        if init:
+            cfg.init_source = f"{init.source}; {init.history}"
+            cfg.init_sha256 = checkpoint_identity(cfg.init_from)["sha256"]
+    check_device_options(cfg)
+    if print_only:
+        print(cfg.to_json())
+        return {"config": cfg}
+    check_output_dir(cfg.output_dir, resume, cfg.overwrite, {"--init_from": cfg.init_from})
     device = resolve_device(cfg.device)
     set_tf32(cfg.tf32)
     distributed.init_from_environment(device)
     main = distributed.is_main_process()
     setup_logging(main_process=main, buffer=True)
     seed_everything(cfg.seed + distributed.rank())
-    trainer = Trainer(cfg, device, init)
-    if main:
-        if cfg.overwrite:
-            clear_previous_run(cfg.output_dir)
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        attach_log_file(os.path.join(cfg.output_dir, "train.log"))
-        logger.info("resolved config:\n%s", cfg.to_json())
-        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
-    distributed.barrier()
-    result = trainer.fit()
-    if result["interrupted"]:
-        raise KeyboardInterrupt(f"checkpoint_last written after step {result['global_step']}; "
-                                "continue with --resume auto")
+    trainer = Trainer(cfg, device, init, resume)
+    lock = FolderLock(cfg.output_dir, "--output_dir").acquire() if main else None
+    try:
+        if main:
+            # checked again under the lock: another run may have started here since the first check
+            check_output_dir(cfg.output_dir, resume, cfg.overwrite, {"--init_from": cfg.init_from})
+            if cfg.overwrite:
+                clear_previous_run(cfg.output_dir)
+            attach_log_file(os.path.join(cfg.output_dir, "train.log"))
+            logger.info("resolved config:\n%s", cfg.to_json())
+            write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
+        distributed.barrier()
+        result = trainer.fit()
+    finally:
+        if lock is not None:
+            lock.release()
+    if result["stopped_by"] is not None:
+        raise Stopped(result["stopped_by"], f"checkpoint_last written after step {result['global_step']}; "
+                                            "continue with --resume auto")
     if main and result["best_at"] is not None:
         logger.info("done: best validation rSum %.1f at %s", result["best_rsum"], result["best_at"])
     elif main:
@@ -58,63 +80,96 @@ def train(argv=None) -> dict:
     return result
 
 
-def start_weights(args, explicit: set[str]):
+def resume_checkpoint(given: dict):
+    """(path, payload) of the checkpoint --resume continues, or None for a new run (--resume auto
+    in a folder without checkpoint_last yet)."""
+    from checkpoints import native
+    from training.state import LAST
+    path = given.get("resume")
+    if not path:
+        return None
+    if path == "auto":
+        path = os.path.join(given.get("output_dir", "runs/exp"), LAST)
+        if not os.path.isfile(path):
+            print(f"--resume auto: no {path} yet, starting a new run", file=sys.stderr)
+            return None
+    payload = native.load_native(path)
+    if "optimizer" not in payload:
+        raise ConfigError(f"{path} holds weights only (a model_best file); resume from {LAST}")
+    given.setdefault("output_dir", payload["config"]["output_dir"])
+    return path, payload
+
+
+def start_weights(given: dict):
     """The model and tokenizer of --init_from (ours or a released format). A --bert_path /
     --clip_path given on the command line is checked against the checkpoint's tokenizer."""
     import argparse
 
-    from checkpoints.loading import load_for_evaluation
-    if args.resume:
-        raise ConfigError("--resume continues a run with its own weights and optimiser; --init_from starts a new "
-                          "one from a checkpoint's weights: give one of them")
-    sources = argparse.Namespace(**{key: getattr(args, key) if key in explicit else None
-                                    for key in ("bert_path", "clip_path")})
-    return load_for_evaluation(args.init_from, sources, require_data=False)
+    from checkpoints.loading import load_model, read_checkpoint_config
+    read = read_checkpoint_config(given["init_from"], argparse.Namespace(**given), require_data=False)
+    return load_model(read)
+
+
+@dataclass
+class Member:
+    """One checkpoint of an evaluation, read and checked with its data before anything is scored."""
+
+    path: str
+    name: str             # "member N (path)" in an ensemble, else the path
+    weight: float
+    read: object          # checkpoints.loading.CheckpointConfig
+    split_data: tuple     # (image set, captions)
+    ids: tuple | None     # --extended: (COCO image id per row, caption id per column)
+    identity: dict        # provenance: the checkpoint's content
+
+
+@dataclass
+class Scored:
+    """A member's score matrix and how it was computed."""
+
+    sims: np.ndarray
+    info: dict
 
 
 def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:
-    """Recall@K of one checkpoint, or of an ensemble: each member is loaded, encoded and scored in
-    turn (one model in memory at a time) and the weighted mean of the score matrices is reported
-    next to every member's own numbers."""
+    """Recall@K of one checkpoint, or of an ensemble: every member is read and checked with its
+    data first, then each is loaded, encoded and scored in turn (one model in memory at a time);
+    the weighted mean of the score matrices is reported next to every member's own numbers."""
     from evaluation.ensemble import RunningMean, check_same_captions, ensemble_weights
     from evaluation.extended import extended_metrics, format_extended, load_annotations
-    from evaluation.metrics import per_query_results
     from evaluation.protocol import protocol_report
 
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
                    else "Recall@K evaluation of one split (Flickr30K 1K test by default)")
     args = eval_parser(description, default_split).parse_args(argv)
-    check_ranges(vars(args), RUNTIME_RANGES)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
-    if args.save_sims:
-        check_output_file(args.save_sims, "--save_sims", ".npy")
-    if args.save_ranks:
-        check_output_file(args.save_ranks, "--save_ranks", ".json")
+    outputs = plan_outputs(args)
     annotations = load_annotations() if args.extended else None
+    check_device_options(args)
     device = resolve_device(args.device)
-    if args.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
     set_tf32(args.tf32)
     distributed.init_from_environment(device)
     main = distributed.is_main_process()   # under torchrun the ranks share the scoring, rank 0 reports
     setup_logging(main_process=main)
     say = print if main else (lambda *_: None)
     ensemble = len(args.checkpoint) > 1
-    mean, first, members, first_ids = RunningMean(), None, [], None
-    for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1):
-        name = f"member {number} ({path})" if ensemble else path
-        sims, info, captions, history, ids = score_checkpoint(path, args, device, coco_testall, say, annotations)
+    members = [prepare_member(path, f"member {number} ({path})" if ensemble else path, weight, args, coco_testall,
+                              annotations, keep_payload=not ensemble)
+               for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1)]
+    for later in members[1:]:
+        check_same_captions((members[0].name, members[0].split_data[1]), (later.name, later.split_data[1]))
+    outputs.check()
+    mean, reports = RunningMean(), []
+    for member in members:
+        scored = score_member(member, args, device, say)
         if not main:
             continue
-        report, text = protocol_report(sims, coco_testall, f"{args.split}, {name}" if ensemble else args.split)
+        report, text = protocol_report(scored.sims, coco_testall,
+                                       f"{args.split}, {member.name}" if ensemble else args.split)
         say(text)
-        if first is None:
-            first, first_ids = (name, captions), ids
-        else:
-            check_same_captions(first, (name, captions))
-        mean.add(sims, weight, name)
-        members.append({"checkpoint": path, "history": history, "weight": weight, "metrics": report, "info": info})
-        del sims
+        mean.add(scored.sims, member.weight, member.name)
+        reports.append({"checkpoint": member.path, "history": member.read.history, "weight": member.weight,
+                        "metrics": report, "info": scored.info, "identity": member.identity})
     if not main:
         return {}
     sims = mean.total
@@ -123,66 +178,93 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
                                                            f"(weights {' '.join(f'{w:.3g}' for w in weights)})")
         say(text)
     else:
-        report = members[0]["metrics"]
+        report = reports[0]["metrics"]
     if annotations is not None:
-        report = {**report, "extended": extended_metrics(sims, *first_ids, annotations)}
+        report = {**report, "extended": extended_metrics(sims, *members[0].ids, annotations)}
         say(format_extended(report["extended"]))
-    if args.save_ranks:
-        write_json(per_query_results(sims), args.save_ranks)
-        say(f"per-query ranks and top-10 -> {args.save_ranks}")
-    if args.save_sims:
-        np.save(args.save_sims, sims)
-        metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
-        saved = {"split": args.split, "metrics": report, "checkpoint": args.checkpoint[0],
-                 "checkpoint_history": members[0]["history"], "info": members[0]["info"]}
-        if ensemble:
-            saved.update(checkpoint=args.checkpoint, members=members, weights=weights)
-        write_json(saved, metrics_path)
-        say(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
-    return {"report": report, "members": members, "sims": sims}
+    provenance = record("scores", [member.identity for member in members],
+                        data_identity(*members[0].split_data, args.split), weights=weights,
+                        protocol="coco_5fold" if coco_testall else "single")
+    write_outputs(args, sims, report, reports, provenance, say)
+    return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
 
-def score_checkpoint(path: str, args, device, coco_testall: bool, say=print, annotations=None):
-    """(score matrix, timing info, captions in row order, training history, COCO (image ids, caption
-    ids) for --extended or None) of one checkpoint; the model is released before returning."""
-    from checkpoints.loading import load_for_evaluation
-    from datasets.builders import load_eval_split
-    from evaluation.protocol import COCO_FOLDS, compute_split_scores
+def plan_outputs(args) -> Outputs:
+    """--save_sims (with its .json) and --save_ranks, against each other and the inputs; checked
+    again, with the data files read, before any scoring."""
+    outputs = Outputs(args.overwrite)
+    outputs.file(args.save_sims, "--save_sims", ".npy", side=(".json",))
+    outputs.file(args.save_ranks, "--save_ranks", ".json")
+    for path in args.checkpoint:
+        outputs.reads(path, "--checkpoint")
+    outputs.reads(args.ids_file, "--ids_file")
+    outputs.check()
+    return outputs
 
-    folds = COCO_FOLDS if coco_testall else 1
 
-    def check_data(cfg):
-        """The split and, for --extended, its COCO ids: both checked before the model is built."""
-        split_data = load_eval_split(cfg, args.split, folds=folds)
-        ids = None if annotations is None else coco_ids(cfg, args, len(split_data[0]), annotations)
-        return split_data, ids
+def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool, annotations,
+                   keep_payload: bool) -> Member:
+    """A checkpoint's config, tokenizer and split (and COCO ids for --extended), all checked, and
+    its content identity; the model is not built yet. An ensemble member lets go of its weights
+    until it is scored, so that only one checkpoint is in memory at a time."""
+    from checkpoints.loading import read_checkpoint_config
+    from evaluation.protocol import COCO_FOLDS
+    from pairs import load_eval_split
+    read = read_checkpoint_config(path, args)
+    split_data = load_eval_split(read.cfg, args.split, folds=COCO_FOLDS if coco_testall else 1)
+    ids = None if annotations is None else coco_ids(read.cfg, args, len(split_data[0]), annotations)
+    if not keep_payload:
+        read.payload = None
+    return Member(path, name, weight, read, split_data, ids, checkpoint_identity(path))
 
-    loaded = load_for_evaluation(path, args, check_data)
-    split_data, ids = loaded.data
-    say(f"checkpoint {path}: {loaded.source}; {loaded.history}")
+
+def score_member(member: Member, args, device, say) -> Scored:
+    """Build one member's model, encode its split once and score every pair; the model is released
+    before returning. An ensemble member reads its file again here, which must not have changed."""
+    from checkpoints.loading import load_model, read_checkpoint_config
+    from evaluation.protocol import compute_split_scores
+    read = member.read
+    if read.payload is None:
+        if checkpoint_identity(member.path)["sha256"] != member.identity["sha256"]:
+            raise UserError(f"checkpoint {member.path} was replaced while the ensemble was being scored")
+        read = read_checkpoint_config(member.path, args)
+    say(f"checkpoint {member.path}: {read.source}; {read.history}")
+    loaded = load_model(read)
     model = loaded.model.to(device)
-    sims, info = compute_split_scores(model, split_data, loaded.caption_encoder(), device, amp=args.amp,
+    sims, info = compute_split_scores(model, member.split_data, loaded.caption_encoder(), device, amp=args.amp,
                                       batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb,
                                       progress=distributed.is_main_process(), shard=True)
-    return sims, info, split_data[1], loaded.history, ids
+    return Scored(sims, info)
+
+
+def write_outputs(args, sims, report: dict, members: list, provenance: dict, say) -> None:
+    """--save_ranks and --save_sims (+ .json), each with the provenance record of the scores."""
+    from evaluation.metrics import per_query_results
+    if args.save_ranks:
+        write_json({"provenance": provenance, **per_query_results(sims)}, args.save_ranks)
+        say(f"per-query ranks and top-10 -> {args.save_ranks}")
+    if args.save_sims:
+        metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
+        saved = {"split": args.split, "metrics": report, "checkpoint": members[0]["checkpoint"],
+                 "checkpoint_history": members[0]["history"], "info": members[0]["info"],
+                 "provenance": {**provenance, "matrix_sha256": array_sha256(sims)}}
+        if len(members) > 1:
+            saved.update(checkpoint=[m["checkpoint"] for m in members], members=members,
+                         weights=provenance["weights"])
+        atomic_save_npy(sims, args.save_sims)
+        write_json(saved, metrics_path)
+        say(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
 
 
 def coco_ids(cfg, args, n_images: int, annotations: dict):
     """(COCO image id per row, caption id per column) of the evaluated split, checked (--extended)."""
-    from evaluation.extended import precomp_ids, read_ids, row_ids
+    from evaluation.extended import read_ids, row_ids
+    from pairs import pair_of
     if args.ids_file is not None:
         ids, source = read_ids(args.ids_file), args.ids_file
-    elif cfg.encoders == "region_bert":
-        ids, source = precomp_ids(cfg, args.split)
     else:
-        from datasets.karpathy import annotation_file, caption_ids
-        found = caption_ids(cfg.dataset, cfg.ann_path, args.split)
-        source = annotation_file(cfg.dataset, cfg.ann_path, args.split)
-        if found is None:
-            raise ConfigError(f"{source} gives its captions no COCO ids (sentences[].id), so --extended cannot "
-                              "identify them; give --ids_file with the caption ids in the file's order")
-        ids = np.array(found, dtype=np.int64)
-    return row_ids(ids, n_images, annotations, source)
+        ids, source = pair_of(cfg).caption_ids(cfg, args.split)
+    return row_ids(np.asarray(ids, dtype=np.int64), n_images, annotations, source)
 
 
 def main_train() -> None:
@@ -195,3 +277,4 @@ def main_test() -> None:
 
 def main_testall() -> None:
     sys.exit(run_guarded(lambda argv: evaluate(argv, "testall", coco_testall=True)))
+

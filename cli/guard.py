@@ -1,9 +1,11 @@
-"""How the programs end: user errors as one `error: ...` line and exit status 2, Ctrl-C as 130."""
+"""How the programs end: user errors as one `error: ...` line and exit status 2; a run stopped by
+a signal after its checkpoint with 128 + the signal number (SIGINT 130, SIGTERM 143, SIGUSR1 138)."""
 
+import signal
 import sys
 
 from devices import distributed
-from errors import UserError
+from errors import Stopped, UserError
 
 
 def one_line(exc: BaseException) -> str:
@@ -23,6 +25,9 @@ def run_guarded(main, argv=None) -> int:
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"stopped by {signal.Signals(exc.signum).name}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt as exc:
         print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130

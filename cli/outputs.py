@@ -1,14 +1,22 @@
-"""Where the programs write, checked before any work starts, so that no run is overwritten and
-no result is computed only to fail at the moment it is saved."""
+"""Where the programs write, checked before any work starts: no output may replace an input or
+another output of the same command, an existing file is replaced only with --overwrite, a used run
+folder only with --resume or --overwrite, and a folder being written is held by one process."""
 
+import fcntl
+import logging
 import os
 import shutil
+import socket
+import time
 
 from errors import ConfigError
 
+logger = logging.getLogger("dimmatch")
+
 # what train.py writes into --output_dir (and --overwrite replaces)
-RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log")
+RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
 RUN_FOLDERS = ("tensorboard",)
+LOCK = ".lock"
 
 
 def _existing_ancestor(path: str) -> str:
@@ -26,14 +34,70 @@ def _check_writable_folder(folder: str, option: str, given: str) -> None:
         raise ConfigError(f"{option} {given}: {existing} is not writable")
 
 
-def check_output_dir(output_dir: str, resume: str, overwrite: bool) -> None:
-    """A used run folder is continued only with --resume, replaced only with --overwrite."""
+def _same(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+class Outputs:
+    """The files one command writes and the files it reads, checked against each other at once.
+
+    `file` declares an output (with the side files it comes with, e.g. the .json of a score matrix);
+    `reads` declares inputs; `check` refuses an output that is also an input or another output, and
+    an existing output without --overwrite."""
+
+    def __init__(self, overwrite: bool = False):
+        self.overwrite = overwrite
+        self.outputs: dict[str, str] = {}
+        self.inputs: dict[str, str] = {}
+
+    def reads(self, path: str | None, option: str) -> None:
+        if path:
+            self.inputs.setdefault(_same(path), f"{option} {path}")
+
+    def file(self, path: str | None, option: str, suffix: str, side: tuple = ()) -> None:
+        """An output file `path` (ending in `suffix`) and its side files (same stem, `side` suffixes)."""
+        if not path:
+            return
+        if not path.endswith(suffix):
+            raise ConfigError(f"{option} {path} must end in {suffix}")
+        if os.path.isdir(path):
+            raise ConfigError(f"{option} {path} is a folder; give a file name ending in {suffix}")
+        _check_writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
+        stem = path[: -len(suffix)]
+        for target in (path, *(stem + extra for extra in side)):
+            label = f"{option} {path}" if target == path else f"{target} (written with {option} {path})"
+            if _same(target) in self.outputs:
+                raise ConfigError(f"{label} is also {self.outputs[_same(target)]}; give them different names")
+            self.outputs[_same(target)] = label
+
+    def check(self) -> None:
+        for target, label in self.outputs.items():
+            if target in self.inputs:
+                raise ConfigError(f"{label} would replace the input {self.inputs[target]}; write it elsewhere")
+            if os.path.exists(target) and not self.overwrite:
+                raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
+
+
+def check_output_dir(output_dir: str, resume: str, overwrite: bool, inputs: dict | None = None) -> None:
+    """A used run folder is continued only with --resume, replaced only with --overwrite, and never
+    while it holds an input of the run (`inputs`: option -> path) that --overwrite would remove."""
     if os.path.isfile(output_dir):
         raise ConfigError(f"--output_dir {output_dir} is a file; give a folder for the run")
     _check_writable_folder(output_dir, "--output_dir", output_dir)
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not resume and not overwrite:
+    if run_folder_used(output_dir) and not resume and not overwrite:
         raise ConfigError(f"--output_dir {output_dir} already holds a run; continue it with --resume auto, "
                           "replace it with --overwrite, or choose another folder")
+    if overwrite:
+        replaced = {_same(os.path.join(output_dir, name)) for name in RUN_FILES}
+        folders = [_same(os.path.join(output_dir, name)) + os.sep for name in RUN_FOLDERS]
+        for option, path in (inputs or {}).items():
+            if path and (_same(path) in replaced or _same(path).startswith(tuple(folders))):
+                raise ConfigError(f"{option} {path} is a file of the run in --output_dir {output_dir}, which "
+                                  "--overwrite replaces; copy it elsewhere first, or choose another folder")
+
+
+def run_folder_used(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and any(name != LOCK for name in os.listdir(output_dir))
 
 
 def clear_previous_run(output_dir: str) -> None:
@@ -46,10 +110,54 @@ def clear_previous_run(output_dir: str) -> None:
         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def check_output_file(path: str, option: str, suffix: str) -> None:
-    """A file we will write at the end: right suffix, not a folder, its folder writable."""
-    if not path.endswith(suffix):
-        raise ConfigError(f"{option} {path} must end in {suffix}")
-    if os.path.isdir(path):
-        raise ConfigError(f"{option} {path} is a folder; give a file name ending in {suffix}")
-    _check_writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """One process at a time writes a folder: an exclusive `flock` on FOLDER/.lock, which the kernel
+    releases when the process ends however it ends, so a killed run leaves no stuck lock (the file
+    stays, naming its last holder, and the next run takes it over with a message)."""
+
+    def __init__(self, folder: str, option: str):
+        self.folder, self.option = folder, option
+        self.handle = None
+
+    def acquire(self) -> "FolderLock":
+        created = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        handle = open(os.path.join(self.folder, LOCK), "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if created:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            raise ConfigError(f"{self.option} {self.folder} is being written by {holder}; wait for it to end or "
+                              "stop it, or choose another folder") from None
+        handle.seek(0)
+        previous = handle.read().split()
+        if previous and previous[0].startswith("pid=") and f"host={socket.gethostname()}" in previous:
+            pid = int(previous[0][4:])
+            if pid != os.getpid() and not _alive(pid):
+                logger.warning("%s %s: taking over the lock of process %d, which has ended", self.option,
+                               self.folder, pid)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid={os.getpid()} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()     # closing the file releases the flock
+            self.handle = None

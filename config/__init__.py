@@ -1,5 +1,7 @@
-"""Command-line options with the released defaults, resolved into one saved config."""
+"""Options, recipes and resolved configs.
 
-from .options import (MODEL_KEYS, Config, eval_parser, resolve_train_config, train_parser)
-
-__all__ = ["Config", "MODEL_KEYS", "eval_parser", "resolve_train_config", "train_parser"]
+`config.schema` (the Option type and Config) imports nothing of the project, so every layer can
+declare options with it; `config.options` gathers the schema, `config.recipes` reads the released
+recipes (config/recipes/*.json), `config.parsers` builds the command lines and `config.resolve`
+turns a command line into the saved training config. Import the submodules directly.
+"""

@@ -1,7 +1,17 @@
 """Batches: padding collate, a resumable (and distributed) batch sampler, caption sets."""
 
+import signal
+
 import torch
 from torch.utils.data import Dataset, Sampler
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave the stop signals (SIGINT, SIGTERM, SIGUSR1; a scheduler sends them to
+    the whole process group) to the main process, which stops cleanly with a checkpoint and then
+    shuts the workers down."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class CaptionSet(Dataset):

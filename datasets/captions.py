@@ -19,13 +19,14 @@ TOKENIZER_FILES = {"bert": (("vocab.txt",), ("tokenizer.json",)),
 OPTION = {"bert": "--bert_path", "clip": "--clip_path"}
 
 
-def load_tokenizer(kind: str, path: str):
-    """The BERT WordPiece or CLIP BPE tokenizer of a hub name or a local folder.
+def load_tokenizer(kind: str, path: str, need_config: bool = True):
+    """The BERT WordPiece or CLIP BPE tokenizer of a hub name or a local folder (without
+    `need_config`, a folder of tokenizer files alone will do).
 
     A folder without the tokenizer's files is an error: transformers would otherwise build a
     tokenizer of special tokens only and map every word to [UNK] without a word of warning."""
     option = OPTION[kind]
-    folder = resolve_backbone(path, option)
+    folder = resolve_backbone(path, option, need_config)
     if not any(all(os.path.isfile(os.path.join(folder, name)) for name in files) for files in TOKENIZER_FILES[kind]):
         wanted = " or ".join("+".join(files) for files in TOKENIZER_FILES[kind])
         raise ConfigError(f"{option} {path} has no {kind.upper()} tokenizer files ({wanted})")
@@ -187,17 +188,6 @@ def note_truncation(encoder, caption: str) -> None:
         encoder.truncation_noted = True
         logger.warning("captions longer than the text encoder's %d positions are %s, e.g. %r",
                        encoder.max_positions, encoder.truncation_note(), caption[:60] + "...")
-
-
-def caption_encoder_for(cfg, tokenizer, max_positions: int):
-    """The caption encoder of a config's text tower, cutting captions to `max_positions`
-    tokens; it augments only when given an rng."""
-    if cfg.encoders == "clip":
-        encoder = ClipCaptionEncoder(tokenizer, context_length=max_positions, truncation=cfg.clip_truncation,
-                                     cleaning=cfg.clip_text_cleaning)
-    else:
-        encoder = BertCaptionEncoder(tokenizer, word_aug=cfg.word_aug, max_length=max_positions)
-    return encoder
 
 
 SPECIAL_TOKENS = {"bert": ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"),

@@ -218,6 +218,10 @@ class ImageFileSet(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def identity(self) -> dict:
+        """What the images are, for provenance records: their file names, in order."""
+        return {"kind": "images", "names": [os.path.basename(path) for path in self.paths]}
+
     def __getitem__(self, index: int) -> dict:
         image, problem = read_image(self.paths[index], self.truncated)
         if image is None:

@@ -164,3 +164,30 @@ class PrecompImageSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.split.features(self.split.image_row(index * CAPTIONS_PER_IMAGE)), "index": index}
+
+    def identity(self) -> dict:
+        """What the images are, for provenance records: the feature file's content and the rows read."""
+        from provenance import file_fingerprint
+        return {"kind": "regions", "file": os.path.basename(self.split.ims_file), "images": len(self),
+                "divisor": self.split.image_divisor, "fingerprint": file_fingerprint(self.split.ims_file)}
+
+
+class RegionFileSet(Dataset):
+    """Each row of an (images x regions x dim) feature file (a collection to index)."""
+
+    def __init__(self, path: str, img_dim: int):
+        if not os.path.isfile(path):
+            raise DataError(f"{path} is not a region feature file (.npy)")
+        self.features = load_region_features(path, img_dim)
+        self.path = path
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": region_row(self.features, self.path, index), "index": index}
+
+    def identity(self) -> dict:
+        from provenance import file_fingerprint
+        return {"kind": "regions", "file": os.path.basename(self.path), "images": len(self), "divisor": 1,
+                "fingerprint": file_fingerprint(self.path)}

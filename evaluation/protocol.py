@@ -9,7 +9,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.batching import CaptionSet, Collate
+from datasets.batching import CaptionSet, Collate, ignore_stop_signals
 from devices import distributed
 from datasets.precomp import CAPTIONS_PER_IMAGE
 from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics
@@ -28,7 +28,7 @@ VALIDATION_MAX_IMAGES = 1000
 def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
     # a private generator keeps evaluation from drawing on the global RNG (exact resume)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=Collate(pad_id), generator=torch.Generator())
+                      collate_fn=Collate(pad_id), generator=torch.Generator(), worker_init_fn=ignore_stop_signals)
 
 
 def compute_split_scores(model, split_data, caption_encoder, device: torch.device, *, amp: str = "off",

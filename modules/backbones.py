@@ -34,15 +34,17 @@ def _hub_unreachable(endpoint: str) -> str | None:
     return None
 
 
-def resolve_backbone(name: str, option: str) -> str:
+def resolve_backbone(name: str, option: str, need_config: bool = True) -> str:
     """The local folder of the backbone `name` (a folder, or a hub id found in or fetched into
-    the cache). `option` is the command-line flag it came from, for the error messages."""
+    the cache). `option` is the command-line flag it came from, for the error messages. Without
+    `need_config` a folder holding only tokenizer files is accepted (the weights and architecture
+    come from a checkpoint)."""
     path = os.path.expanduser(name)
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ConfigError(f"{option} {name} is a file; give the folder that holds config.json and the "
                               "tokenizer files (as written by save_pretrained)")
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if need_config and not os.path.isfile(os.path.join(path, "config.json")):
             raise ConfigError(f"{option} {name} has no config.json: not a transformers model folder")
         return path
     if _looks_like_a_path(name):

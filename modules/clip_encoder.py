@@ -17,12 +17,22 @@ def build_clip(clip_path: str, config: dict | None = None) -> CLIPModel:
     return CLIPModel.from_pretrained(resolve_backbone(clip_path, "--clip_path"), local_files_only=True)
 
 
+def clip_text_tokens(config: dict) -> dict:
+    """What a tokenizer must agree with, from a CLIP config. transformers pools the end token by
+    argmax of the ids when the config's eos id is the legacy 2 (OpenAI's layout), so the end token
+    must then be the largest id."""
+    text = config["text_config"]
+    rows, eos = text["vocab_size"], text.get("eos_token_id")
+    return {"rows": rows, "positions": text["max_position_embeddings"], "eos": rows - 1 if eos == 2 else eos}
+
+
 class ClipEncoders(nn.Module):
     """`encode_images` = visual_projection(post-LN CLS); `encode_captions` = text_projection of
     the EOT token, as OpenAI's encode_image / encode_text. Embeddings are not normalised here:
     the heads normalise as their formulas say."""
 
     feature_kind = GLOBAL
+    text_kind = "clip"
 
     def __init__(self, clip: CLIPModel):
         super().__init__()
@@ -36,14 +46,12 @@ class ClipEncoders(nn.Module):
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
 
+    def backbone_config(self) -> dict:
+        """The CLIP config that rebuilds this architecture (weights come from a checkpoint)."""
+        return self.clip.config.to_dict()
+
     def text_tokens(self) -> dict:
-        """What a tokenizer must agree with. transformers pools the end token by argmax of the ids
-        when the config's eos id is the legacy 2 (OpenAI's layout), so the end token must then be
-        the largest id."""
-        rows = self.clip.text_model.embeddings.token_embedding.num_embeddings
-        eos = self.clip.config.text_config.eos_token_id
-        return {"rows": rows, "positions": self.clip.config.text_config.max_position_embeddings,
-                "eos": rows - 1 if eos == 2 else eos}
+        return clip_text_tokens(self.clip.config.to_dict())
 
     def encode_images(self, pixel_values: torch.Tensor, lengths=None):
         pooled = self.clip.vision_model(pixel_values=pixel_values).pooler_output

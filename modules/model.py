@@ -1,45 +1,11 @@
-"""An encoder pair x a similarity head: the model every system is an instance of."""
+"""An encoder pair x a similarity head: the model every system is an instance of (built by
+`pairs.build_model`)."""
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from devices import distributed
-from errors import ConfigError
-from .clip_encoder import ClipEncoders, build_clip
-from .heads import LOCAL, build_head
-from .region_encoder import RegionEncoder
-from .text_encoder import BertTextEncoder, build_bert
-
-
-class RegionBertEncoders(nn.Module):
-    """BUTD regions -> RegionEncoder, BERT words -> linear; both give (N, T, d) + lengths."""
-
-    feature_kind = LOCAL
-    logit_scale = None
-
-    def __init__(self, img_dim: int, embed_size: int, bert):
-        super().__init__()
-        self.image_encoder = RegionEncoder(img_dim, embed_size)
-        self.text_encoder = BertTextEncoder(bert, embed_size)
-
-    def encode_images(self, regions: torch.Tensor, lengths: torch.Tensor):
-        return self.image_encoder(regions), lengths
-
-    def encode_captions(self, input_ids: torch.Tensor, lengths: torch.Tensor):
-        return self.text_encoder(input_ids), lengths
-
-    def text_tokens(self) -> dict:
-        return self.text_encoder.text_tokens()
-
-    def optimizer_groups(self, cfg) -> list[dict]:
-        """The released groups: text linear at lr, BERT at lr/10, the region encoder at lr."""
-        lr = cfg.learning_rate
-        return [
-            {"params": list(self.text_encoder.linear.parameters()), "lr": lr, "name": "text_linear"},
-            {"params": list(self.text_encoder.bert.parameters()), "lr": lr * 0.1, "name": "bert"},
-            {"params": list(self.image_encoder.parameters()), "lr": lr, "name": "image_encoder"},
-        ]
 
 
 class Matcher(nn.Module):
@@ -62,11 +28,14 @@ class Matcher(nn.Module):
 
     @property
     def text_kind(self) -> str:
-        """The tokenizer family of the text tower: 'bert' or 'clip'."""
-        return "clip" if isinstance(self.encoders, ClipEncoders) else "bert"
+        """The tokenizer family of the text tower (datasets.captions: 'bert' or 'clip')."""
+        return self.encoders.text_kind
 
-    def optimizer_groups(self, cfg) -> list[dict]:
-        head_lr = cfg.learning_rate if self.encoders.feature_kind == LOCAL else cfg.noclip_lr
+    def backbone_config(self) -> dict:
+        """The backbone config dict that rebuilds this model's architecture."""
+        return self.encoders.backbone_config()
+
+    def optimizer_groups(self, cfg, head_lr: float) -> list[dict]:
         return self.encoders.optimizer_groups(cfg) + [
             {"params": list(self.head.parameters()), "lr": head_lr, "name": "head"}]
 
@@ -109,42 +78,3 @@ class Matcher(nn.Module):
             scale = self.encoders.logit_scale.exp()
             rows, columns = rows * scale, columns * scale
         return criterion(rows, positives, columns, positives, total)
-
-
-def build_model(cfg, backbone_config: dict | None = None) -> Matcher:
-    """The model a config describes. With `backbone_config` (a saved BERT/CLIP config dict) only
-    the architecture is built, for weights that come from a checkpoint; otherwise the backbone's
-    pretrained weights are loaded from `--bert_path` / `--clip_path`."""
-    if cfg.encoders == "region_bert":
-        encoders = RegionBertEncoders(cfg.img_dim, cfg.embed_size, build_bert(cfg.bert_path, config=backbone_config))
-    elif cfg.encoders == "clip":
-        encoders = ClipEncoders(build_clip(cfg.clip_path, config=backbone_config))
-        if encoders.embed_size != cfg.embed_size:
-            raise ConfigError(
-                f"--embed_size {cfg.embed_size} does not match the CLIP projection size "
-                f"{encoders.embed_size} of {cfg.clip_path}; the CLIP systems work in CLIP's own space")
-    else:
-        raise ConfigError(f"unknown encoder pair {cfg.encoders!r} (choose region_bert or clip)")
-    head = build_head(cfg.sim_head, encoders.feature_kind, cfg.embed_size, cfg.kernel_size,
-                      cfg.esl_levels, cfg.cosine_pool)
-    if encoders.feature_kind not in head.feature_kinds:
-        raise ConfigError(
-            f"--sim_head {cfg.sim_head} needs {' or '.join(head.feature_kinds)} features, but the "
-            f"{cfg.encoders} encoders give {encoders.feature_kind} ones; use esl_h, esl_a or cosine")
-    return Matcher(encoders, head)
-
-
-def pretrained_text_positions(cfg) -> int:
-    """Token positions of the pretrained text tower a training config names (from its config file)."""
-    from transformers import BertConfig, CLIPConfig
-    from .backbones import resolve_backbone
-    if cfg.encoders == "clip":
-        return CLIPConfig.from_pretrained(resolve_backbone(cfg.clip_path, "--clip_path")).text_config.max_position_embeddings
-    return BertConfig.from_pretrained(resolve_backbone(cfg.bert_path, "--bert_path")).max_position_embeddings
-
-
-def backbone_config_of(model: Matcher) -> dict:
-    """The BERT/CLIP config dict that rebuilds this model's backbone architecture."""
-    encoders = model.encoders
-    backbone = encoders.clip if isinstance(encoders, ClipEncoders) else encoders.text_encoder.bert
-    return backbone.config.to_dict()

@@ -18,6 +18,14 @@ def build_bert(bert_path: str, config: dict | None = None) -> BertModel:
                                      local_files_only=True)
 
 
+def bert_text_tokens(config: dict) -> dict:
+    """What a tokenizer must agree with, from a BERT config: embedding rows, positions, and the
+    [PAD] id the encoder masks (the released `ids != 0`)."""
+    pad = config.get("pad_token_id")
+    return {"rows": config["vocab_size"], "positions": config["max_position_embeddings"],
+            "pad": 0 if pad is None else pad}
+
+
 class BertTextEncoder(nn.Module):
     """`l2norm(linear(BERT(ids)))` for every token, CLS and SEP included."""
 
@@ -25,13 +33,10 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         self.bert = bert
         self.linear = nn.Linear(bert.config.hidden_size, embed_size)
-        # the released encoder masks `ids != 0`, i.e. BERT's [PAD] id
-        self.pad_token_id = bert.config.pad_token_id if bert.config.pad_token_id is not None else 0
+        self.pad_token_id = bert_text_tokens(bert.config.to_dict())["pad"]
 
     def text_tokens(self) -> dict:
-        """What a tokenizer must agree with: embedding rows, positions, the [PAD] id masked."""
-        return {"rows": self.bert.embeddings.word_embeddings.num_embeddings,
-                "positions": self.bert.config.max_position_embeddings, "pad": self.pad_token_id}
+        return bert_text_tokens(self.bert.config.to_dict())
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         attention_mask = (input_ids != self.pad_token_id).long()

@@ -85,3 +85,9 @@ def train_short_region(out, region_data, tiny_bert, *extra):
 def short_region_checkpoint(tmp_path_factory, region_data, tiny_bert):
     return train_short_region(tmp_path_factory.mktemp("short_region") / "run", region_data, tiny_bert,
                               "--max_steps", "4")
+
+
+def make_config(**values):
+    """A complete config: the schema's defaults with `values` (as a released checkpoint's config is built)."""
+    from config.options import config_from_saved
+    return config_from_saved(values, legacy=False)

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devices import distributed  # noqa: E402
-from config import resolve_train_config, train_parser  # noqa: E402
+from config.resolve import train_config  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     distributed.init_from_environment(device)
     rank = distributed.rank()
     torch.manual_seed(0)
-    cfg = resolve_train_config(train_parser().parse_args(argv))
+    cfg = train_config(argv)
     trainer = Trainer(cfg, device)
     if mode == "train":
         trainer.fit()

@@ -6,16 +6,15 @@ import os
 import pytest
 import torch
 
-from config import Config
-from datasets.builders import load_eval_split
-from datasets.captions import caption_encoder_for, tokenizer_from_snapshot
+from conftest import make_config
+from checkpoints.released import read_checkpoint
+from datasets.captions import tokenizer_from_snapshot
 from datasets.karpathy import ImageFileSet, load_karpathy_split
 from datasets.precomp import PrecompSplit
 from demo.__main__ import chance_rsum, main as demo
 from demo.data import write_image_dataset, write_region_dataset
 from evaluation.protocol import evaluate_split
-from modules.model import build_model
-from checkpoints.released import read_checkpoint
+from pairs import build_model, load_eval_split, pair_of
 
 
 def same_tree(a, b):
@@ -55,10 +54,10 @@ def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",
                     "--output", str(tmp_path)])
     payload = read_checkpoint(summary["checkpoint"])
-    cfg = Config(**payload["config"])
+    cfg = make_config(**payload["config"])
     torch.manual_seed(123)
     untrained = build_model(cfg, backbone_config=payload["backbone_config"])
-    encoder = caption_encoder_for(cfg, tokenizer_from_snapshot(payload["tokenizer"]),
+    encoder = pair_of(cfg).caption_encoder(cfg, tokenizer_from_snapshot(payload["tokenizer"]),
                                   untrained.text_tokens()["positions"])
     random_rsum = evaluate_split(untrained, load_eval_split(cfg, "test"), encoder, torch.device("cpu"), workers=0,
                                  progress=False)["metrics"]["rsum"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from config import resolve_train_config, train_parser
+from config.resolve import train_config
 from training.trainer import Trainer
 from global_batch import global_batch
 
@@ -38,7 +38,7 @@ def test_ranks_keep_identical_weights(tmp_path, region_data, tiny_bert):
             "--device", "cpu", "--output_dir", str(out)]
     torchrun(WORKER, "train", str(out), *args)
     first, second = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    model = Trainer(resolve_train_config(train_parser().parse_args(args)), torch.device("cpu")).model
+    model = Trainer(train_config(args), torch.device("cpu")).model
     initial = dict(model.named_parameters())
     # parameters: BatchNorm running statistics are per process on CPU (SyncBatchNorm needs CUDA)
     changed = 0
@@ -60,7 +60,7 @@ def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data
     ddp = torch.load(out / "ddp_grads.pt", weights_only=True)
 
     torch.manual_seed(0)
-    trainer = Trainer(resolve_train_config(train_parser().parse_args(args)), torch.device("cpu"))
+    trainer = Trainer(train_config(args), torch.device("cpu"))
     batch = global_batch(trainer.cfg, trainer.train_set, trainer.caption_encoder.pad_id, size)
     loss = trainer.model(batch["images"], None, batch["input_ids"], batch["lengths"], trainer.criterion,
                          trainer.caption_encoder.pad_id)

@@ -109,14 +109,14 @@ def test_the_tool_reports_the_metrics_of_the_weighted_mean(tmp_path, capsys):
     first, second = half_right(10, range(5), 0), half_right(10, range(5, 10), 1)
     np.save(tmp_path / "a.npy", first)
     np.save(tmp_path / "b.npy", second)
-    report = ensemble_tool([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")])
+    report = ensemble_tool([str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--unverified"])
     assert report["i2t"]["r1"] == report["t2i"]["r1"] == 100.0      # each image is right in one member
     assert retrieval_metrics(first)["i2t"]["r1"] < 100 and retrieval_metrics(second)["t2i"]["r1"] < 100
     report = ensemble_tool([str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--weights", "0.6", "0.4",
-                            "--save", str(tmp_path / "ens.npy")])
+                            "--save", str(tmp_path / "ens.npy"), "--unverified"])
     assert report == retrieval_metrics(0.6 * first + 0.4 * second)
     assert np.allclose(np.load(tmp_path / "ens.npy"), 0.6 * first + 0.4 * second, atol=1e-6)
-    folds = ensemble_tool([str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--coco_5fold"])
+    folds = ensemble_tool([str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--coco_5fold", "--unverified"])
     assert folds["five_fold_1k"]["rsum"] == 600.0 and folds["full_5k"]["rsum"] == 600.0
 
 
@@ -130,7 +130,7 @@ def test_the_tool_names_the_file_that_differs_or_is_missing(tmp_path, capsys):
         (["a.npy", "missing.npy"], "{t}/missing.npy does not exist"),
     ]:
         capsys.readouterr()
-        assert run_guarded(ensemble_tool, [str(tmp_path / name) for name in files]) == 2
+        assert run_guarded(ensemble_tool, [str(tmp_path / name) for name in files] + ["--unverified"]) == 2
         assert capsys.readouterr().err.strip() == "error: " + expected.format(t=tmp_path)
     assert os.path.isfile(tmp_path / "a.npy")
 

@@ -154,9 +154,12 @@ def test_cosine_pools_valid_tokens_only():
 
 
 def test_build_head_picks_the_esl_form_from_the_features():
-    assert isinstance(build_head("esl_h", LOCAL, 32, 2, 5), ESLRegionHead)
-    assert isinstance(build_head("esl_a", "global", 32, 2, 5), ESLClipHead)
-    assert isinstance(build_head("xdim", LOCAL, 32), XDimHead)
+    from conftest import make_config
+    assert isinstance(build_head(make_config(sim_head="esl_h", embed_size=32, esl_levels=5), LOCAL, "pair"),
+                      ESLRegionHead)
+    assert isinstance(build_head(make_config(sim_head="esl_a", embed_size=32, esl_levels=5), "global", "pair"),
+                      ESLClipHead)
+    assert isinstance(build_head(make_config(sim_head="xdim", embed_size=32), LOCAL, "pair"), XDimHead)
 
 
 @pytest.mark.parametrize("strategy", ["heuristic", "adaptive"])

@@ -1,4 +1,6 @@
-"""The shell recipes run end to end on the tiny setup, with paths and model sizes overridden."""
+"""The released recipes: config/recipes/*.json through the schema, the shell scripts as their
+one-line calls (resolving to exactly the configs the scripts gave before the recipes were data),
+and runs end to end on the tiny setup, with paths and model sizes overridden."""
 
 import json
 import os
@@ -8,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REGION_DIM, ROOT, run_cli
+from conftest import REGION_DIM, ROOT, error_line, run_cli
 from cli.commands import evaluate
 
 TINY = ["--num_epochs", "1", "--max_steps", "2", "--workers", "0", "--device", "cpu", "--eval_batch_size", "16"]
@@ -20,19 +22,78 @@ def run_recipe(script, env, *extra):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("head,embed_size,epochs", [("xdim", 1024, 25), ("esl_a", 512, 30)])
-def test_region_f30k_recipe(tmp_path, region_data, tiny_bert, head, embed_size, epochs):
+SCRIPTS = {"train_region_f30k.sh": ("xdim", "esl_h", "esl_a", "cosine"),
+           "train_region_coco.sh": ("xdim", "esl_h", "esl_a", "cosine"),
+           "train_clip_based_f30k.sh": ("esl_h", "esl_a", "cosine"),
+           "train_clip_based_coco.sh": ("esl_h", "esl_a", "cosine")}
+# what each script resolved to before the recipes became data files (recorded from that code)
+BEFORE = json.load(open(os.path.join(ROOT, "tests", "data", "shell_recipes_before.json"), encoding="utf-8"))
+
+
+def script_arguments(tmp_path, script, head, clip):
+    """The train.py arguments a shell recipe passes (its PYTHON replaced by a recorder)."""
+    recorder = tmp_path / "record.py"
+    recorder.write_text("import json, sys\nprint(json.dumps(sys.argv[2:]))\n")
+    env = {**os.environ, "HEAD": head, "PYTHON": f"{sys.executable} {recorder}", "DATA_PATH": "DATA",
+           "BERT_PATH": "BERT", "IMAGE_ROOT": "IMAGES", "ANN_PATH": "ANN", "CLIP_PATH": clip, "OUTPUT_DIR": "OUT"}
+    result = subprocess.run(["sh", os.path.join(ROOT, script)], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("script,head", [(s, h) for s, heads in SCRIPTS.items() for h in heads])
+def test_each_shell_recipe_resolves_to_the_config_it_gave_before(tmp_path, tiny_clip, script, head, capsys):
+    from cli.commands import train
+    argv = script_arguments(tmp_path, script, head, tiny_clip)
+    assert argv[:2] == ["--recipe", f"{head}_{'clip' if 'clip' in script else 'region'}_{script.split('_')[-1][:-3]}"]
+    capsys.readouterr()
+    assert run_cli(train, argv + ["--print_config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    config["clip_path"] = "CLIP" if config["clip_path"] == tiny_clip else config["clip_path"]
+    before = BEFORE[f"{script}:{head}"]
+    assert config.pop("recipe") == argv[1]
+    if "image_size" not in before:            # region configs had no image_size; it is None now
+        assert config.pop("image_size") is None
+    assert config == before
+
+
+def test_recipes_are_complete_and_checked(tmp_path, capsys):
+    from config.options import all_options
+    from config.recipes import read_recipe, recipe_names
+    from cli.commands import train
+    names = recipe_names()
+    assert len(names) == 14 and {f"{head}_region_{d}" for head in ("xdim", "esl_h", "esl_a", "cosine")
+                                 for d in ("f30k", "coco")} < set(names)
+    for name in names:
+        assert read_recipe(name, all_options())["sim_head"] == name.split("_region")[0].split("_clip")[0]
+    capsys.readouterr()
+    assert run_cli(train, ["--list_recipes"]) == 0
+    assert capsys.readouterr().out.count("\n") == 14
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"description": "x", "options": {"batch_size": 0}}))
+    assert error_line(train, ["--recipe", str(bad)], capsys) == \
+        f"recipe {bad}: --batch_size must be at least 1 (got 0)"
+    bad.write_text(json.dumps({"description": "x", "options": {"batchsize": 8}}))
+    assert error_line(train, ["--recipe", str(bad)], capsys) == \
+        f"recipe {bad}: 'batchsize' is not an option of train.py"
+    assert error_line(train, ["--recipe", "nope"], capsys).startswith("--recipe nope is not a recipe (choose ")
+    assert error_line(train, ["--recipe", "esl_h_clip_f30k", "--encoders", "region_bert"], capsys) == \
+        "--recipe esl_h_clip_f30k trains clip encoders, not region_bert"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["xdim", "esl_a"])
+def test_region_f30k_recipe(tmp_path, region_data, tiny_bert, head):
     out = tmp_path / "run"
     run_recipe("train_region_f30k.sh", {"HEAD": head, "DATA_PATH": region_data[0], "BERT_PATH": tiny_bert,
                                         "OUTPUT_DIR": str(out)},
                "--img_dim", str(REGION_DIM), "--batch_size", "16", "--embed_size", "32", *TINY)
     config = json.loads((out / "config.json").read_text())
     assert config["sim_head"] == head and config["lr_update"] == 15 and config["embed_size"] == 32
-    assert config["num_epochs"] == 1  # the override wins over the recipe's value
-    recipe = open(os.path.join(ROOT, "train_region_f30k.sh")).read()
-    assert f"--embed_size {embed_size}" in recipe and f"--num_epochs {epochs}" in recipe
+    assert config["num_epochs"] == 1 and config["recipe"] == f"{head}_region_f30k"  # the override wins
 
 
+@pytest.mark.slow
 def test_clip_f30k_recipe(tmp_path, image_data, tiny_clip):
     root, images, _ = image_data
     out = tmp_path / "run"
@@ -60,6 +121,7 @@ def coco_layout(image_data, target):
     return target
 
 
+@pytest.mark.slow
 def test_clip_coco_recipe_then_testall(tmp_path, image_data, tiny_clip, capsys):
     coco = coco_layout(image_data, tmp_path / "coco")
     out = tmp_path / "run"

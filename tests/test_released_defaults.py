@@ -7,15 +7,13 @@ import logging
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import make_config, run_cli
 from cli.commands import train
-from config import Config
 from datasets.batching import ResumableBatchSampler
-from datasets.builders import load_eval_split
 from datasets.captions import ClipCaptionEncoder, load_tokenizer
 from evaluation.metrics import retrieval_metrics
 from evaluation.protocol import compute_split_scores, validation_metrics
-from modules.model import build_model
+from pairs import build_model, load_eval_split
 from test_recipes import coco_layout
 
 
@@ -44,7 +42,7 @@ def test_a_100_word_clip_caption_is_cut_and_pooled_as_configured(image_data, tin
         assert ids == full[:76] + [tokenizer.eos_token_id]
         assert "--clip_truncation keep_eot" in notes[0] and "released ESL-CLIP tokenisation drops" in notes[0]
         pooled_at = 76
-    cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
+    cfg = make_config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
                  clip_path=tiny_clip)
     text_model = build_model(cfg).encoders.clip.text_model.eval()
     with torch.no_grad():
@@ -84,7 +82,8 @@ def test_clip_recipe_trains_the_partial_batch_and_resumes_exactly(tmp_path, imag
     assert run_cli(train, clip_run(image_data, tiny_clip, straight)) == 0
     assert run_cli(train, clip_run(image_data, tiny_clip, stopped, "--max_steps", "10")) == 0
     assert torch.load(stopped / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 10
-    assert run_cli(train, clip_run(image_data, tiny_clip, stopped, "--resume", "auto")) == 0
+    # a resumed run keeps its limits: --max_steps 0 lifts the one it was stopped by
+    assert run_cli(train, clip_run(image_data, tiny_clip, stopped, "--resume", "auto", "--max_steps", "0")) == 0
     a, b = (torch.load(run / "checkpoint_last.pth", weights_only=True) for run in (straight, stopped))
     assert a["progress"]["steps_per_epoch"] == 7 and a["progress"]["global_step"] == 14
     assert a["progress"] == b["progress"]
@@ -98,10 +97,8 @@ def test_validation_protocols_select_on_the_released_folds(tmp_path, image_data,
     """COCO layout with 10 dev images: five folds of 2. last_fold selects on the rSum of the last
     fold's diagonal block (what the released ESL-CLIP COCO trainer returns), mean_5fold on the mean."""
     coco = coco_layout(image_data, tmp_path / "coco")
-    cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
-                 clip_path=tiny_clip, image_size=32, dataset="coco", image_root=str(coco), ann_path=str(coco),
-                 clip_truncation="released", clip_text_cleaning="released",
-                 truncated_images="refuse")
+    cfg = make_config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
+                 clip_path=tiny_clip, image_size=32, dataset="coco", image_root=str(coco), ann_path=str(coco))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     data = load_eval_split(cfg, "dev")
@@ -140,7 +137,7 @@ def test_selection_on_test_stays_refused(image_data, tiny_clip, tmp_path, capsys
 
 def test_released_clip_text_cleaning(tiny_clip):
     from datasets.captions import released_clip_clean
-    raw = "  a dog &amp;amp; a \u201ccat\u201d at the caf\u00c3\u00a9  "     # double-escaped HTML, curly quotes, mojibake
+    raw = "  a dog &amp;amp; a \u201ccat\u201d at the caf\u00c3\u00a9  "   # double-escaped HTML, curly quotes, mojibake
     assert released_clip_clean(raw) == 'a dog & a "cat" at the caf\u00e9'
     tokenizer = load_tokenizer("clip", tiny_clip)
     released, plain = ClipCaptionEncoder(tokenizer), ClipCaptionEncoder(tokenizer, cleaning="tokenizer")

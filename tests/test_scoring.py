@@ -40,17 +40,14 @@ def test_packed_gather_pads_each_shard_to_its_own_longest():
 
 def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
     """N images and 5N captions: exactly N + 5N items go through the encoders."""
-    from config import Config
-    from datasets.builders import load_eval_split
-    from datasets.captions import caption_encoder_for, load_tokenizer
+    from conftest import make_config
+    from datasets.captions import load_tokenizer
     from evaluation.protocol import compute_split_scores
-    from modules.model import build_model
+    from pairs import build_model, load_eval_split, pair_of
 
     root, images, _ = image_data
-    cfg = Config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
-                 clip_path=tiny_clip, image_size=32, dataset="f30k", image_root=images, ann_path=root,
-                 clip_truncation="released", clip_text_cleaning="released",
-                 truncated_images="refuse")
+    cfg = make_config(encoders="clip", sim_head="esl_h", embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
+                 clip_path=tiny_clip, image_size=32, dataset="f30k", image_root=images, ann_path=root)
     model = build_model(cfg)
     encoded = {"images": 0, "captions": 0}
     for side, method in (("images", "encode_images"), ("captions", "encode_captions")):
@@ -60,7 +57,7 @@ def test_evaluation_encodes_each_image_and_caption_once(image_data, tiny_clip):
             encoded[side] += inputs.shape[0]
             return original(inputs, lengths)
         setattr(model.encoders, method, counting)
-    encoder = caption_encoder_for(cfg, load_tokenizer("clip", tiny_clip), model.text_tokens()["positions"])
+    encoder = pair_of(cfg).caption_encoder(cfg, load_tokenizer("clip", tiny_clip), model.text_tokens()["positions"])
     sims, info = compute_split_scores(model, load_eval_split(cfg, "test"), encoder, torch.device("cpu"),
                                       batch_size=4, workers=0, progress=False)
     assert sims.shape == (10, 50)

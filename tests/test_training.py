@@ -3,18 +3,17 @@
 import pytest
 import torch
 
-from conftest import REGION_DIM
-from config import Config
+from conftest import REGION_DIM, make_config
 from datasets.batching import Collate
-from datasets.captions import caption_encoder_for, load_tokenizer
+from datasets.captions import load_tokenizer
 from datasets.karpathy import KarpathyTrainDataset, load_karpathy_split
 from datasets.precomp import PrecompSplit, PrecompTrainDataset
 from modules.losses import HingeLoss, InfoNCELoss
-from modules.model import build_model
+from pairs import build_model, pair_of
 
 
 def region_config(tiny_bert, head, embed_size):
-    return Config(encoders="region_bert", sim_head=head, embed_size=embed_size, img_dim=REGION_DIM, kernel_size=2,
+    return make_config(encoders="region_bert", sim_head=head, embed_size=embed_size, img_dim=REGION_DIM, kernel_size=2,
                   esl_levels=4 if head.startswith("esl") else None, cosine_pool="mean", bert_path=tiny_bert,
                   learning_rate=1e-3, word_aug=0.0)
 
@@ -35,7 +34,7 @@ def train_steps(model, batch, criterion, steps=12, lr=1e-3):
 def test_region_heads_reduce_the_loss(region_data, tiny_bert, head, embed_size):
     torch.manual_seed(0)
     cfg = region_config(tiny_bert, head, embed_size)
-    encoder = caption_encoder_for(cfg, load_tokenizer("bert", tiny_bert), 128)
+    encoder = pair_of(cfg).caption_encoder(cfg, load_tokenizer("bert", tiny_bert), 128)
     dataset = PrecompTrainDataset(PrecompSplit(region_data[0], "f30k_precomp", "train", REGION_DIM), encoder,
                                   seed=0, region_drop=0.0)
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])  # 16 different images
@@ -48,10 +47,9 @@ def test_region_heads_reduce_the_loss(region_data, tiny_bert, head, embed_size):
 def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
     torch.manual_seed(0)
     root, images, _ = image_data
-    cfg = Config(encoders="clip", sim_head=head, embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
-                 clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3, clip_truncation="released", clip_text_cleaning="released",
-                 truncated_images="refuse")
-    encoder = caption_encoder_for(cfg, load_tokenizer("clip", tiny_clip), 77)
+    cfg = make_config(encoders="clip", sim_head=head, embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
+                      clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3)
+    encoder = pair_of(cfg).caption_encoder(cfg, load_tokenizer("clip", tiny_clip), 77)
     dataset = KarpathyTrainDataset(load_karpathy_split("f30k", root, images, "train"), encoder, image_size=32)
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])
     model = build_model(cfg)

@@ -3,29 +3,41 @@
     python tools/convert_checkpoint.py checkpoint_24.pth_528.2.tar xdim_f30k.pth
     python tools/convert_checkpoint.py model_best_heuristic_coco_clip_based.pth esl_clip_h_coco.pth
 
-The output holds the config, the backbone architecture and the mapped weights, like
-model_best.pth of our own runs, and loads with test.py / testall.py without --bert_path.
+It reads every file test.py reads. The output holds the config, the backbone architecture, the
+tokenizer and the mapped weights, like model_best.pth of our own runs, and loads with test.py /
+testall.py without --bert_path or --clip_path.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from checkpoints.released import convert  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
-from checkpoints.released import DEFAULT_BERT, DEFAULT_CLIP, convert  # noqa: E402
+from cli.outputs import Outputs  # noqa: E402
+from config.options import all_options  # noqa: E402
+from config.parsers import Parser  # noqa: E402
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> str:
+    options = all_options()
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="released checkpoint")
-    parser.add_argument("output", help="where to write ours")
-    parser.add_argument("--bert_path", default=DEFAULT_BERT, help="BERT architecture of the region systems")
-    parser.add_argument("--clip_path", default=DEFAULT_CLIP, help="CLIP tokenizer to record for ESL-CLIP")
+    parser.add_argument("output", help="where to write ours (.pth)")
+    parser.add_argument("--bert_path", default=None, help="BERT architecture and tokenizer of the region systems "
+                                                          f"(default: {options['bert_path'].default})")
+    parser.add_argument("--clip_path", default=None, help="CLIP tokenizer to record for ESL-CLIP, a folder of its "
+                                                          f"files will do (default: {options['clip_path'].default})")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
+    outputs = Outputs(args.overwrite)
+    outputs.file(args.output, "output", ".pth")
+    outputs.reads(args.input, "input")
+    outputs.check()
     source = convert(args.input, args.output, args)
     print(f"{source} {args.input} -> {args.output}")
+    return source
 
 
 if __name__ == "__main__":

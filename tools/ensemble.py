@@ -3,9 +3,13 @@
     python tools/ensemble.py a.npy b.npy                      # one split (e.g. Flickr30K 1K test)
     python tools/ensemble.py a.npy b.npy --coco_5fold         # COCO testall: 5-fold 1K and 5K
     python tools/ensemble.py a.npy b.npy --weights 0.6 0.4 --save ens.npy
+
+Each matrix is read with the .json test.py wrote next to it: the matrix must be the one the record
+describes (its content hash), and all members must have been computed on the same split and data
+(captions and images, in order). A matrix without its record is refused unless --unverified.
 """
 
-import argparse
+import json
 import os
 import sys
 
@@ -13,20 +17,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from checkpoints.atomic import atomic_save_npy, write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
-from cli.outputs import check_output_file  # noqa: E402
+from cli.outputs import Outputs  # noqa: E402
+from config.parsers import Parser  # noqa: E402
 from errors import UserError  # noqa: E402
 from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
 from evaluation.protocol import protocol_report  # noqa: E402
+from provenance import array_sha256, check_same_data, read_record, record  # noqa: E402
 
 
-def read_matrix(path: str) -> np.ndarray:
+def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder, not a saved score matrix (.npy)")
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist")
     try:
-        sims = np.load(path, allow_pickle=False)
+        sims = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path} is not a readable .npy score matrix ({exc})") from exc
     if sims.ndim != 2 or sims.dtype.kind != "f":
@@ -35,20 +42,59 @@ def read_matrix(path: str) -> np.ndarray:
     return sims
 
 
+def side_record(path: str) -> tuple[str, dict]:
+    """(path of, provenance record in) the .json test.py --save_sims writes next to a matrix."""
+    side = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(side):
+        raise UserError(f"{path} has no {side} beside it, so its split, data and checkpoint cannot be checked; "
+                        "keep the .json test.py --save_sims wrote, or give --unverified")
+    try:
+        with open(side, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{side} is not a readable JSON record ({exc})") from exc
+    return side, read_record(saved.get("provenance") if isinstance(saved, dict) else None, side)
+
+
+def check_members(paths: list[str], unverified: bool) -> list[dict]:
+    """Every member is a score matrix of the first one's shape whose record matches it, and all
+    were computed on the same data; read memory-mapped, so that no matrix is held."""
+    records, shapes = [], RunningMean()
+    for path in paths:
+        sims = read_matrix(path, mmap=True)
+        shapes.check(sims, path)
+        if unverified:
+            continue
+        side, saved = side_record(path)
+        if saved.get("matrix_sha256") != array_sha256(sims):
+            raise UserError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
+        if records:
+            check_same_data(records[0]["data"], saved["data"], paths[0], path)
+        records.append(saved)
+    return records
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("matrices", nargs="+", help="score matrices (.npy) of the same split, same item order")
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="one per matrix [equal]")
     parser.add_argument("--coco_5fold", action="store_true", help="COCO testall: 5-fold 1K and full 5K")
-    parser.add_argument("--save", default=None, help="write the ensemble matrix here (.npy)")
+    parser.add_argument("--save", default=None, help="write the ensemble matrix here (.npy, with its .json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --save and its .json if they exist")
+    parser.add_argument("--unverified", action="store_true",
+                        help="accept matrices without their .json record (nothing is then checked but shapes)")
     args = parser.parse_args(argv)
     weights = ensemble_weights(args.weights, len(args.matrices))
-    if args.save:
-        check_output_file(args.save, "--save", ".npy")
+    outputs = Outputs(args.overwrite)
+    outputs.file(args.save, "--save", ".npy", side=(".json",))
+    for path in args.matrices:
+        outputs.reads(path, "a matrix")
+        outputs.reads(os.path.splitext(path)[0] + ".json", "a matrix's record")
+    outputs.check()
+    records = check_members(args.matrices, args.unverified)
     mean = RunningMean()
     for path, weight in zip(args.matrices, weights):
         sims = read_matrix(path)
-        mean.check(sims, path)
         _, text = protocol_report(sims, args.coco_5fold, path)
         print(text)
         mean.add(sims, weight, path)
@@ -56,7 +102,14 @@ def main(argv=None) -> dict:
                                    f"ensemble of {len(weights)} (weights {' '.join(f'{w:.3g}' for w in weights)})")
     print(text)
     if args.save:
-        np.save(args.save, mean.total)
+        provenance = record("scores", [identity for member in records for identity in member["checkpoints"]],
+                            records[0]["data"] if records else None, weights=weights,
+                            members=[{"matrix": path, "weight": weight, "provenance": member}
+                                     for path, weight, member in zip(args.matrices, weights, records)],
+                            protocol="coco_5fold" if args.coco_5fold else "single",
+                            matrix_sha256=array_sha256(mean.total), verified=not args.unverified)
+        atomic_save_npy(mean.total, args.save)
+        write_json({"metrics": report, "provenance": provenance}, os.path.splitext(args.save)[0] + ".json")
     return report
 
 

@@ -12,7 +12,6 @@ the A selective masks. Figures are written as PNG files and embedded in `index.h
 nothing else to open. matplotlib is needed (pip install matplotlib).
 """
 
-import argparse
 import base64
 import html
 import io
@@ -24,10 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoints.atomic import atomic_write_text  # noqa: E402
+from checkpoints.atomic import atomic_write_text, write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
-from config.options import add_data_options  # noqa: E402
 from errors import ConfigError, DataError  # noqa: E402
 from evaluation.metrics import i2t_ranks, retrieval_metrics, t2i_ranks  # noqa: E402
 
@@ -192,45 +190,88 @@ img.figure {{ max-width: 100%; }}
 """
 
 
+REPORT_FILES = ("index.html", "recall_at_k.png", "dimensions.png", "report.json")
+
+
+def saved_scores(path: str, read, data: dict) -> np.ndarray:
+    """A matrix saved by test.py --save_sims, checked to come from this checkpoint and data."""
+    from provenance import array_sha256, check_checkpoint, check_same_data, read_record
+    from tools.ensemble import read_matrix, side_record
+    sims = read_matrix(path)
+    if sims.shape != (data["images"], data["captions"]):
+        raise DataError(f"{path} is {sims.shape[0]} x {sims.shape[1]}, but split '{data['split']}' has "
+                        f"{data['images']} images and {data['captions']} captions")
+    side, saved = side_record(path)
+    if saved.get("matrix_sha256") != array_sha256(sims):
+        raise DataError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
+    if len(saved["checkpoints"]) != 1:
+        raise DataError(f"{path} holds the scores of an ensemble; the report shows one checkpoint's")
+    check_checkpoint(read_record(saved, side)["checkpoints"][0], read.path, path)
+    check_same_data(data, saved["data"], f"split '{data['split']}' of --checkpoint", path)
+    return sims
+
+
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from checkpoints.loading import load_model, read_checkpoint_config
+    from cli.outputs import FolderLock, Outputs
+    from config.parsers import Parser, data_parser
+    from devices import resolve_device
+    from evaluation.protocol import compute_split_scores
+    from pairs import load_eval_split
+    from provenance import checkpoint_identity, data_identity, record
+
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--sims", default=None, help="scores saved by test.py --save_sims for the same split")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True, help="folder for index.html and the PNG figures")
+    parser.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     parser.add_argument("--queries", type=int, default=8, help="sampled queries of each kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--eval_batch_size", type=int, default=128)
     parser.add_argument("--eval_mem_gb", type=float, default=None)
-    add_data_options(parser)
+    data_parser(parser)
     args = parser.parse_args(argv)
-    plt = pyplot()
+    for option, value, low in (("--queries", args.queries, 1), ("--eval_batch_size", args.eval_batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < low:
+            raise ConfigError(f"{option} must be at least {low} (got {value})")
+    if args.eval_mem_gb is not None and not args.eval_mem_gb > 0:
+        raise ConfigError(f"--eval_mem_gb must be greater than 0 (got {args.eval_mem_gb})")
     if os.path.isfile(args.out):
         raise ConfigError(f"--out {args.out} is a file; give a folder")
-    from checkpoints.loading import load_for_evaluation
-    from datasets.builders import load_eval_split
-    from devices import resolve_device
-    from evaluation.protocol import compute_split_scores
+    outputs = Outputs(args.overwrite)
+    for name in REPORT_FILES:
+        outputs.file(os.path.join(args.out, name), "--out", os.path.splitext(name)[1])
+    outputs.reads(args.checkpoint, "--checkpoint")
+    outputs.reads(args.sims, "--sims")
+    outputs.check()
+    plt = pyplot()
     setup_logging()
-    loaded = load_for_evaluation(args.checkpoint, args, lambda cfg: load_eval_split(cfg, args.split))
-    image_set, captions = loaded.data
-    if args.sims:
-        sims = np.load(args.sims)
-        if sims.shape != (len(image_set), len(captions)):
-            raise DataError(f"{args.sims} is {sims.shape[0]} x {sims.shape[1]}, but split '{args.split}' has "
-                            f"{len(image_set)} images and {len(captions)} captions")
-    else:
+    read = read_checkpoint_config(args.checkpoint, args)
+    image_set, captions = split_data = load_eval_split(read.cfg, args.split)
+    data = data_identity(image_set, captions, args.split)
+    sims = saved_scores(args.sims, read, data) if args.sims else None
+    loaded = load_model(read)
+    if sims is None:
         device = resolve_device(args.device)
-        sims, _ = compute_split_scores(loaded.model.to(device), loaded.data, loaded.caption_encoder(), device,
-                                       batch_size=args.eval_batch_size, workers=0, mem_gb=args.eval_mem_gb)
-    os.makedirs(args.out, exist_ok=True)
-    paths = getattr(image_set, "paths", None)
-    curve = recall_curve(plt, sims, os.path.join(args.out, "recall_at_k.png"))
-    dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))
-    title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions)"
-    target = os.path.join(args.out, "index.html")
-    atomic_write_text(page(sims, captions, paths, title, curve, dims, dims_caption, args.queries, args.seed), target)
+        sims, _ = compute_split_scores(loaded.model.to(device), split_data, loaded.caption_encoder(), device,
+                                       batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb)
+    lock = FolderLock(args.out, "--out").acquire()
+    try:
+        paths = getattr(image_set, "paths", None)
+        curve = recall_curve(plt, sims, os.path.join(args.out, "recall_at_k.png"))
+        dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))
+        title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions)"
+        target = os.path.join(args.out, "index.html")
+        atomic_write_text(page(sims, captions, paths, title, curve, dims, dims_caption, args.queries, args.seed),
+                          target)
+        write_json(record("report", [checkpoint_identity(args.checkpoint)], data, sims_file=args.sims),
+                   os.path.join(args.out, "report.json"))
+    finally:
+        lock.release()
     print(f"report -> {target}")
     return target
 

@@ -7,7 +7,6 @@ import os
 from checkpoints import native as checkpoint
 from devices import distributed
 from errors import ConfigError
-from modules.model import backbone_config_of
 from .rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger("dimmatch")
@@ -33,16 +32,19 @@ class RunState:
         self.global_step = 0
         self.best_rsum = -math.inf
         self.best_at = None
+        self.skipped_in_epoch = 0          # unreadable training images replaced so far this epoch
+        self.validation_pending = False    # a signal interrupted the validation of this step
         self.last_good_step = None
 
     def progress(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "steps_per_epoch": self.steps_per_epoch, "best_rsum": self.best_rsum, "best_at": self.best_at}
+                "steps_per_epoch": self.steps_per_epoch, "best_rsum": self.best_rsum, "best_at": self.best_at,
+                "skipped_in_epoch": self.skipped_in_epoch, "validation_pending": self.validation_pending}
 
     def payload(self, full: bool, metrics: dict | None = None) -> dict:
         payload = {
             "config": self.cfg.to_dict(),
-            "backbone_config": backbone_config_of(self.model),
+            "backbone_config": self.model.backbone_config(),
             "tokenizer": self.tokenizer,
             "model": self.model.state_dict(),
             "progress": self.progress(),
@@ -65,18 +67,10 @@ class RunState:
         checkpoint.save(path, self.payload(full=False, metrics=metrics))
         return path
 
-    def resume(self, path: str) -> None:
-        """Continue exactly where `path` (or, for 'auto', this run's checkpoint_last) stopped."""
-        if path == "auto":
-            path = os.path.join(self.output_dir, LAST)
-            if not os.path.isfile(path):
-                logger.info("--resume auto: no %s yet, starting from scratch", path)
-                return
-        payload = checkpoint.load_native(path)
-        checkpoint.check_same_model(path, payload["config"], self.cfg)
+    def resume(self, resume: tuple) -> None:
+        """Continue exactly where the checkpoint (path, payload) stopped."""
+        path, payload = resume
         progress = payload["progress"]
-        if "optimizer" not in payload:
-            raise ConfigError(f"{path} holds weights only (a model_best file); resume from {LAST}")
         if progress["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(
                 f"{path} was trained with {progress['steps_per_epoch']} steps per epoch, this run has "
@@ -88,6 +82,8 @@ class RunState:
         self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
         self.global_step = progress["global_step"]
         self.best_rsum, self.best_at = progress["best_rsum"], progress["best_at"]
+        self.skipped_in_epoch = progress.get("skipped_in_epoch", 0)
+        self.validation_pending = progress.get("validation_pending", False)
         self.last_good_step = self.global_step
         logger.info("resumed from %s at epoch %d, step %d of %d (global step %d, best rSum %.1f)", path,
                     self.epoch, self.step_in_epoch, self.steps_per_epoch, self.global_step, self.best_rsum)

@@ -1,22 +1,24 @@
 """The training loop shared by every system: data, model and optimiser from the config, then
 epochs of optimisation steps with validation and checkpoints at their scheduled points."""
 
+import datetime
 import logging
 import os
 import signal
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.batching import Collate, ResumableBatchSampler
-from datasets.builders import build_train_dataset
-from datasets.captions import caption_encoder_for, check_tokenizer, load_tokenizer, tokenizer_snapshot
+from datasets.batching import Collate, ResumableBatchSampler, ignore_stop_signals
+from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_snapshot
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import HingeLoss, InfoNCELoss
-from modules.model import build_model, pretrained_text_positions
+from pairs import build_model, pair_of
+from .history import MetricsHistory
 from .optimizers import build_optimizer
 from .schedule import evaluation_steps
 from .state import LAST, RunState
@@ -27,28 +29,36 @@ from .validation import Validator
 logger = logging.getLogger("dimmatch")
 
 
-def ignore_interrupts(worker_id: int) -> None:
-    """Data-loader workers leave Ctrl-C to the main process, which stops cleanly with a checkpoint."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# SIGTERM: timeout, kill, Slurm at the end of a job; SIGUSR1: Slurm's warning before pre-emption
+# (sbatch --signal=USR1@90); SIGINT: Ctrl-C. Each finishes the step, writes checkpoint_last, stops.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# torchrun forwards the signal it receives to its workers, which the terminal has already sent them:
+# a second Ctrl-C this soon after the first is the same request, not "stop at once"
+REPEAT_WINDOW_S = 2.0
+
+
+class ValidationInterrupted(BaseException):
+    """A stop signal arrived during validation: the checkpoint records it as still to be done."""
 
 
 class Trainer:
-    def __init__(self, cfg, device: torch.device, init=None):
+    def __init__(self, cfg, device: torch.device, init=None, resume: str | None = None):
         """`init`: the loaded --init_from checkpoint (model and tokenizer), else the pretrained
-        backbones of --bert_path / --clip_path."""
+        backbone of the encoder pair (--bert_path / --clip_path); `resume`: the checkpoint a
+        resumed run continues from."""
         self.cfg = cfg
         self.device = device
         self.world = distributed.world_size()
         self.main = distributed.is_main_process()
 
-        text_kind = "clip" if cfg.encoders == "clip" else "bert"
-        text_path = cfg.clip_path if cfg.encoders == "clip" else cfg.bert_path
+        pair = pair_of(cfg)
+        text_kind, text_option = pair.text_kind, pair.backbone_option
         if init is None:
-            tokenizer, positions = load_tokenizer(text_kind, text_path), pretrained_text_positions(cfg)
+            tokenizer, positions = load_tokenizer(text_kind, getattr(cfg, text_option)), pair.text_positions(cfg)
         else:
             tokenizer, positions = init.tokenizer, init.model.text_tokens()["positions"]
-        self.caption_encoder = caption_encoder_for(cfg, tokenizer, positions)
-        self.train_set = build_train_dataset(cfg, self.caption_encoder)
+        self.caption_encoder = pair.caption_encoder(cfg, tokenizer, positions)
+        self.train_set = pair.train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                              distributed.rank(), self.world, drop_last=cfg.last_batch == "drop")
         steps_per_epoch = self.sampler.batches_per_epoch()
@@ -59,27 +69,28 @@ class Trainer:
             raise ConfigError(f"the last batch of each epoch has {self.sampler.last_batch_size()} pairs, fewer than "
                               f"the {self.world} processes; use --last_batch drop or another --batch_size")
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
-                                 collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_interrupts,
+                                 collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_stop_signals,
                                  pin_memory=device.type == "cuda", generator=torch.Generator())
         self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
         self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
 
         if init is None:
             self.model = build_model(cfg).to(device)
-            check_tokenizer(tokenizer, text_kind, self.model.text_tokens(), f"--{text_kind}_path {text_path}")
+            check_tokenizer(tokenizer, text_kind, self.model.text_tokens(),
+                            f"--{text_option} {getattr(cfg, text_option)}")
         else:
             self.model = init.model.to(device)
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
-        optimizer = build_optimizer(cfg, self.model.optimizer_groups(cfg))
+        optimizer = build_optimizer(cfg, self.model.optimizer_groups(cfg, getattr(cfg, pair.head_lr_option)))
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch,
                               tokenizer_snapshot(tokenizer, text_kind))
-        if cfg.resume:
-            self.state.resume(cfg.resume)
+        if resume:
+            self.state.resume(resume)
         if self.world > 1:
             # CLIP's logit scale gets no gradient when it is not used by the loss (--loss hinge)
             unused = self.model.encoders.logit_scale is not None and not self.criterion.uses_logit_scale
@@ -90,8 +101,11 @@ class Trainer:
         self.step = OptimisationStep(cfg, self.model, self.trained, self.criterion, optimizer, scaler, device,
                                      self.caption_encoder.pad_id, steps_per_epoch, self._diverged)
         self.writer = None
-        self.stop_requested = False
-        self.interrupted = False
+        self.stop_signal = None          # the first stop signal received (by any rank)
+        self.stop_time = 0.0
+        self.halted = False              # stopped before the end: a signal or --max_steps
+        self.validating = False
+        self.history = MetricsHistory(cfg.output_dir)
         self.speed = Throughput(cfg.batch_size)
 
     @property
@@ -113,15 +127,20 @@ class Trainer:
             self.writer.add_scalar(name, value, self.state.global_step)
 
     def fit(self) -> dict:
-        """Train to the end, to --max_steps, or to a stop request (SIGTERM, Ctrl-C): each of them
-        ends with checkpoint_last written."""
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        """Train to the end, to --max_steps, or to a stop signal: each of them ends with
+        checkpoint_last written. A validation a signal interrupted is done first on resume."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         state = self.state
-        self.writer = self._tensorboard() if self.main else None
+        if self.main:
+            self.history.cut_after(state.global_step)
+            self.writer = self._tensorboard()
         try:
             logger.info("training %d epochs x %d steps (global batch %d on %d process%s)", self.cfg.num_epochs,
                         state.steps_per_epoch, self.cfg.batch_size, self.world, "es" if self.world > 1 else "")
-            while state.epoch < self.cfg.num_epochs and not self.stop_requested:
+            if state.validation_pending:
+                logger.info("doing the validation of step %d first: a signal interrupted it", state.global_step)
+                self._checkpoint(self._validate_or_save() if self.main else None)
+            while state.epoch < self.cfg.num_epochs and not self.halted:
                 self._run_epoch()
         finally:
             for sig, handler in previous.items():
@@ -129,14 +148,19 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return {"best_rsum": state.best_rsum, "best_at": state.best_at, "global_step": state.global_step,
-                "interrupted": self.interrupted}
+                "stopped_by": self.stop_signal if self.halted else None}
 
     def _request_stop(self, signum, frame) -> None:
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        logger.warning("%s: finishing this step, writing %s and stopping (Ctrl-C again stops at once)", name, LAST)
-        self.stop_requested = True
-        self.interrupted = self.interrupted or signum == signal.SIGINT
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now = time.monotonic()
+        if self.stop_signal is None:
+            self.stop_signal, self.stop_time = signum, now
+            logger.warning("%s: finishing this step, writing %s and stopping (Ctrl-C again stops at once)",
+                           signal.Signals(signum).name, LAST)
+        elif signum == signal.SIGINT and now - self.stop_time > REPEAT_WINDOW_S:
+            raise KeyboardInterrupt("stopped at once, without a checkpoint of the steps since the last one")
+        if self.validating:
+            self.validating = False      # raised once: a repeated signal must not break the saving
+            raise ValidationInterrupted()
 
     def _run_epoch(self) -> None:
         cfg, state = self.cfg, self.state
@@ -146,11 +170,10 @@ class Trainer:
         self.train_set.set_epoch(state.epoch)
         validate_this_epoch = (state.epoch + 1) % cfg.val_every == 0
         self.model.train()
-        skipped = 0
         with tqdm(total=state.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch}",
                   disable=not self.main, dynamic_ncols=True) as bar:
             for batch in self.loader:
-                skipped += batch["skipped"]
+                state.skipped_in_epoch += batch["skipped"]
                 loss = self.step(batch, state.global_step)
                 batch_index = state.step_in_epoch
                 state.step_in_epoch += 1
@@ -160,22 +183,33 @@ class Trainer:
                 self.speed.step()
                 if state.global_step % cfg.log_every == 0:
                     self._log_progress(loss)
-                stop = self._stop_now()
                 if validate_this_epoch and batch_index in self.eval_steps:
-                    state.save_last(self._validate_or_save() if self.main else None)
+                    self._checkpoint(self._validate_or_save() if self.main else None)
                     self.speed.restart()
-                elif stop or (cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0):
-                    state.save_last()
-                if stop:
-                    self.stop_requested = True
-                    logger.info("stopped after step %d; continue with --resume auto", state.global_step)
+                else:
+                    self._checkpoint(None, saved=bool(cfg.save_every_steps)
+                                     and state.global_step % cfg.save_every_steps == 0)
+                if self.halted:
                     return
-        if skipped:
+        if state.skipped_in_epoch:
             logger.warning("epoch %d: %d training pairs skipped (unreadable images, replaced by the next "
-                           "readable pair)", state.epoch, skipped)
+                           "readable pair)", state.epoch, state.skipped_in_epoch)
         state.epoch += 1
         state.step_in_epoch = 0
+        state.skipped_in_epoch = 0
         state.save_last()
+
+    def _checkpoint(self, metrics: dict | None, saved: bool = True) -> None:
+        """After a step (or a validation, on rank 0): every rank learns whether to stop (a signal to
+        any of them, or --max_steps), and checkpoint_last is written when due or when stopping."""
+        limit = bool(self.cfg.max_steps) and self.state.global_step >= self.cfg.max_steps
+        signum = distributed.all_reduce_max(self.stop_signal or 0, self.device)
+        self.stop_signal = signum or None
+        if saved or limit or signum:
+            self.state.save_last(metrics)
+        if limit or signum:
+            self.halted = True
+            logger.info("stopped after step %d; continue with --resume auto", self.state.global_step)
 
     def _log_progress(self, loss: float) -> None:
         state, cfg = self.state, self.cfg
@@ -189,18 +223,39 @@ class Trainer:
                     state.epoch, state.step_in_epoch, state.steps_per_epoch, state.global_step, loss, lrs,
                     self.speed.pairs_per_second(), self.speed.eta(remaining))
 
-    def _validate_or_save(self) -> dict:
-        """Validation metrics; if validation fails or is interrupted, the trained steps are saved first."""
+    def _validate_or_save(self) -> dict | None:
+        """Validation metrics, or None when a stop signal interrupted it (the checkpoint then marks
+        it pending). If validation fails, the trained steps are saved first."""
+        state = self.state
+        state.validation_pending = True
+        started = time.monotonic()
+        self.validating = True
         try:
-            return self.validate(self.state)
+            metrics = self.validate(state)
+        except ValidationInterrupted:
+            logger.warning("validation interrupted; it is done first when the run is resumed")
+            return None
         except BaseException:
-            self.state.save_last()
+            self.validating = False
+            state.save_last()
             raise
+        finally:
+            self.validating = False
+        state.validation_pending = False
+        self.history.append(self._history_entry(metrics, time.monotonic() - started))
+        return metrics
 
-    def _stop_now(self) -> bool:
-        limit = self.cfg.max_steps and self.state.global_step >= self.cfg.max_steps
-        requested = distributed.all_reduce_max(int(self.stop_requested), self.device)
-        return bool(limit or requested)
+    def _history_entry(self, metrics: dict, seconds: float) -> dict:
+        state = self.state
+        entry = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                 "split": self.cfg.val_split, "protocol": self.cfg.val_protocol, "i2t": metrics["i2t"],
+                 "t2i": metrics["t2i"], "rsum": metrics["rsum"], "seconds": round(seconds, 3),
+                 "best": state.best_at is not None and state.best_at["global_step"] == state.global_step,
+                 "lr": {group["name"]: group["lr"] for group in self.optimizer.param_groups},
+                 "time": datetime.datetime.now().isoformat(timespec="seconds")}
+        if "folds" in metrics:
+            entry["folds_rsum"] = [fold["rsum"] for fold in metrics["folds"]]
+        return entry
 
     def _diverged(self, what: str) -> None:
         state = self.state

@@ -4,7 +4,7 @@ import logging
 import os
 
 from checkpoints.atomic import write_json
-from datasets.builders import load_eval_split
+from pairs import load_eval_split
 from evaluation.metrics import format_metrics
 from evaluation.protocol import COCO_FOLDS, VALIDATION_MAX_IMAGES, validation_metrics
 

@@ -1,27 +1,43 @@
-"""Similarity heads, chosen by `--sim_head`."""
+"""Similarity heads, registered by name for `--sim_head` (timm-style: a name maps to a spec that
+builds the head from the config with its own options).
 
-from .base import GLOBAL, LOCAL, SimilarityHead
+A new head is its module (the class, its options, its HeadSpec) plus one `register_head` line here;
+the command-line options, recipes, checkpoints and tests pick it up from the registry."""
+
+from errors import ConfigError
+from . import cosine, esl, xdim
+from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
 from .cosine import CosineHead
 from .esl_clip import ESLClipHead
 from .esl_region import ESLRegionHead
 from .xdim import XDimHead
 
-HEAD_NAMES = ("xdim", "esl_h", "esl_a", "cosine")
-ESL_STRATEGY = {"esl_h": "heuristic", "esl_a": "adaptive"}
+HEADS: dict[str, HeadSpec] = {}
 
 
-def build_head(name: str, feature_kind: str, embed_size: int, kernel_size: int = 2,
-               num_levels: int = 8, cosine_pool: str = "mean") -> SimilarityHead:
-    """The head for `name` on features of `feature_kind` (ESL has a local and a global form)."""
-    if name == "xdim":
-        return XDimHead(embed_size)
-    if name in ESL_STRATEGY:
-        head_class = ESLRegionHead if feature_kind == LOCAL else ESLClipHead
-        return head_class(embed_size, kernel_size, num_levels, ESL_STRATEGY[name])
-    if name == "cosine":
-        return CosineHead(cosine_pool)
-    raise ValueError(f"unknown similarity head {name!r}")
+def register_head(spec: HeadSpec) -> HeadSpec:
+    HEADS[spec.name] = spec
+    return spec
 
 
-__all__ = ["GLOBAL", "LOCAL", "HEAD_NAMES", "SimilarityHead", "build_head",
+register_head(xdim.HEAD_SPEC)
+register_head(esl.H_SPEC)
+register_head(esl.A_SPEC)
+register_head(cosine.HEAD_SPEC)
+
+
+def build_head(cfg, feature_kind: str, encoders_name: str) -> SimilarityHead:
+    """The head `cfg.sim_head` for features of `feature_kind` (ESL has a local and a global form)."""
+    spec = HEADS.get(cfg.sim_head)
+    if spec is None:
+        raise ConfigError(f"unknown similarity head {cfg.sim_head!r} (choose {', '.join(HEADS)})")
+    if feature_kind not in spec.feature_kinds:
+        fitting = [name for name, other in HEADS.items() if feature_kind in other.feature_kinds]
+        choices = ", ".join(fitting[:-1]) + f" or {fitting[-1]}" if len(fitting) > 1 else fitting[0]
+        raise ConfigError(f"--sim_head {cfg.sim_head} needs {' or '.join(spec.feature_kinds)} features, but the "
+                          f"{encoders_name} encoders give {feature_kind} ones; use {choices}")
+    return spec.build(cfg, feature_kind)
+
+
+__all__ = ["GLOBAL", "LOCAL", "HEADS", "HeadSpec", "SimilarityHead", "build_head", "register_head",
            "CosineHead", "ESLClipHead", "ESLRegionHead", "XDimHead"]

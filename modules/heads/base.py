@@ -6,11 +6,28 @@ matrices, pooling), and `score` only does the cross-modal part for a block of
 images x captions. Training calls `forward`, which is the same composition.
 """
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
 LOCAL = "local"    # (N, T, d) token/region features with lengths
 GLOBAL = "global"  # (N, d) one vector per item
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A registered head (`--sim_head NAME`): how to build it from a config, which feature kinds it
+    accepts, its own options, and the joint size it is released with on local features."""
+
+    name: str
+    summary: str
+    build: Callable            # (cfg, feature_kind) -> SimilarityHead
+    feature_kinds: tuple
+    options: tuple = ()        # its own hyper-parameters (config.schema.Option), offered by train.py
+    embed_size: int = 512      # default --embed_size on region/word features
+    resolve: Callable | None = None   # (values: dict) -> None: options that follow from others
 
 
 class SimilarityHead(nn.Module):

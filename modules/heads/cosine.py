@@ -2,8 +2,12 @@
 
 import torch
 
+from config.schema import MODEL, Option
 from ..common import l2norm, lengths_to_mask
-from .base import GLOBAL, LOCAL, SimilarityHead
+from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
+
+POOL = Option("cosine_pool", str, "mean", "pooling of local features for --sim_head cosine", MODEL,
+              choices=("mean", "max"))
 
 
 class CosineHead(SimilarityHead):
@@ -35,3 +39,8 @@ class CosineHead(SimilarityHead):
 
     def score(self, images, image_lengths, captions, caption_lengths):
         return images @ captions.t()
+
+
+HEAD_SPEC = HeadSpec("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)",
+                     feature_kinds=(LOCAL, GLOBAL), options=(POOL,),
+                     build=lambda cfg, feature_kind: CosineHead(cfg.cosine_pool))

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..common import l2norm, lengths_to_mask
-from .base import LOCAL, SimilarityHead
+from .base import LOCAL, HeadSpec, SimilarityHead
 
 
 class XDimHead(SimilarityHead):
@@ -164,3 +164,7 @@ class WordScores(torch.autograd.Function):
         grad_context = grad_weighted.mul_(words).addcmul_(
             context, (grad_scale / (scale - 1e-8).clamp_min(1e-30))[..., None])
         return grad_context, grad_words, grad_diagonal, grad_gram
+
+
+HEAD_SPEC = HeadSpec("xdim", "X-Dim: sparse cross-dimensional dependency weights", feature_kinds=(LOCAL,),
+                build=lambda cfg, feature_kind: XDimHead(cfg.embed_size), embed_size=1024)

@@ -1,0 +1,110 @@
+"""From a command line to the one training config a run saves (config.json) and checkpoints carry.
+
+Layers, each overriding the one before: the schema's defaults; the encoder pair's released recipe
+(its `default_recipe`); `--recipe NAME`; the options given on the command line. Then what follows
+from other options is derived by the encoder pair and the head, and every value is checked.
+An `--init_from` run takes the network options of its checkpoint; a resumed run is its saved config,
+where the command line may change only where and how the run goes on (locations, runtime limits).
+"""
+
+import os
+
+from errors import ConfigError
+from .options import all_options, config_from_saved
+from .recipes import read_recipe
+from .schema import COMMAND, LOCATION, MODEL, RUNTIME, Config
+
+
+def take_model_options(values: dict, given: dict, init_cfg, path: str, options: dict) -> None:
+    """--init_from: the network is the checkpoint's; an option that says otherwise is an error."""
+    for name, option in options.items():
+        if option.role != MODEL:
+            continue
+        saved = getattr(init_cfg, name, None)
+        if name in given and given[name] != saved:
+            raise ConfigError(f"--{name} {given[name]} contradicts --init_from {path}, whose {name} is {saved}; "
+                              f"drop --{name} or start from another checkpoint")
+        values[name] = saved
+
+
+def resumed_config(given: dict, saved: dict, path: str) -> Config:
+    """A run continued from `path`: its saved config, with the command line's locations and runtime
+    options; a given option that would change the training is an error naming both values."""
+    options = all_options()
+    cfg = config_from_saved(saved)
+    changed = [name for name, value in given.items()
+               if name in options and options[name].role not in (LOCATION, RUNTIME, COMMAND)
+               and value != getattr(cfg, name)]
+    if given.get("recipe") not in (None, cfg.recipe):
+        changed.insert(0, "recipe")
+    if changed:
+        described = ", ".join(f"--{name} {given[name]} (the run has {getattr(cfg, name)})" for name in changed)
+        raise ConfigError(f"--resume {given['resume']}: {described}; a resumed run keeps its training options "
+                          f"(see {path}); start a new run, e.g. with --init_from, to change them")
+    for name, value in given.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def resolve_train_config(given: dict, init_cfg=None) -> Config:
+    """The config of a new run from the options `given` on the command line (and, with
+    --init_from, the config `init_cfg` of its checkpoint)."""
+    from modules.heads import HEADS
+    from pairs import PAIRS
+    options = all_options()
+    values = {name: option.default for name, option in options.items()}
+    recipe = read_recipe(given["recipe"], options) if given.get("recipe") else {}
+    encoders = (init_cfg.encoders if init_cfg is not None else None) or given.get("encoders") \
+        or recipe.get("encoders") or values["encoders"]
+    if recipe.get("encoders", encoders) != encoders:
+        raise ConfigError(f"--recipe {given['recipe']} trains {recipe['encoders']} encoders, not {encoders}")
+    pair = PAIRS[encoders]
+    values.update(read_recipe(pair.default_recipe, options))
+    values.update(recipe)
+    values.update(given)
+    if init_cfg is not None:
+        take_model_options(values, given, init_cfg, given["init_from"], options)
+    for name, value in values.items():
+        options[name].check(value)
+    pair.resolve(values, set(given) | set(recipe))
+    head = HEADS[values["sim_head"]]
+    if head.resolve is not None:
+        head.resolve(values)
+
+    if values["loss"] == "infonce" and not pair.logit_scale:
+        raise ConfigError(f"--loss infonce needs CLIP's logit scale; use --loss hinge with {encoders} encoders")
+    if values["val_split"] in ("test", "testall"):
+        raise ConfigError(f"--val_split {values['val_split']}: the model would be selected on the test set, which "
+                          "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
+    if values["batch_size"] < 2:
+        raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if values["batch_size"] % world:
+        raise ConfigError(f"--batch_size {values['batch_size']} (global) is not divisible by the {world} processes")
+    return Config(**values)
+
+
+def check_command(given: dict) -> None:
+    """Combinations of what the invocation does that cannot work, before anything is read."""
+    if given.get("resume") and given.get("overwrite"):
+        raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
+    if given.get("resume") and given.get("init_from"):
+        raise ConfigError("--resume continues a run with its own weights and optimiser; --init_from starts a new "
+                          "one from a checkpoint's weights: give one of them")
+
+
+def check_device_options(cfg) -> None:
+    """--amp fp16 needs CUDA (train and evaluation alike)."""
+    import torch
+    device = cfg.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cfg.amp == "fp16" and not cuda:
+        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
+
+
+def train_config(argv) -> Config:
+    """The config of a new run from train.py's arguments (no --resume, no --init_from)."""
+    from .parsers import train_parser
+    given = vars(train_parser().parse_args(argv))
+    check_command(given)
+    return resolve_train_config(given)

@@ -1,0 +1,120 @@
+"""Where an artifact came from: the content of the checkpoint, the split and its data.
+
+Every file a program writes from a model (score matrices, rank files, indexes, reports, exports)
+carries a provenance record, and every program that reads one back checks it against what it
+combines it with or queries it by, refusing a mismatch in one line. Identities are contents, not
+paths: a checkpoint by the SHA-256 of its file, a caption list by the SHA-256 of its text, images by
+their file names in order (raw images) or by a fingerprint of the feature file (regions).
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from errors import UserError
+
+FORMAT = "dimmatch-provenance"
+VERSION = 1
+CHUNK = 1 << 20
+SAMPLED_ABOVE = 256 << 20      # feature files larger than this are fingerprinted from 64 chunks
+SAMPLES = 64
+_digests: dict = {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a whole file, computed once per process for a given (path, size, mtime)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, "full")
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def file_fingerprint(path: str) -> str:
+    """SHA-256 of a file's size and content, sampled for large files (64 evenly spaced MiB-blocks,
+    first and last included): a feature file of tens of GB is identified in milliseconds, and two
+    files that differ anywhere but in unsampled bytes are told apart."""
+    size = os.path.getsize(path)
+    if size <= SAMPLED_ABOVE:
+        return file_sha256(path)
+    key = (os.path.realpath(path), size, os.stat(path).st_mtime_ns, "sampled")
+    if key not in _digests:
+        digest = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as handle:
+            for offset in np.linspace(0, size - CHUNK, SAMPLES).astype(np.int64):
+                handle.seek(int(offset))
+                digest.update(handle.read(CHUNK))
+        _digests[key] = "sampled:" + digest.hexdigest()
+    return _digests[key]
+
+
+def text_sha256(lines) -> str:
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def array_sha256(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(str((array.dtype.str, array.shape)).encode() + array.data).hexdigest()
+
+
+def checkpoint_identity(path: str) -> dict:
+    return {"sha256": file_sha256(path), "file": os.path.abspath(path)}
+
+
+def data_identity(image_set, captions: list[str], split: str) -> dict:
+    """The split, its images and its captions, in order."""
+    return {"split": split, "images": len(image_set), "captions": len(captions),
+            "captions_sha256": text_sha256(captions), "images_id": image_identity(image_set)}
+
+
+def image_identity(image_set) -> str:
+    from torch.utils.data import Subset
+    if isinstance(image_set, Subset):
+        indices = list(image_set.indices)
+        return hashlib.sha256(f"{image_identity(image_set.dataset)}:{indices}".encode()).hexdigest()
+    return hashlib.sha256(json.dumps(image_set.identity(), sort_keys=True).encode()).hexdigest()
+
+
+def record(kind: str, checkpoints: list[dict], data: dict | None, **extra) -> dict:
+    """A provenance record: what kind of artifact, from which checkpoints (weights in order, for an
+    ensemble), on which data."""
+    return {"format": FORMAT, "version": VERSION, "kind": kind, "checkpoints": checkpoints, "data": data, **extra}
+
+
+def read_record(record_of, where: str) -> dict:
+    if not isinstance(record_of, dict) or record_of.get("format") != FORMAT:
+        raise UserError(f"{where} has no provenance record (written by an older version, or not by this "
+                        "project); it cannot be checked against the other inputs")
+    if record_of.get("version") != VERSION:
+        raise UserError(f"{where} has provenance version {record_of.get('version')}; this code reads {VERSION}")
+    return record_of
+
+
+def differences(first: dict, second: dict) -> list[str]:
+    """What differs between two data identities (split, counts, captions, images)."""
+    labels = {"split": "split", "images": "number of images", "captions": "number of captions",
+              "captions_sha256": "captions", "images_id": "images"}
+    return [label for key, label in labels.items() if first.get(key) != second.get(key)]
+
+
+def check_same_data(first: dict, second: dict, first_name: str, second_name: str) -> None:
+    changed = differences(first, second)
+    if changed:
+        raise UserError(f"{second_name} was computed on other data than {first_name} ({', '.join(changed)} "
+                        f"differ: split {second.get('split')!r} vs {first.get('split')!r})")
+
+
+def check_checkpoint(saved: dict, path: str, where: str) -> None:
+    """The checkpoint file at `path` is the one `saved` (a checkpoint identity) was made with."""
+    if not os.path.isfile(path):
+        raise UserError(f"{where} was made with checkpoint {saved['file']}, which is not at {path} any more; give "
+                        "its new place with --checkpoint")
+    if file_sha256(path) != saved["sha256"]:
+        raise UserError(f"{where} was made with another checkpoint than {path} (its content has changed since: "
+                        f"sha256 {saved['sha256'][:12]}, now {file_sha256(path)[:12]}); rebuild it")
