@@ -91,7 +91,7 @@ def resume_checkpoint(given: dict):
     if path == "auto":
         path = os.path.join(given.get("output_dir", "runs/exp"), LAST)
         if not os.path.isfile(path):
-            print(f"--resume auto: no {path} yet, starting a new run", file=sys.stderr)
+            print(f"--resume auto: no {path} yet, starting a new run")
             return None
     payload = native.load_native(path)
     if "optimizer" not in payload:

@@ -66,6 +66,15 @@ def sum_to_main(matrix, device: torch.device):
     return tensor.cpu().numpy()
 
 
+def gather_objects(value) -> list:
+    """Every rank's picklable `value`, in rank order, on every rank (a list of one without DDP)."""
+    if not is_distributed():
+        return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gathered_sizes(rows: int, device: torch.device) -> list[int]:
     """Every rank's number of rows (the last batch of an epoch may split unevenly)."""
     if not is_distributed():

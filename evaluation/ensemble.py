@@ -10,12 +10,13 @@ import numpy as np
 from errors import ConfigError, UserError
 
 
-def ensemble_weights(weights: list[float] | None, members: int) -> list[float]:
+def ensemble_weights(weights: list[float] | None, members: int, what: tuple = ("checkpoints", "checkpoint")) \
+        -> list[float]:
     """Per-member weights normalised to sum 1; equal weights by default."""
     if weights is None:
         return [1.0 / members] * members
     if len(weights) != members:
-        raise ConfigError(f"--weights has {len(weights)} values for {members} checkpoints; give one per checkpoint")
+        raise ConfigError(f"--weights has {len(weights)} values for {members} {what[0]}; give one per {what[1]}")
     if not all(weight > 0 for weight in weights):
         raise ConfigError(f"--weights must all be positive (got {' '.join(map(str, weights))})")
     total = sum(weights)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REGION_DIM, ROOT, run_cli
 from cli.commands import evaluate, train
@@ -65,6 +66,7 @@ def test_clip_train_then_test(tmp_path, image_data, tiny_clip, capsys):
     assert "test: 10 images, 50 captions" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_entry_point_scripts_print_one_line_errors(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--checkpoint", str(tmp_path / "nope.pth")],
                             capture_output=True, text=True, cwd=ROOT)

@@ -49,6 +49,7 @@ def test_chance_level():
     assert chance_rsum(1000) == pytest.approx(3.2, rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("system", ["xdim", "clip"])
 def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",

@@ -30,6 +30,7 @@ def clip_args(image_data, tiny_clip, out):
             "--output_dir", str(out), "--noclip_lr", "1e-3", "--clip_lr", "1e-4"]
 
 
+@pytest.mark.slow
 def test_ranks_keep_identical_weights(tmp_path, region_data, tiny_bert):
     out = tmp_path / "ddp"
     out.mkdir()
@@ -50,6 +51,7 @@ def test_ranks_keep_identical_weights(tmp_path, region_data, tiny_bert):
     assert saved["progress"]["global_step"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [8, 7])
 def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data, tiny_clip, size):
     """8 pairs: 4 per rank; 7 (a kept last partial batch): 4 and 3."""
@@ -70,6 +72,7 @@ def test_two_process_gradient_equals_the_single_process_one(tmp_path, image_data
         assert torch.allclose(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tiny_clip):
     out = tmp_path / "cli"
     # 320 pairs in global batches of 18: 17 full ones and a kept last batch of 14, 7 on each rank
@@ -80,6 +83,7 @@ def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tin
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
 
 
+@pytest.mark.slow
 def test_test_py_under_torchrun_shards_the_scoring(tmp_path, region_data, tiny_bert):
     """Two gloo processes share the caption shards; rank 0 assembles, prints and saves the same
     matrix and Recall as one process, and rank 1 prints nothing."""

@@ -97,6 +97,7 @@ def coco_layout(tmp_path_factory, tiny_bert):
     return root, out / "checkpoint_last.pth"
 
 
+@pytest.mark.slow
 def test_testall_extended_reads_the_real_annotations_end_to_end(coco_layout, tmp_path, capsys):
     from eccv_caption._metrics import compute_eccv_metrics
     from evaluation.extended import extended_metrics

@@ -1,6 +1,7 @@
 """The repository's shape: the design card's top level, a `datasets` package that coexists with
 HuggingFace `datasets`, checkpoints that name no code, and nothing that points outside the repo."""
 
+import pytest
 import os
 import re
 import subprocess
@@ -46,6 +47,7 @@ def fake_huggingface_datasets(site):
         f"open({str(site / 'imported')!r}, 'w').close()\nraise ImportError('HuggingFace datasets stand-in')\n")
 
 
+@pytest.mark.slow
 def test_huggingface_datasets_installed_beside_us_changes_nothing(tmp_path, region_data, tiny_bert):
     """Our `datasets` package wins for code run from the root; transformers still sees HF's
     distribution (it only checks the metadata) and none of what we import needs it."""

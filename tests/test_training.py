@@ -30,6 +30,7 @@ def train_steps(model, batch, criterion, steps=12, lr=1e-3):
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,embed_size", [("xdim", 32), ("esl_h", 32), ("esl_a", 32), ("cosine", 32)])
 def test_region_heads_reduce_the_loss(region_data, tiny_bert, head, embed_size):
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ def test_region_heads_reduce_the_loss(region_data, tiny_bert, head, embed_size):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["esl_h", "esl_a", "cosine"])
 def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
     torch.manual_seed(0)

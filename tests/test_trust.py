@@ -56,6 +56,7 @@ def trained(tmp_path_factory, region_data, tiny_bert):
 
 # ----------------------------------------------------------------------------- checkpoints and tokenizers
 
+@pytest.mark.slow
 def test_a_checkpoint_evaluates_from_any_folder_offline_without_its_bert_folder(trained, tmp_path):
     out, data, rsum = trained
     elsewhere = tmp_path / "elsewhere"
@@ -130,6 +131,7 @@ def hub_error(tmp_path, extra_env):
     return result.stderr.strip()
 
 
+@pytest.mark.slow
 def test_hub_names_fail_at_once_offline_or_unreachable(tmp_path):
     offline = hub_error(tmp_path, {"HF_HUB_OFFLINE": "1"})
     where = f"error: --bert_path bert-base-uncased is neither a folder here ({ROOT}) nor in the HuggingFace cache"

@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--unverified", action="store_true",
                         help="accept matrices without their .json record (nothing is then checked but shapes)")
     args = parser.parse_args(argv)
-    weights = ensemble_weights(args.weights, len(args.matrices))
+    weights = ensemble_weights(args.weights, len(args.matrices), ("matrices", "matrix"))
     outputs = Outputs(args.overwrite)
     outputs.file(args.save, "--save", ".npy", side=(".json",))
     for path in args.matrices:

@@ -41,7 +41,7 @@ class RunState:
                 "steps_per_epoch": self.steps_per_epoch, "best_rsum": self.best_rsum, "best_at": self.best_at,
                 "skipped_in_epoch": self.skipped_in_epoch, "validation_pending": self.validation_pending}
 
-    def payload(self, full: bool, metrics: dict | None = None) -> dict:
+    def payload(self, full: bool, metrics: dict | None = None, rng: list | None = None) -> dict:
         payload = {
             "config": self.cfg.to_dict(),
             "backbone_config": self.model.backbone_config(),
@@ -51,14 +51,16 @@ class RunState:
             "metrics": metrics,
         }
         if full:
+            # every rank's generators: dropout draws differ per rank, and each must go on with its own
             payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                           rng=capture_rng_state())
+                           rng=rng[0], rng_ranks=rng)
         return payload
 
     def save_last(self, metrics: dict | None = None) -> None:
         """checkpoint_last (rank 0 writes, every rank waits), the state a resume starts from."""
+        rng = distributed.gather_objects(capture_rng_state())
         if distributed.is_main_process():
-            checkpoint.save(os.path.join(self.output_dir, LAST), self.payload(full=True, metrics=metrics))
+            checkpoint.save(os.path.join(self.output_dir, LAST), self.payload(full=True, metrics=metrics, rng=rng))
         self.last_good_step = self.global_step
         distributed.barrier()
 
@@ -78,7 +80,12 @@ class RunState:
         checkpoint.load_weights(self.model, payload["model"], path)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
-        restore_rng_state(payload["rng"])
+        ranks = payload.get("rng_ranks") or [payload["rng"]]
+        if len(ranks) != distributed.world_size():
+            logger.warning("%s was written by %d process(es), this run has %d: it goes on from the same step, but "
+                           "the random draws of dropout differ from an uninterrupted run", path, len(ranks),
+                           distributed.world_size())
+        restore_rng_state(ranks[distributed.rank() % len(ranks)])
         self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
         self.global_step = progress["global_step"]
         self.best_rsum, self.best_at = progress["best_rsum"], progress["best_at"]

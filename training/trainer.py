@@ -140,6 +140,9 @@ class Trainer:
             if state.validation_pending:
                 logger.info("doing the validation of step %d first: a signal interrupted it", state.global_step)
                 self._checkpoint(self._validate_or_save() if self.main else None)
+            if self.cfg.max_steps and state.global_step >= self.cfg.max_steps:
+                logger.info("already at --max_steps %d; give a larger one (0: none) to go on", self.cfg.max_steps)
+                self.halted = True
             while state.epoch < self.cfg.num_epochs and not self.halted:
                 self._run_epoch()
         finally:

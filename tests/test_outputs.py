@@ -1,0 +1,181 @@
+"""Nothing lost: no output of a command replaces one of its inputs or another of its outputs, an
+existing file is replaced only with --overwrite, and a folder being written is held by one process
+(a lock that a killed run does not leave stuck)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, error_line, run_cli
+from cli.commands import evaluate, train
+from test_trust import train_args, tree_state
+
+TEST = (lambda argv: evaluate(argv, "test"))
+
+
+def test_init_from_a_file_that_overwrite_would_remove_is_refused(short_region_checkpoint, tmp_path, region_data,
+                                                                 tiny_bert, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(short_region_checkpoint.parent, run)
+    before = tree_state(run)
+    source = run / "checkpoint_last.pth"
+    message = error_line(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--workers", "0",
+                                 "--output_dir", str(run), "--init_from", str(source), "--overwrite"], capsys)
+    assert message == (f"--init_from {source} is a file of the run in --output_dir {run}, which --overwrite "
+                       "replaces; copy it elsewhere first, or choose another folder")
+    assert tree_state(run) == before
+
+
+def test_eval_outputs_may_not_collide_with_each_other_or_the_inputs(short_region_checkpoint, tmp_path, region_data,
+                                                                    capsys):
+    base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0"]
+    sims, ranks = tmp_path / "r.npy", tmp_path / "r.json"
+    assert error_line(TEST, base + ["--save_sims", str(sims), "--save_ranks", str(ranks)], capsys) == (
+        f"--save_ranks {ranks} is also {ranks} (written with --save_sims {sims}); give them different names")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n")
+    assert error_line(TEST, base + ["--save_ranks", str(ids.with_suffix(".json")), "--ids_file",
+                                    str(ids.with_suffix(".json"))], capsys) == (
+        f"--save_ranks {ids.with_suffix('.json')} would replace the input --ids_file {ids.with_suffix('.json')}; "
+        "write it elsewhere")
+    assert not os.path.exists(sims)
+
+
+def test_an_existing_result_is_replaced_only_with_overwrite(short_region_checkpoint, tmp_path, region_data, capsys):
+    sims = tmp_path / "sims.npy"
+    base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0",
+            "--save_sims", str(sims)]
+    assert run_cli(TEST, base) == 0
+    first = sims.read_bytes()
+    assert error_line(TEST, base, capsys) == (f"--save_sims {sims} exists already; give --overwrite to replace it, "
+                                              "or another name")
+    assert sims.read_bytes() == first
+    assert run_cli(TEST, base + ["--overwrite"]) == 0
+    record = json.loads(sims.with_suffix(".json").read_text())["provenance"]
+    from provenance import array_sha256
+    assert record["matrix_sha256"] == array_sha256(np.load(sims))
+
+
+def test_ensemble_tool_may_not_write_over_a_member(tmp_path, capsys):
+    from tools.ensemble import main
+    np.save(tmp_path / "a.npy", np.zeros((2, 10), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((2, 10), np.float32))
+    assert error_line(main, [str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--unverified", "--save",
+                             str(tmp_path / "b.npy")], capsys) == (
+        f"--save {tmp_path / 'b.npy'} would replace the input a matrix {tmp_path / 'b.npy'}; write it elsewhere")
+
+
+def test_convert_refuses_its_input_as_output_and_our_own_format(short_region_checkpoint, tmp_path, capsys):
+    from tools.convert_checkpoint import main
+    copy = tmp_path / "ours.pth"
+    shutil.copy(short_region_checkpoint, copy)
+    assert error_line(main, [str(copy), str(copy)], capsys) == \
+        f"output {copy} would replace the input input {copy}; write it elsewhere"
+    assert error_line(main, [str(copy), str(tmp_path / "out.pth")], capsys).startswith(
+        f"{copy} is already a dimmatch checkpoint (dimmatch checkpoint (region_bert + xdim)); test.py and testall.py "
+        "read it as it is")
+    assert not (tmp_path / "out.pth").exists()
+
+
+def start_training(region_data, tiny_bert, out, *extra):
+    command = [sys.executable, os.path.join(ROOT, "train.py"),
+               *train_args(region_data[0], tiny_bert, out, "--num_epochs", "30", *extra)]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(path, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, region_data, tiny_bert):
+    """The first run holds the folder; a second one, started while it trains, stops with one line and
+    writes nothing there (even with --overwrite)."""
+    out = tmp_path / "run"
+    first = start_training(region_data, tiny_bert, out)
+    try:
+        wait_for(out / "config.json")
+        for extra in ([], ["--overwrite"]):
+            second = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                                     *train_args(region_data[0], tiny_bert, out, "--seed", "5", *extra)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2
+            line = second.stderr.strip()
+            assert line.startswith(f"error: --output_dir {out} ") and "\n" not in line
+        assert json.loads((out / "config.json").read_text())["seed"] == 0      # still the first run's
+        assert first.poll() is None                                             # which trains on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, region_data, tiny_bert, caplog):
+    """A run killed with SIGKILL leaves its lock file; the kernel released the lock itself, so the
+    next run (here --resume auto) takes it over and says so."""
+    out = tmp_path / "run"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out.mkdir()
+    (out / ".lock").write_text(f"pid={dead.pid} host={os.uname().nodename} since=2026-01-01T00:00:00\n")
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "2", "--resume", "auto")) == 0
+    assert any(f"taking over the lock of process {dead.pid}, which has ended" in r.message for r in caplog.records)
+    assert (out / ".lock").read_text().startswith(f"pid={os.getpid()} ")
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_lock_held_by_a_living_process_is_refused(tmp_path, region_data, tiny_bert, capsys):
+    from cli.outputs import FolderLock
+    out = tmp_path / "run"
+    holder = FolderLock(str(out), "--output_dir").acquire()
+    try:
+        child = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                                *train_args(region_data[0], tiny_bert, out, "--resume", "auto")],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.release()
+    assert child.returncode == 2
+    line = child.stderr.strip()
+    assert line.startswith(f"error: --output_dir {out} is being written by pid={os.getpid()} "
+                           f"host={os.uname().nodename} since=")
+    assert line.endswith("; wait for it to end or stop it, or choose another folder")
+    assert os.listdir(out) == [".lock"]
+
+
+def test_report_folder_is_checked_before_work(short_region_checkpoint, tmp_path, region_data, capsys):
+    from tools.report import main
+    out = tmp_path / "page"
+    args = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--out", str(out),
+            "--device", "cpu"]
+    assert run_cli(main, args) == 0
+    first = (out / "index.html").read_bytes()
+    assert error_line(main, args, capsys) == (f"--out {out / 'index.html'} exists already; give --overwrite to "
+                                              "replace it, or another name")
+    assert (out / "index.html").read_bytes() == first
+    record = json.loads((out / "report.json").read_text())
+    assert record["kind"] == "report" and record["data"]["split"] == "test"
+    assert run_cli(main, args + ["--overwrite"]) == 0
+
+
+def test_the_same_data_twice_into_one_folder(tmp_path, region_data, tiny_bert, capsys):
+    """A finished run's folder: a second start is refused without touching it; --resume auto on a
+    finished run changes nothing but train.log."""
+    out = tmp_path / "run"
+    args = train_args(region_data[0], tiny_bert, out, "--max_steps", "3")
+    assert run_cli(train, args) == 0
+    state = tree_state(out)
+    assert error_line(train, args, capsys).endswith("already holds a run; continue it with --resume auto, replace "
+                                                    "it with --overwrite, or choose another folder")
+    assert tree_state(out) == state
