@@ -143,6 +143,7 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
                    else "Recall@K evaluation of one split (Flickr30K 1K test by default)")
     args = eval_parser(description, default_split).parse_args(argv)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
+    check_two_stage_options(args)
     outputs = plan_outputs(args)
     annotations = load_annotations() if args.extended else None
     check_device_options(args)
@@ -156,9 +157,15 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     members = [prepare_member(path, f"member {number} ({path})" if ensemble else path, weight, args, coco_testall,
                               annotations, keep_payload=not ensemble)
                for number, (path, weight) in enumerate(zip(args.checkpoint, weights), start=1)]
-    for later in members[1:]:
+    shortlister = None
+    if args.shortlist:
+        shortlister = prepare_member(args.shortlist, f"--shortlist {args.shortlist}", 1.0, args, coco_testall, None,
+                                     keep_payload=False)
+    for later in members[1:] + ([shortlister] if shortlister else []):
         check_same_captions((members[0].name, members[0].split_data[1]), (later.name, later.split_data[1]))
     outputs.check()
+    if args.rerank_k:
+        return evaluate_two_stage(args, members[0], shortlister, device, coco_testall, say)
     mean, reports = RunningMean(), []
     for member in members:
         scored = score_member(member, args, device, say)
@@ -189,6 +196,91 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
 
+def check_two_stage_options(args) -> None:
+    """Options that only make sense together (two-stage retrieval), checked before anything is read."""
+    if args.rerank_k is None:
+        for option in ("shortlist", "compare_sims"):
+            if getattr(args, option):
+                raise ConfigError(f"--{option} belongs to two-stage retrieval: give --rerank_k K too")
+        return
+    refused = [("an ensemble", len(args.checkpoint) > 1), ("--save_sims (two-stage scores only the shortlisted "
+               "pairs, not a full matrix: use --save_ranks)", args.save_sims), ("--extended", args.extended),
+               ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1)]
+    for what, given in refused:
+        if given:
+            raise ConfigError(f"--rerank_k does not combine with {what}")
+
+
+def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, say) -> dict:
+    """Two-stage retrieval of one checkpoint: its global embeddings (or --shortlist's) shortlist
+    --rerank_k items per query, its head re-ranks them; the report gives the cost next to Recall@K,
+    and with --compare_sims what it loses against the exhaustive scores."""
+    import time
+
+    from checkpoints.loading import load_model
+    from evaluation.protocol import encode_split, protocol_report, two_stage_report
+    from provenance import read_scores
+    data = data_identity(*member.split_data, args.split)
+    exhaustive = read_scores(args.compare_sims, member.path, data) if args.compare_sims else None
+    options = dict(amp=args.amp, batch_size=args.eval_batch_size, workers=args.workers,
+                   progress=distributed.is_main_process())
+    started = time.perf_counter()
+    loaded = load_model(member.read)
+    say(f"checkpoint {member.path}: {loaded.source}; {loaded.history}")
+    model = loaded.model.to(device)
+    encoded = encode_split(model, member.split_data, loaded.caption_encoder(), device, global_vectors=not shortlister,
+                           **options)
+    if shortlister is None:
+        first_stage, source = encoded[2:], ("exact (the head's own inner product)" if model.head.exact_global
+                                            else "the pooled encoder features")
+    else:
+        other = load_model(read_again(shortlister, args))
+        first_stage = encode_split(other.model.to(device), shortlister.split_data, other.caption_encoder(), device,
+                                   global_vectors=True, **options)[2:]
+        source = f"--shortlist {shortlister.path} ({other.source})"
+        del other
+    encode_seconds = time.perf_counter() - started
+    report, text, whole = two_stage_report(model.head, encoded[:2], first_stage, args.rerank_k, args.first_stage_index,
+                                           coco_testall, args.split, device, args.eval_mem_gb, args.amp,
+                                           distributed.is_main_process())
+    say(text)
+    say(f"first stage: {source}; encoding {encode_seconds:.1f}s")
+    report["first_stage"], report["encode_seconds"] = source, round(encode_seconds, 3)
+    if exhaustive is not None:
+        full, _ = protocol_report(exhaustive, coco_testall, args.split)
+        report["exhaustive"], report["lost"] = full, recall_lost(full, report)
+        say("recall lost against exhaustive scoring: " + ", ".join(
+            f"{direction} R@{k[1:]} {report['lost']['full_5k' if coco_testall else 'split'][direction][k]:.2f}"
+            for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")))
+    provenance = record("two_stage", [member.identity] + ([shortlister.identity] if shortlister else []), data,
+                        rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index)
+    if args.save_ranks:
+        from evaluation.metrics import shortlist_results
+        write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks)
+        say(f"per-query ranks and top-10 -> {args.save_ranks}")
+    return {"report": report, "provenance": provenance}
+
+
+def recall_lost(exhaustive: dict, two_stage: dict) -> dict:
+    """Exhaustive minus two-stage R@1/5/10 per direction (per protocol block for COCO testall)."""
+    blocks = ("five_fold_1k", "full_5k") if "full_5k" in exhaustive else (None,)
+    lost = {}
+    for block in blocks:
+        first, second = (exhaustive, two_stage) if block is None else (exhaustive[block], two_stage[block])
+        lost[block or "split"] = {d: {k: first[d][k] - second[d][k] for k in ("r1", "r5", "r10")}
+                                  for d in ("i2t", "t2i")}
+    return lost
+
+
+def read_again(member: Member, args):
+    """A member's checkpoint read again (members let go of their weights until they are needed),
+    checked to be the file it was when the evaluation started."""
+    from checkpoints.loading import read_checkpoint_config
+    if checkpoint_identity(member.path)["sha256"] != member.identity["sha256"]:
+        raise UserError(f"checkpoint {member.path} was replaced while the evaluation was running")
+    return read_checkpoint_config(member.path, args)
+
+
 def plan_outputs(args) -> Outputs:
     """--save_sims (with its .json) and --save_ranks, against each other and the inputs; checked
     again, with the data files read, before any scoring."""
@@ -198,6 +290,8 @@ def plan_outputs(args) -> Outputs:
     for path in args.checkpoint:
         outputs.reads(path, "--checkpoint")
     outputs.reads(args.ids_file, "--ids_file")
+    outputs.reads(args.shortlist, "--shortlist")
+    outputs.reads(args.compare_sims, "--compare_sims")
     outputs.check()
     return outputs
 
@@ -221,13 +315,9 @@ def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool
 def score_member(member: Member, args, device, say) -> Scored:
     """Build one member's model, encode its split once and score every pair; the model is released
     before returning. An ensemble member reads its file again here, which must not have changed."""
-    from checkpoints.loading import load_model, read_checkpoint_config
+    from checkpoints.loading import load_model
     from evaluation.protocol import compute_split_scores
-    read = member.read
-    if read.payload is None:
-        if checkpoint_identity(member.path)["sha256"] != member.identity["sha256"]:
-            raise UserError(f"checkpoint {member.path} was replaced while the ensemble was being scored")
-        read = read_checkpoint_config(member.path, args)
+    read = member.read if member.read.payload is not None else read_again(member, args)
     say(f"checkpoint {member.path}: {read.source}; {read.history}")
     loaded = load_model(read)
     model = loaded.model.to(device)

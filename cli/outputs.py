@@ -54,14 +54,17 @@ class Outputs:
         if path:
             self.inputs.setdefault(_same(path), f"{option} {path}")
 
-    def file(self, path: str | None, option: str, suffix: str, side: tuple = ()) -> None:
-        """An output file `path` (ending in `suffix`) and its side files (same stem, `side` suffixes)."""
+    def file(self, path: str | None, option: str, suffix: str, side: tuple = (), folder: bool = False) -> None:
+        """An output file `path` (ending in `suffix`) and its side files (same stem, `side` suffixes);
+        with `folder`, an output folder (written whole, e.g. an index)."""
         if not path:
             return
-        if not path.endswith(suffix):
+        if not path.rstrip("/").endswith(suffix):
             raise ConfigError(f"{option} {path} must end in {suffix}")
-        if os.path.isdir(path):
-            raise ConfigError(f"{option} {path} is a folder; give a file name ending in {suffix}")
+        path = path.rstrip("/") if folder else path
+        if os.path.isdir(path) != folder and os.path.exists(path):
+            kind = "a folder; give a file name" if not folder else "a file; give a folder name"
+            raise ConfigError(f"{option} {path} is {kind} ending in {suffix}")
         _check_writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
         stem = path[: -len(suffix)]
         for target in (path, *(stem + extra for extra in side)):

@@ -30,6 +30,10 @@ TRAIN = (
     Option("loss", str, None, "hinge (VSE++ after the warm-up epochs) or infonce with CLIP's logit scale "
                               "[region: hinge; clip: infonce]", choices=("hinge", "infonce")),
     Option("margin", float, 0.2, "hinge margin", low=0),
+    Option("global_loss_weight", float, 0.0, "W > 0 adds W times the loss of the cosine of pooled region and word "
+                                             "features, training a global stage for two-stage retrieval "
+                                             "(test.py --rerank_k) in the same checkpoint; 0 is the released "
+                                             "training", low=0),
     Option("max_violation", bool, False, "hardest negatives from the first epoch (default: after the warm-up epochs)"),
     Option("vse_mean_warmup_epochs", int, 1, "epochs of summed hinge violations before hardest negatives", low=0),
     Option("last_batch", str, None, "the incomplete last batch of an epoch: trained and counted in the schedule, "
@@ -87,12 +91,22 @@ EVAL = (
     Option("ids_file", str, None, "--extended: COCO caption ids (or image ids) of the rows, one per line "
                                   "[coco_precomp: <split>_ids.txt]", COMMAND),
     Option("overwrite", bool, False, "replace output files that exist already", COMMAND),
+    Option("rerank_k", int, None, "two-stage retrieval: the global stage shortlists K captions per image and K "
+                                  "images per caption, and the head scores only those pairs", COMMAND, low=1),
+    Option("shortlist", str, None, "--rerank_k: the checkpoint whose global embeddings shortlist (a cosine or "
+                                   "ESL-CLIP model) [the model's own: exact for ESL-CLIP and cosine, pooled features "
+                                   "for X-Dim and ESL-region]", COMMAND),
+    Option("first_stage_index", str, "flat", "--rerank_k: flat = exact inner-product search; ivf, hnsw = "
+                                             "approximate (their recall against exact search is reported)",
+           COMMAND, choices=("flat", "ivf", "hnsw")),
+    Option("compare_sims", str, None, "--rerank_k: the exhaustive score matrix of the same checkpoint and split "
+                                      "(saved with --save_sims), to report the recall two-stage loses", COMMAND),
 )
 
 # Options added after checkpoints were first written, with the behaviour those checkpoints were
 # trained with (a saved config that lacks them predates the option).
 LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer", "truncated_images": "refuse",
-                 "last_batch": "drop", "val_protocol": "first_1k"}
+                 "last_batch": "drop", "val_protocol": "first_1k", "global_loss_weight": 0.0}
 
 
 def model_choices() -> tuple[Option, Option]:

@@ -8,17 +8,27 @@ from .options import EVAL, RUNTIME_OPTIONS, TRAIN, all_options, model_choices, o
 
 class Parser(argparse.ArgumentParser):
     """argparse whose mistakes raise ConfigError (one line naming the option, exit 2) instead of
-    printing the usage first."""
+    printing the usage first; the values of schema options are checked against their ranges."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.schema = {}
 
     def error(self, message: str):
         raise ConfigError(message)
 
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for name, option in self.schema.items():
+            option.check(getattr(parsed, name, None))
+        return parsed
 
-def add_option(group, option, default=argparse.SUPPRESS, required: bool = False, hide: bool = False) -> None:
-    """One schema option as a flag; with SUPPRESS only what the command line gives is set."""
+
+def add_option(parser: Parser, group, option, default=argparse.SUPPRESS, required: bool = False,
+               hide: bool = False) -> None:
+    """One schema option as a flag of `group` (a group of `parser`, or the parser); with SUPPRESS
+    only what the command line gives is set."""
+    parser.schema[option.name] = option
     shown = option.help if option.default in (None, False, "") or option.type is bool else \
         f"{option.help} (default: {option.default})"
     kwargs = dict(dest=option.name, default=default, help=argparse.SUPPRESS if hide else shown.replace("%", "%%"))
@@ -36,18 +46,18 @@ def train_parser() -> Parser:
                                 "given here overrides it.")
     model = parser.add_argument_group("model")
     for option in model_choices() + TRAIN[:1]:
-        add_option(model, option)
+        add_option(parser, model, option)
     for title, options in owned_options():
         group = parser.add_argument_group(title)
         for option in options:
             if option.flag:
-                add_option(group, option)
+                add_option(parser, group, option)
     training = parser.add_argument_group("training")
     for option in TRAIN[1:]:
-        add_option(training, option)
+        add_option(parser, training, option)
     runtime = parser.add_argument_group("runtime")
     for option in RUNTIME_OPTIONS:
-        add_option(runtime, option)
+        add_option(parser, runtime, option)
     parser.add_argument("--list_recipes", action="store_true", default=argparse.SUPPRESS,
                         help="list the released recipes and exit")
     parser.add_argument("--print_config", action="store_true", default=argparse.SUPPRESS,
@@ -64,21 +74,21 @@ def eval_parser(description: str, default_split: str) -> Parser:
     parser = Parser(description=description)
     options = all_options()
     for option in EVAL:
-        add_option(parser, option, default=option.default, required=option.name == "checkpoint")
+        add_option(parser, parser, option, default=option.default, required=option.name == "checkpoint")
     parser.add_argument("--split", default=default_split, help=f"the split to evaluate (default: {default_split})")
     data = parser.add_argument_group("data and tokenizer (default: the checkpoint's)")
     for option in options.values():
         if option.evaluation:
-            add_option(data, option, default=None, hide=option.name == "img_dim")
+            add_option(parser, data, option, default=None, hide=option.name == "img_dim")
     runtime = parser.add_argument_group("runtime")
     for option in RUNTIME_OPTIONS + tuple(options[name] for name in EVALUATION_RUNTIME):
-        add_option(runtime, option, default=option.default)
+        add_option(parser, runtime, option, default=option.default)
     return parser
 
 
-def data_parser(parser: argparse.ArgumentParser) -> None:
+def data_parser(parser: Parser) -> None:
     """The data options of every encoder pair (tools that evaluate a checkpoint on a split)."""
     group = parser.add_argument_group("data (default: the checkpoint's)")
     for option in all_options().values():
         if option.evaluation:
-            add_option(group, option, default=None)
+            add_option(parser, group, option, default=None)

@@ -49,6 +49,34 @@ def t2i_ranks(sims) -> np.ndarray:
     return at_least - 1
 
 
+def shortlist_ranks(items: np.ndarray, scores: np.ndarray, positive: np.ndarray, outside_rank: int) -> np.ndarray:
+    """Ranks of queries answered by a re-ranked shortlist: `items` (queries x K ids, -1 for none),
+    their `scores`, and whether each item is a positive of its query. As in the exhaustive ranks, a
+    query's rank is the number of negatives scoring at least as high as its best positive; a query
+    whose positives are all outside the shortlist ranks last (`outside_rank`: every negative ties
+    with them below the shortlist)."""
+    positive = positive & (items >= 0)
+    best = np.where(positive, scores, -np.inf).max(1, initial=-np.inf)
+    above = np.count_nonzero((scores >= best[:, None]) & ~positive & (items >= 0), axis=1)
+    return np.where(positive.any(1), above, outside_rank)
+
+
+def two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores) -> tuple[np.ndarray, np.ndarray]:
+    """(i2t ranks, t2i ranks) of re-ranked shortlists (image i owns captions 5i..5i+4)."""
+    n_images, n_captions = len(i2t_items), len(t2i_items)
+    i2t = shortlist_ranks(i2t_items, i2t_scores, i2t_items // CAPTIONS_PER_IMAGE == np.arange(n_images)[:, None],
+                          n_captions - CAPTIONS_PER_IMAGE)
+    t2i = shortlist_ranks(t2i_items, t2i_scores, t2i_items == (np.arange(n_captions) // CAPTIONS_PER_IMAGE)[:, None],
+                          n_images - 1)
+    return i2t, t2i
+
+
+def two_stage_metrics(i2t_items, i2t_scores, t2i_items, t2i_scores) -> dict:
+    """Recall@K, MedR, MeanR and rSum of re-ranked shortlists."""
+    i2t, t2i = (recall_summary(ranks) for ranks in two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores))
+    return {"i2t": i2t, "t2i": t2i, "rsum": sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10"))}
+
+
 def recall_summary(ranks: np.ndarray) -> dict:
     return {
         "r1": 100.0 * float(np.mean(ranks < 1)),
@@ -121,4 +149,21 @@ def per_query_results(sims, top: int = 10) -> dict:
         items, scores = best(matrix)
         results[direction] = [{"query": q, "rank": int(ranks[q]), "top": items[q].tolist(),
                                "scores": [round(float(s), 6) for s in scores[q]]} for q in range(matrix.shape[0])]
+    return results
+
+
+def shortlist_results(reranked, top: int = 10) -> dict:
+    """`per_query_results` of two-stage retrieval: every query's rank (its ground truth outside the
+    shortlist ranks last) and its `top` re-ranked items with their scores, best first."""
+    lists = reranked.lists
+    all_ranks = two_stage_ranks(lists.i2t, reranked.i2t_scores, lists.t2i, reranked.t2i_scores)
+    results = {}
+    for direction, items, scores, ranks in (("i2t", lists.i2t, reranked.i2t_scores, all_ranks[0]),
+                                            ("t2i", lists.t2i, reranked.t2i_scores, all_ranks[1])):
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :top]
+        best, values = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
+        results[direction] = [{"query": q, "rank": int(ranks[q]),
+                               "top": [int(i) for i, s in zip(best[q], values[q]) if i >= 0 and np.isfinite(s)],
+                               "scores": [round(float(s), 6) for i, s in zip(best[q], values[q])
+                                          if i >= 0 and np.isfinite(s)]} for q in range(len(items))]
     return results

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from datasets.batching import CaptionSet, Collate, ignore_stop_signals
 from devices import distributed
 from datasets.precomp import CAPTIONS_PER_IMAGE
-from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics
+from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics, two_stage_metrics
 from .scoring import encode_items, score_all
 
 logger = logging.getLogger("dimmatch")
@@ -39,15 +39,10 @@ def compute_split_scores(model, split_data, caption_encoder, device: torch.devic
     With `shard` (test.py under torchrun; every process must call it) each process encodes the
     split and scores its share of the caption shards, and the full matrix is summed onto rank 0
     (the other ranks get only their share). Validation during training runs on rank 0 alone."""
-    image_set, captions = split_data
-    caption_set = CaptionSet(captions, caption_encoder)
     was_training = model.training
-    model.eval()
     started = time.time()
-    images = encode_items(model, _loader(image_set, batch_size, workers, caption_encoder.pad_id),
-                          "images", device, amp, progress)
-    captions = encode_items(model, _loader(caption_set, batch_size, workers, caption_encoder.pad_id),
-                            "captions", device, amp, progress)
+    images, captions = encode_split(model, split_data, caption_encoder, device, amp=amp, batch_size=batch_size,
+                                    workers=workers, progress=progress)
     encoded = time.time()
     world = distributed.world_size() if shard else 1
     sims = score_all(model.head, images, captions, device, mem_gb, amp, progress,
@@ -61,6 +56,57 @@ def compute_split_scores(model, split_data, caption_encoder, device: torch.devic
                 len(images), len(captions), info["encode_seconds"], len(images), len(captions),
                 info["score_seconds"])
     return sims, info
+
+
+def encode_split(model, split_data, caption_encoder, device: torch.device, *, amp: str = "off",
+                 batch_size: int = 128, workers: int = 2, progress: bool = True, global_vectors: bool = False):
+    """(images, captions) as EncodedItems, each item encoded once, and with `global_vectors` their
+    global embeddings too: (images, captions, image vectors, caption vectors). Leaves the model in
+    eval mode."""
+    image_set, captions = split_data
+    model.eval()
+    vectors = ([], []) if global_vectors else (None, None)
+    images = encode_items(model, _loader(image_set, batch_size, workers, caption_encoder.pad_id), "images", device,
+                          amp, progress, vectors[0])
+    caption_items = encode_items(model, _loader(CaptionSet(captions, caption_encoder), batch_size, workers,
+                                                caption_encoder.pad_id), "captions", device, amp, progress, vectors[1])
+    if not global_vectors:
+        return images, caption_items
+    return images, caption_items, torch.cat(vectors[0]).numpy(), torch.cat(vectors[1]).numpy()
+
+
+def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall: bool, label: str,
+                     device: torch.device, mem_gb: float | None = None, amp: str = "off", progress: bool = True):
+    """(metrics, printed table, re-ranked shortlists of the whole split) of two-stage retrieval: the
+    first stage's global vectors (images, captions) shortlist K items per query, the head re-ranks.
+    COCO testall: each 1K fold on its own (its shortlists within the fold), and the whole 5K."""
+    from retrieval.two_stage import rerank, shortlist
+    images, captions = encoded
+    image_vectors, caption_vectors = first_stage
+    n_images = len(images)
+
+    def run(first: int, stop: int):
+        lists = shortlist(image_vectors[first:stop], caption_vectors[first * 5:stop * 5], k, kind)
+        result = rerank(head, images.subset(first, stop), captions.subset(first * 5, stop * 5), lists, device,
+                        mem_gb, amp, progress)
+        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
+        return {**metrics, "two_stage": result.cost(stop - first, 5 * (stop - first))}, result
+
+    full, whole = run(0, n_images)
+    cost = full["two_stage"]
+    line = (f"two-stage, K = {cost['k']} ({cost['index']} index): {cost['pairs_scored']:,} pairs scored by the head "
+            f"of {cost['exhaustive_pairs']:,} ({cost['exhaustive_pairs'] / max(1, cost['pairs_scored']):.1f}x fewer); "
+            f"shortlists {cost['shortlist_seconds']:.2f}s, re-ranking {cost['rerank_seconds']:.2f}s"
+            + (f"; the index holds {100 * cost['index_recall_vs_exact']:.1f}% of the exact shortlists"
+               if cost["index_recall_vs_exact"] is not None else ""))
+    if not coco_testall:
+        return full, format_metrics(full, f"{label}: {n_images} images, {5 * n_images} captions") + "\n" + line, whole
+    size = n_images // COCO_FOLDS
+    folds = [run(fold * size, (fold + 1) * size)[0] for fold in range(COCO_FOLDS)]
+    mean = mean_metrics(folds)
+    text = (format_metrics(mean, f"{label}: mean of 5 folds of {size} images") + "\n"
+            + format_metrics(full, f"{label}: full {n_images} images") + "\n" + line)
+    return {"five_fold_1k": mean, "full_5k": full, "folds": folds}, text, whole
 
 
 def evaluate_split(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:

@@ -68,6 +68,14 @@ class EncodedItems:
             moved.dense = None if self.dense is None else moved.flat.view(self.dense.shape)
         return moved
 
+    def subset(self, start: int, stop: int) -> "EncodedItems":
+        """Items start..stop-1 as their own EncodedItems, sharing the storage (a COCO fold)."""
+        if self.lengths is None:
+            return EncodedItems([self.flat[start:stop]], None)
+        first = int(self.offsets[start]) if stop > start else 0
+        last = int(self.offsets[stop - 1] + self.lengths[stop - 1]) if stop > start else 0
+        return EncodedItems([self.flat[first:last]], [self.lengths[start:stop]])
+
     def max_length(self) -> int:
         return int(self.lengths.max()) if self.lengths is not None and len(self.lengths) else 1
 
@@ -95,8 +103,9 @@ class EncodedItems:
 
 
 def encode_items(model, loader, side: str, device: torch.device, amp: str = "off",
-                 progress: bool = True) -> EncodedItems:
-    """Run every item of `loader` through its encoder and the head's preparation, once."""
+                 progress: bool = True, global_vectors: list | None = None) -> EncodedItems:
+    """Run every item of `loader` through its encoder and the head's preparation, once; with a
+    `global_vectors` list, the system's global embedding of every item is appended to it too."""
     parts, lengths = [], []
     encode = model.encode_images if side == "images" else model.encode_captions
     prepare = model.head.prepare_images if side == "images" else model.head.prepare_captions
@@ -109,7 +118,10 @@ def encode_items(model, loader, side: str, device: torch.device, amp: str = "off
             inputs = inputs.to(device, non_blocking=True)
             item_lengths = None if item_lengths is None else item_lengths.to(device)
             features, item_lengths = encode(inputs, item_lengths)
-            rows, item_lengths = EncodedItems.pack(prepare(features, item_lengths).float(), item_lengths)
+            prepared = prepare(features, item_lengths)
+            if global_vectors is not None:
+                global_vectors.append(model.global_vectors(features, item_lengths, prepared).float().cpu())
+            rows, item_lengths = EncodedItems.pack(prepared.float(), item_lengths)
             parts.append(rows.cpu())
             if item_lengths is not None:
                 lengths.append(item_lengths.cpu())

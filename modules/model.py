@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from devices import distributed
+from .common import pooled
 
 
 class Matcher(nn.Module):
@@ -39,8 +40,15 @@ class Matcher(nn.Module):
         return self.encoders.optimizer_groups(cfg) + [
             {"params": list(self.head.parameters()), "lr": head_lr, "name": "head"}]
 
-    def forward(self, images, image_lengths, input_ids, caption_lengths, criterion, pad_token_id=0):
-        """This process's share of the batch loss.
+    def global_vectors(self, encoded, lengths, prepared) -> torch.Tensor:
+        """The system's global embedding of a batch: the head's prepared features where its score
+        is their inner product (exact), else the pooled encoder features."""
+        return prepared if self.head.exact_global else pooled(encoded, lengths)
+
+    def forward(self, images, image_lengths, input_ids, caption_lengths, criterion, pad_token_id=0,
+                global_loss_weight: float = 0.0):
+        """This process's share of the batch loss; with `global_loss_weight` W > 0, plus W times the
+        same loss on the cosine of the pooled features (the global stage of two-stage retrieval).
 
         Single process: the loss of the full batch score matrix. Under DDP, each rank scores
         its images against all captions and all images against its captions (features
@@ -56,10 +64,18 @@ class Matcher(nn.Module):
             input_ids = F.pad(input_ids, (0, words - input_ids.shape[1]), value=pad_token_id)
         img, img_lengths = self.encode_images(images, image_lengths)
         cap, cap_lengths = self.encode_captions(input_ids, caption_lengths)
+        loss = self._loss(self.head, img, img_lengths, cap, cap_lengths, criterion)
+        if global_loss_weight:
+            cosine = (lambda a, _, b, __: a @ b.t())
+            loss = loss + global_loss_weight * self._loss(cosine, pooled(img, img_lengths), None,
+                                                          pooled(cap, cap_lengths), None, criterion)
+        return loss
+
+    def _loss(self, score, img, img_lengths, cap, cap_lengths, criterion):
         batch = img.shape[0]
         positives = torch.arange(batch, device=img.device)
-        if world == 1:
-            rows = self.head(img, img_lengths, cap, cap_lengths)
+        if distributed.world_size() == 1:
+            rows = score(img, img_lengths, cap, cap_lengths)
             columns = rows.t()
             total = batch
         else:
@@ -70,8 +86,8 @@ class Matcher(nn.Module):
             all_img, all_cap = gather(img, sizes), gather(cap, sizes)
             all_img_lengths = None if img_lengths is None else lengths(img_lengths, sizes)
             all_cap_lengths = None if cap_lengths is None else lengths(cap_lengths, sizes)
-            rows = self.head(img, img_lengths, all_cap, all_cap_lengths)
-            columns = self.head(all_img, all_img_lengths, cap, cap_lengths).t()
+            rows = score(img, img_lengths, all_cap, all_cap_lengths)
+            columns = score(all_img, all_img_lengths, cap, cap_lengths).t()
             positives = positives + sum(sizes[:distributed.rank()])
             total = sum(sizes)
         if criterion.uses_logit_scale:

@@ -118,3 +118,49 @@ def check_checkpoint(saved: dict, path: str, where: str) -> None:
     if file_sha256(path) != saved["sha256"]:
         raise UserError(f"{where} was made with another checkpoint than {path} (its content has changed since: "
                         f"sha256 {saved['sha256'][:12]}, now {file_sha256(path)[:12]}); rebuild it")
+
+
+def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not a saved score matrix (.npy)")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist")
+    try:
+        sims = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path} is not a readable .npy score matrix ({exc})") from exc
+    if sims.ndim != 2 or sims.dtype.kind != "f":
+        raise UserError(f"{path} holds a {sims.dtype} array of shape {sims.shape}, not an images x captions "
+                        "score matrix")
+    return sims
+
+
+def side_record(path: str) -> tuple[str, dict]:
+    """(path of, provenance record in) the .json test.py --save_sims writes next to a matrix."""
+    side = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(side):
+        raise UserError(f"{path} has no {side} beside it, so its split, data and checkpoint cannot be checked; "
+                        "keep the .json test.py --save_sims wrote, or give --unverified")
+    try:
+        with open(side, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{side} is not a readable JSON record ({exc})") from exc
+    return side, read_record(saved.get("provenance") if isinstance(saved, dict) else None, side)
+
+
+def read_scores(path: str, checkpoint: str, data: dict) -> np.ndarray:
+    """A matrix saved by test.py --save_sims, checked to be what its record says and to come from
+    the checkpoint file `checkpoint` on `data` (a data identity)."""
+    sims = read_matrix(path)
+    if sims.shape != (data["images"], data["captions"]):
+        raise UserError(f"{path} is {sims.shape[0]} x {sims.shape[1]}, but split '{data['split']}' has "
+                        f"{data['images']} images and {data['captions']} captions")
+    side, saved = side_record(path)
+    if saved.get("matrix_sha256") != array_sha256(sims):
+        raise UserError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
+    if len(saved["checkpoints"]) != 1:
+        raise UserError(f"{path} holds the scores of an ensemble, not of checkpoint {checkpoint} alone")
+    check_checkpoint(saved["checkpoints"][0], checkpoint, path)
+    check_same_data(data, saved["data"], f"split '{data['split']}' of {checkpoint}", path)
+    return sims

@@ -97,11 +97,15 @@ def test_a_query_against_an_index_of_a_replaced_checkpoint_is_refused(short_regi
     message = error_line(retrieve, query, capsys)
     assert message.startswith(f"index {index} was made with another checkpoint than {model} (its content has changed "
                               "since: sha256 ")
-    payload = torch.load(index, weights_only=True)
-    payload["version"] = 1
-    torch.save(payload, index)
+    meta = json.loads((index / "index.json").read_text())
+    (index / "index.json").write_text(json.dumps({**meta, "version": 2}))
     assert error_line(retrieve, query + ["--checkpoint", str(moved)], capsys) == (
-        f"{index} is an index of format version 1; this code reads version 2: rebuild it with tools/retrieve.py index")
+        f"{index} is an index of format version 2; this code reads version 3: rebuild it with tools/retrieve.py index")
+    old = tmp_path / "old.index"
+    torch.save({"format": "dimmatch-index", "version": 2}, old)
+    assert error_line(retrieve, ["text", "--index", str(old), "--query", "a"], capsys) == (
+        f"{old} is an index of format version 2 or older (one file); this code reads version 3 (a folder): rebuild "
+        "it with tools/retrieve.py index")
 
 
 def test_the_report_refuses_scores_of_another_checkpoint(saved, second_checkpoint, region_data, tmp_path, capsys):
@@ -130,10 +134,10 @@ def test_every_ensemble_member_is_checked_before_the_first_is_scored(short_regio
     (["index", "--checkpoint", "{c}", "--regions", "{t}/r.npy", "--out", "{t}/afile/x.index"],
      "--out {t}/afile/x.index: {t}/afile is a file, not a folder"),
     (["index", "--checkpoint", "{c}", "--regions", "{t}/r.npy", "--out", "{t}/x.txt"], "--out {t}/x.txt must end in .index"),
-    (["text", "--index", "{t}/none.index", "--query", "a", "--top", "0"],
-     "--top and --batch_size must be at least 1 (got 0 and 128)"),
-    (["text", "--index", "{t}", "--query", "a"], "index {t} does not exist"),
-    (["text", "--index", "{t}/afile", "--query", "a"], "{t}/afile is not a readable index (" ),
+    (["text", "--index", "{t}/none.index", "--query", "a", "--top", "0"], "--top must be at least 1 (got 0)"),
+    (["text", "--index", "{t}/none.index", "--query", "a", "--rerank_k", "0"], "--rerank_k must be at least 1 (got 0)"),
+    (["text", "--index", "{t}", "--query", "a"], "index {t} does not exist (an index is the folder"),
+    (["text", "--index", "{t}/afile", "--query", "a"], "{t}/afile is an index of format version 2 or older"),
     (["image", "--index", "{t}/none.index", "--captions", "c.txt", "--item", "x"],
      "argument --item: invalid int value: 'x'"),
     (["bogus"], "argument command: invalid choice: 'bogus' (choose from 'index', 'text', 'image', 'export')"),

@@ -62,3 +62,16 @@ def test_saved_scores_of_another_split_are_refused(short_region_checkpoint, regi
                                 str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'wrong.npy'} is 3 x 15, but split 'test' has "
                                                "10 images and 50 captions")
+
+
+def test_a_two_stage_report(short_region_checkpoint, region_data, tmp_path):
+    """--rerank_k: the page shows the re-ranked shortlists; with K covering every item it is the
+    exhaustive page."""
+    common = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--device", "cpu"]
+    exhaustive = open(report(common + ["--out", str(tmp_path / "all")]), encoding="utf-8").read()
+    two_stage = open(report(common + ["--out", str(tmp_path / "two"), "--rerank_k", "50"]), encoding="utf-8").read()
+    assert "two-stage, K = 50: 500 of 500 pairs scored" in two_stage
+    strip = (lambda text: re.sub(r"<h1>.*?</h1>|<title>.*?</title>|data:image/png;base64,[^\"]+", "", text))
+    assert strip(two_stage) == strip(exhaustive)
+    short = open(report(common + ["--out", str(tmp_path / "short"), "--rerank_k", "2"]), encoding="utf-8").read()
+    assert "two-stage, K = 2:" in short and short.count("<li ") <= 8 * 2

@@ -19,8 +19,8 @@ def test_text_and_image_queries_rank_as_the_evaluation_scores(short_region_check
     sims = np.load(sims_path)
     index = tmp_path / "test.index"
     regions = f"{data}/f30k_precomp/test_ims.npy"
-    run_cli(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", regions, "--out", str(index),
-                       "--device", "cpu"])
+    assert run_cli(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", regions, "--out",
+                              str(index), "--device", "cpu", "--dtype", "fp32"]) == 0
     captions = open(f"{data}/f30k_precomp/test_caps.txt", encoding="utf-8").read().splitlines()
     results = retrieve(["text", "--index", str(index), "--query", captions[7], "--query", captions[31],
                         "--top", "3", "--device", "cpu"])
@@ -47,7 +47,8 @@ def test_wrong_collections_are_one_line_errors(short_region_checkpoint, tmp_path
     assert capsys.readouterr().err.strip() == (f"error: {short_region_checkpoint} is a region_bert model (BUTD "
                                                "regions + BERT words): index its collection with --regions")
     assert run_guarded(retrieve, ["text", "--index", str(tmp_path / "none.index"), "--query", "a dog"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: index {tmp_path / 'none.index'} does not exist"
+    assert capsys.readouterr().err.strip() == (f"error: index {tmp_path / 'none.index'} does not exist (an index is "
+                                               "the folder tools/retrieve.py index wrote)")
 
 
 def test_a_folder_of_images_for_a_clip_model(tmp_path, image_data, tiny_clip):
@@ -62,3 +63,30 @@ def test_a_folder_of_images_for_a_clip_model(tmp_path, image_data, tiny_clip):
     best = retrieve(["text", "--index", str(index), "--query", captions[0], "--top", "5", "--device", "cpu"])[0]
     scores = [score for _, score in best]
     assert len(best) == 5 and scores == sorted(scores, reverse=True)
+
+
+def test_a_shortlisted_query_is_exhaustive_scoring_restricted_to_its_shortlist(short_region_checkpoint, region_data,
+                                                                              tmp_path):
+    """--rerank_k 4 of 10 images: the first stage keeps the 4 images nearest by pooled features, and
+    their order and scores are the head's, as exhaustive scoring gives them."""
+    import torch
+    from modules.common import pooled
+    from retrieval.collection import CollectionIndex
+    index = tmp_path / "x.index"
+    assert run_cli(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
+                              f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--dtype", "fp32",
+                              "--device", "cpu"]) == 0
+    query = ["text", "--index", str(index), "--query", "a red dog at the beach", "--device", "cpu", "--top", "10"]
+    every = dict(retrieve(query + ["--exhaustive"])[0])
+    short = retrieve(query + ["--rerank_k", "4"])[0]
+    assert len(short) == 4 and all(abs(score - every[row]) < 1e-5 for row, score in short)
+    assert [score for _, score in short] == sorted((score for _, score in short), reverse=True)
+    from tools.retrieve import load
+    model, _, encoder = load(str(short_region_checkpoint), torch.device("cpu"))
+    ids = torch.tensor([encoder("a red dog at the beach")])
+    with torch.no_grad():
+        words, lengths = model.encode_captions(ids, torch.tensor([ids.shape[1]]))
+        vector = pooled(words, lengths).numpy()
+    scores = np.load(index / "global.npy") @ vector[0]
+    assert {row for row, _ in short} == set(np.argsort(-scores)[:4].tolist())
+    assert len(CollectionIndex(str(index))) == 10

@@ -9,11 +9,9 @@ describes (its content hash), and all members must have been computed on the sam
 (captions and images, in order). A matrix without its record is refused unless --unverified.
 """
 
-import json
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,36 +22,7 @@ from config.parsers import Parser  # noqa: E402
 from errors import UserError  # noqa: E402
 from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
 from evaluation.protocol import protocol_report  # noqa: E402
-from provenance import array_sha256, check_same_data, read_record, record  # noqa: E402
-
-
-def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not a saved score matrix (.npy)")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist")
-    try:
-        sims = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{path} is not a readable .npy score matrix ({exc})") from exc
-    if sims.ndim != 2 or sims.dtype.kind != "f":
-        raise UserError(f"{path} holds a {sims.dtype} array of shape {sims.shape}, not an images x captions "
-                        "score matrix")
-    return sims
-
-
-def side_record(path: str) -> tuple[str, dict]:
-    """(path of, provenance record in) the .json test.py --save_sims writes next to a matrix."""
-    side = os.path.splitext(path)[0] + ".json"
-    if not os.path.isfile(side):
-        raise UserError(f"{path} has no {side} beside it, so its split, data and checkpoint cannot be checked; "
-                        "keep the .json test.py --save_sims wrote, or give --unverified")
-    try:
-        with open(side, encoding="utf-8") as handle:
-            saved = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{side} is not a readable JSON record ({exc})") from exc
-    return side, read_record(saved.get("provenance") if isinstance(saved, dict) else None, side)
+from provenance import array_sha256, check_same_data, read_matrix, record, side_record  # noqa: E402
 
 
 def check_members(paths: list[str], unverified: bool) -> list[dict]:

@@ -26,8 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoints.atomic import atomic_write_text, write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
-from errors import ConfigError, DataError  # noqa: E402
-from evaluation.metrics import i2t_ranks, retrieval_metrics, t2i_ranks  # noqa: E402
+from errors import ConfigError  # noqa: E402
+from evaluation.ensemble import check_same_captions  # noqa: E402
+from evaluation.metrics import per_query_results, retrieval_metrics  # noqa: E402
 
 THUMBNAIL = 96
 
@@ -51,10 +52,11 @@ def save_figure(figure, path: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def recall_curve(plt, sims, path: str) -> str:
+def recall_curve(plt, results: dict, path: str) -> str:
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     ks = np.arange(1, 101)
-    for label, ranks in (("image to text", i2t_ranks(sims)), ("text to image", t2i_ranks(sims))):
+    for label, direction in (("image to text", "i2t"), ("text to image", "t2i")):
+        ranks = np.array([query["rank"] for query in results[direction]])
         axis.plot(ks, [100 * np.mean(ranks < k) for k in ks], label=label)
     axis.set_xscale("log")
     axis.set_xlabel("K")
@@ -140,23 +142,27 @@ def sample(ranks: np.ndarray, count: int, seed: int) -> list[int]:
     return sorted(picks.tolist(), key=lambda q: (-int(ranks[q] > 0), -int(ranks[q]), q))
 
 
-def page(sims, captions, paths, title, curve, dims, dims_caption, queries, seed) -> str:
-    metrics = retrieval_metrics(sims)
-    i2t, t2i = i2t_ranks(sims), t2i_ranks(sims)
+def page(results, metrics: dict, captions, paths, title, curve, dims, dims_caption, queries, seed) -> str:
+    """`results`: every query's rank and top items with their scores (evaluation.metrics
+    per_query_results, or shortlist_results of two-stage retrieval)."""
+    i2t = np.array([query["rank"] for query in results["i2t"]])
+    t2i = np.array([query["rank"] for query in results["t2i"]])
     rows = []
     for caption in sample(t2i, queries, seed):
-        best = np.argsort(-sims[:, caption], kind="stable")[:5]
-        cells = "".join(image_cell(int(i), int(i) == caption // 5, float(sims[i, caption]), paths, captions)
-                        for i in best)
+        found = results["t2i"][caption]
+        cells = "".join(image_cell(i, i == caption // 5, score, paths, captions)
+                        for i, score in zip(found["top"][:5], found["scores"]))
         rows.append(f'<tr><td class="query">{html.escape(captions[caption])}<div class="rank">rank of its image: '
                     f'{t2i[caption] + 1}</div></td><td>{cells}</td></tr>')
     caption_rows = "\n".join(rows)
     rows = []
     for image in sample(i2t, queries, seed + 1):
-        best = np.argsort(-sims[image], kind="stable")[:5]
+        found = results["i2t"][image]
         items = "".join(f'<li class="{"good" if c // 5 == image else "bad"}">{html.escape(captions[c])} '
-                        f'<span class="score">{sims[image, c]:.3f}</span></li>' for c in best)
-        query = image_cell(image, True, float(sims[image].max()), paths, captions).replace('class="good"', "")
+                        f'<span class="score">{score:.3f}</span></li>'
+                        for c, score in zip(found["top"][:5], found["scores"]))
+        best = found["scores"][0] if found["scores"] else float("nan")
+        query = image_cell(image, True, best, paths, captions).replace('class="good"', "")
         rows.append(f'<tr><td class="query">{query}<div class="rank">rank of its best caption: {i2t[image] + 1}'
                     f'</div></td><td><ol>{items}</ol></td></tr>')
     image_rows = "\n".join(rows)
@@ -193,22 +199,25 @@ img.figure {{ max-width: 100%; }}
 REPORT_FILES = ("index.html", "recall_at_k.png", "dimensions.png", "report.json")
 
 
-def saved_scores(path: str, read, data: dict) -> np.ndarray:
-    """A matrix saved by test.py --save_sims, checked to come from this checkpoint and data."""
-    from provenance import array_sha256, check_checkpoint, check_same_data, read_record
-    from tools.ensemble import read_matrix, side_record
-    sims = read_matrix(path)
-    if sims.shape != (data["images"], data["captions"]):
-        raise DataError(f"{path} is {sims.shape[0]} x {sims.shape[1]}, but split '{data['split']}' has "
-                        f"{data['images']} images and {data['captions']} captions")
-    side, saved = side_record(path)
-    if saved.get("matrix_sha256") != array_sha256(sims):
-        raise DataError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
-    if len(saved["checkpoints"]) != 1:
-        raise DataError(f"{path} holds the scores of an ensemble; the report shows one checkpoint's")
-    check_checkpoint(read_record(saved, side)["checkpoints"][0], read.path, path)
-    check_same_data(data, saved["data"], f"split '{data['split']}' of --checkpoint", path)
-    return sims
+def two_stage_results(loaded, split_data, shortlister, args, device, options):
+    """(per-query results, metrics, title note) of two-stage retrieval on the split."""
+    from checkpoints.loading import load_model
+    from evaluation.metrics import shortlist_results
+    from evaluation.protocol import encode_split, two_stage_report
+    model = loaded.model.to(device)
+    encoded = encode_split(model, split_data, loaded.caption_encoder(), device, global_vectors=shortlister is None,
+                           **options)
+    if shortlister is None:
+        first_stage = encoded[2:]
+    else:
+        other = load_model(shortlister)
+        first_stage = encode_split(other.model.to(device), split_data, other.caption_encoder(), device,
+                                   global_vectors=True, **options)[2:]
+    report, _, whole = two_stage_report(model.head, encoded[:2], first_stage, args.rerank_k, "flat", False, args.split,
+                                        device, args.eval_mem_gb)
+    cost = report["two_stage"]
+    note = f"; two-stage, K = {cost['k']}: {cost['pairs_scored']:,} of {cost['exhaustive_pairs']:,} pairs scored"
+    return shortlist_results(whole), report, note
 
 
 def main(argv=None) -> str:
@@ -218,7 +227,7 @@ def main(argv=None) -> str:
     from devices import resolve_device
     from evaluation.protocol import compute_split_scores
     from pairs import load_eval_split
-    from provenance import checkpoint_identity, data_identity, record
+    from provenance import checkpoint_identity, data_identity, read_scores, record
 
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -232,43 +241,62 @@ def main(argv=None) -> str:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--eval_batch_size", type=int, default=128)
     parser.add_argument("--eval_mem_gb", type=float, default=None)
+    parser.add_argument("--rerank_k", type=int, default=None,
+                        help="show two-stage retrieval: the model's global embeddings (or --shortlist's) shortlist K "
+                             "items per query, the head re-ranks them")
+    parser.add_argument("--shortlist", default=None, help="--rerank_k: the checkpoint whose embeddings shortlist")
     data_parser(parser)
     args = parser.parse_args(argv)
     for option, value, low in (("--queries", args.queries, 1), ("--eval_batch_size", args.eval_batch_size, 1),
-                               ("--workers", args.workers, 0)):
+                               ("--workers", args.workers, 0), ("--rerank_k", args.rerank_k or 1, 1)):
         if value < low:
             raise ConfigError(f"{option} must be at least {low} (got {value})")
     if args.eval_mem_gb is not None and not args.eval_mem_gb > 0:
         raise ConfigError(f"--eval_mem_gb must be greater than 0 (got {args.eval_mem_gb})")
     if os.path.isfile(args.out):
         raise ConfigError(f"--out {args.out} is a file; give a folder")
+    if args.rerank_k and args.sims or args.shortlist and not args.rerank_k:
+        raise ConfigError("--sims shows exhaustive scores and --rerank_k (with an optional --shortlist) two-stage "
+                          "ones: give one of them")
     outputs = Outputs(args.overwrite)
     for name in REPORT_FILES:
         outputs.file(os.path.join(args.out, name), "--out", os.path.splitext(name)[1])
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.sims, "--sims")
+    outputs.reads(args.shortlist, "--shortlist")
     outputs.check()
     plt = pyplot()
     setup_logging()
     read = read_checkpoint_config(args.checkpoint, args)
     image_set, captions = split_data = load_eval_split(read.cfg, args.split)
     data = data_identity(image_set, captions, args.split)
-    sims = saved_scores(args.sims, read, data) if args.sims else None
+    shortlister = read_checkpoint_config(args.shortlist, args) if args.shortlist else None
+    if shortlister is not None:
+        check_same_captions((args.checkpoint, captions), (f"--shortlist {args.shortlist}",
+                                                          load_eval_split(shortlister.cfg, args.split)[1]))
+    sims = read_scores(args.sims, args.checkpoint, data) if args.sims else None
     loaded = load_model(read)
-    if sims is None:
-        device = resolve_device(args.device)
-        sims, _ = compute_split_scores(loaded.model.to(device), split_data, loaded.caption_encoder(), device,
-                                       batch_size=args.eval_batch_size, workers=args.workers, mem_gb=args.eval_mem_gb)
+    device = resolve_device(args.device)
+    options = dict(batch_size=args.eval_batch_size, workers=args.workers)
+    if args.rerank_k:
+        results, metrics, title_note = two_stage_results(loaded, split_data, shortlister, args, device, options)
+    else:
+        if sims is None:
+            sims, _ = compute_split_scores(loaded.model.to(device), split_data, loaded.caption_encoder(), device,
+                                           mem_gb=args.eval_mem_gb, **options)
+        results, metrics, title_note = per_query_results(sims), retrieval_metrics(sims), ""
     lock = FolderLock(args.out, "--out").acquire()
     try:
         paths = getattr(image_set, "paths", None)
-        curve = recall_curve(plt, sims, os.path.join(args.out, "recall_at_k.png"))
+        curve = recall_curve(plt, results, os.path.join(args.out, "recall_at_k.png"))
         dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))
-        title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions)"
+        title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions){title_note}"
         target = os.path.join(args.out, "index.html")
-        atomic_write_text(page(sims, captions, paths, title, curve, dims, dims_caption, args.queries, args.seed),
-                          target)
-        write_json(record("report", [checkpoint_identity(args.checkpoint)], data, sims_file=args.sims),
+        atomic_write_text(page(results, metrics, captions, paths, title, curve, dims, dims_caption, args.queries,
+                               args.seed), target)
+        checkpoints = [checkpoint_identity(args.checkpoint)] + ([checkpoint_identity(args.shortlist)]
+                                                                if args.shortlist else [])
+        write_json(record("report", checkpoints, data, sims_file=args.sims, rerank_k=args.rerank_k),
                    os.path.join(args.out, "report.json"))
     finally:
         lock.release()

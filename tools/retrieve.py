@@ -1,23 +1,26 @@
-"""Retrieval with a trained model on your own collection: encode it once, then query it.
+"""Retrieval with a trained model on your own collection: index it once, then query it in two stages.
 
     python tools/retrieve.py index --checkpoint model_best.pth --images photos/ --out photos.index
-    python tools/retrieve.py index --checkpoint model_best.pth --regions feats.npy --out feats.index
+    python tools/retrieve.py index --checkpoint xdim.pth --regions feats.npy --out feats.index [--shortlist cos.pth]
     python tools/retrieve.py text --index photos.index --query "a dog on a beach" --query "two cyclists" --top 5
     python tools/retrieve.py image --index photos.index --captions captions.txt --item 3 --top 5
     python tools/retrieve.py export --index photos.index --captions captions.txt --out features.npz
 
-The index holds the head's prepared image features (each image encoded once), their names, and the
-provenance of both: the checkpoint's content hash and the collection. Queries load that checkpoint
-again (offline: it carries its tokenizer), from where it was or from --checkpoint, and refuse one
-whose content differs from the index's. Text queries are scored against the whole collection in
-shards, as the evaluation scores a split; for ESL-CLIP the score is bilinear in per-image and
-per-caption features, so a query costs one matrix product. `image` ranks the captions of a file for
-an image of the index; `export` writes the prepared features (and caption features, with --captions).
+`index` encodes the collection once, in chunks: the head's prepared image features go to a
+memory-mapped file (fp16 by default), the global vectors of the first stage to a FAISS index (the
+model's own, exact for ESL-CLIP and cosine heads and pooled features for X-Dim and ESL-region, or
+those of a --shortlist checkpoint). A text query is encoded, shortlisted to --rerank_k images by the
+global vectors, and those images are re-ranked by the head, reading only their rows; --exhaustive
+scores every image with the head instead. The index records the content hash of its checkpoints;
+a query loads them from where they were (or --checkpoint / --shortlist) and refuses one whose content
+differs. `image` ranks the captions of a file for an image of the index; `export` writes the
+features (and caption features, with --captions) as .npz.
 """
 
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -25,7 +28,6 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoints.atomic import atomic_torch_save  # noqa: E402
 from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
@@ -37,10 +39,9 @@ from devices import resolve_device  # noqa: E402
 from errors import ConfigError, DataError  # noqa: E402
 from evaluation.scoring import EncodedItems, encode_items, score_all  # noqa: E402
 from pairs import pair_of  # noqa: E402
-from provenance import check_checkpoint, checkpoint_identity, image_identity, read_record, record  # noqa: E402
-
-FORMAT = "dimmatch-index"
-VERSION = 2
+from provenance import check_checkpoint, checkpoint_identity, image_identity, record  # noqa: E402
+from retrieval import collection  # noqa: E402
+from retrieval.search import INDEX_KINDS  # noqa: E402
 
 
 def load(checkpoint: str, device):
@@ -49,102 +50,125 @@ def load(checkpoint: str, device):
     return loaded.model.to(device), read.cfg, loaded.caption_encoder()
 
 
-def collection(cfg, args, checkpoint: str):
+def collection_of(cfg, args, checkpoint: str):
     pair = pair_of(cfg)
-    path = getattr(args, pair.collection_option)
+    path = getattr(args, pair.collection_option, None) if pair.collection else None
     if not path:
         raise ConfigError(f"{checkpoint} is a {pair.name} model ({pair.summary}): index its collection with "
                           f"--{pair.collection_option}")
     return pair.collection(cfg, path)
 
 
-def encode(model, dataset, side, device, batch_size, pad_id) -> EncodedItems:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate(pad_id))
-    return encode_items(model, loader, side, device, progress=False)
-
-
-def read_index(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"index {path} does not exist")
-    try:
-        index = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake for the user
-        raise DataError(f"{path} is not a readable index ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise DataError(f"{path} is not an index written by tools/retrieve.py index")
-    if index.get("version") != VERSION:
-        raise DataError(f"{path} is an index of format version {index.get('version', 1)}; this code reads version "
-                        f"{VERSION}: rebuild it with tools/retrieve.py index")
-    read_record(index["provenance"], path)
-    return index
-
-
-def index_model(index: dict, args, device):
-    """The index's model, from --checkpoint or where the index was built, checked to be the same."""
-    saved = index["provenance"]["checkpoints"][0]
-    path = args.checkpoint or saved["file"]
-    check_checkpoint(saved, path, f"index {args.index}")
-    return load(path, device)
-
-
-def items_of(index: dict) -> EncodedItems:
-    return EncodedItems([index["features"]], None if index["lengths"] is None else [index["lengths"]])
-
-
-def encode_captions(model, encoder, captions, device, batch_size) -> EncodedItems:
-    return encode(model, CaptionSet(captions, encoder), "captions", device, batch_size, encoder.pad_id)
+def encode_captions(model, encoder, captions, device, batch_size, vectors: list | None = None) -> EncodedItems:
+    loader = DataLoader(CaptionSet(captions, encoder), batch_size=batch_size, shuffle=False,
+                        collate_fn=Collate(encoder.pad_id))
+    return encode_items(model, loader, "captions", device, progress=False, global_vectors=vectors)
 
 
 def command_index(args, device) -> dict:
     outputs = Outputs(args.overwrite)
-    outputs.file(args.out, "--out", ".index")
-    outputs.reads(args.checkpoint, "--checkpoint")
-    outputs.reads(args.regions, "--regions")
+    outputs.file(args.out, "--out", ".index", folder=True)
+    for option in ("checkpoint", "shortlist", "regions", "images"):
+        outputs.reads(getattr(args, option), f"--{option}")
     outputs.check()
-    model, cfg, encoder = load(args.checkpoint, device)
-    dataset, names = collection(cfg, args, args.checkpoint)
-    items = encode(model, dataset, "images", device, args.batch_size, encoder.pad_id)
-    provenance = record("index", [checkpoint_identity(args.checkpoint)],
-                        {"images": len(names), "images_id": image_identity(dataset)}, dtype=str(items.flat.dtype))
-    index = {"format": FORMAT, "version": VERSION, "provenance": provenance, "names": names,
-             "features": items.flat, "lengths": items.lengths}
-    atomic_torch_save(index, args.out)
-    print(f"indexed {len(names)} images -> {args.out}")
-    return index
+    model, cfg, _ = load(args.checkpoint, device)
+    dataset, names = collection_of(cfg, args, args.checkpoint)
+    shortlist_model, checkpoints = None, [checkpoint_identity(args.checkpoint)]
+    first_stage = "exact: the head's own inner product" if model.head.exact_global else "pooled encoder features"
+    if args.shortlist:
+        shortlist_model, shortlist_cfg, _ = load(args.shortlist, device)
+        if pair_of(shortlist_cfg).collection_option != pair_of(cfg).collection_option:
+            raise ConfigError(f"--shortlist {args.shortlist} reads --{pair_of(shortlist_cfg).collection_option}, "
+                              f"{args.checkpoint} --{pair_of(cfg).collection_option}: they must index the same files")
+        checkpoints.append(checkpoint_identity(args.shortlist))
+        first_stage = f"--shortlist {args.shortlist}"
+    provenance = record("index", checkpoints, {"images": len(names), "images_id": image_identity(dataset)},
+                        dtype=args.dtype)
+    chunks = collection.encoded_chunks(model, dataset, shortlist_model, args.batch_size, device)
+    meta = collection.build(args.out.rstrip("/"), chunks, len(dataset), names, provenance, dtype=args.dtype,
+                            kind=args.index_type, first_stage=first_stage, replace=args.overwrite)
+    print(f"indexed {len(names)} images -> {args.out} ({args.dtype} features, {args.index_type} index; "
+          f"{meta['build_seconds']['features']:.1f}s encoding, {meta['build_seconds']['index']:.1f}s indexing)")
+    return meta
 
 
-def top_k(scores: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """Per column of `scores`: the k best rows with their scores, best first."""
-    k = min(k, scores.shape[0])
-    order = np.argsort(-scores, axis=0, kind="stable")[:k]
-    return [[(int(row), float(scores[row, column])) for row in order[:, column]] for column in range(scores.shape[1])]
+def open_index(args, device, index=None):
+    """The index and its models (from --checkpoint / --shortlist or where they were), checked."""
+    index = index or collection.CollectionIndex(args.index)
+    saved = index.provenance["checkpoints"]
+    path = args.checkpoint or saved[0]["file"]
+    check_checkpoint(saved[0], path, f"index {args.index}")
+    model, _, encoder = load(path, device)
+    shortlister = None
+    if len(saved) > 1:
+        other = getattr(args, "shortlist", None) or saved[1]["file"]
+        check_checkpoint(saved[1], other, f"index {args.index}")
+        shortlister = load(other, device)
+    return index, (model, encoder), shortlister
+
+
+def query_vectors(model, encoder, shortlister, queries: list[str], device, batch_size):
+    """(prepared query captions, their first-stage vectors)."""
+    vectors: list = []
+    items = encode_captions(model, encoder, queries, device, batch_size, vectors if shortlister is None else None)
+    if shortlister is not None:
+        encode_captions(shortlister[0], shortlister[2], queries, device, batch_size, vectors)
+    return items, torch.cat(vectors).numpy()
+
+
+def rank_text(index, model, captions: EncodedItems, vectors: np.ndarray, top: int, rerank_k: int | None, device,
+              batch_size: int) -> tuple[list, dict]:
+    """Per query: the top images [(row, head score)], and the seconds each stage took."""
+    timing = {"search": 0.0, "rerank": 0.0}
+    results = []
+    for query in range(len(captions)):
+        started = time.perf_counter()
+        one = EncodedItems.from_padded(*captions.gather(torch.tensor([query]), torch.device("cpu")))
+        if rerank_k is None:
+            scores = np.concatenate([score_all(model.head, items, one, device, progress=False)[:, 0]
+                                     for _, items in index.chunks(batch_size * 8)])
+            rows = np.arange(len(index))
+        else:
+            rows = np.sort(index.search(vectors[query:query + 1], rerank_k)[0])
+            rows = rows[rows >= 0]
+            timing["search"] += time.perf_counter() - started
+            started = time.perf_counter()
+            scores = score_all(model.head, index.items(rows), one, device, progress=False)[:, 0]
+        best = np.argsort(-scores, kind="stable")[:top]
+        results.append([(int(rows[i]), float(scores[i])) for i in best])
+        timing["rerank"] += time.perf_counter() - started
+    return results, timing
 
 
 def command_text(args, device) -> list:
-    index = read_index(args.index)
-    model, _, encoder = index_model(index, args, device)
-    queries = encode_captions(model, encoder, args.query, device, args.batch_size)
-    scores = score_all(model.head, items_of(index), queries, device, progress=False)
-    results = top_k(scores, args.top)
+    started = time.perf_counter()
+    index, (model, encoder), shortlister = open_index(args, device)
+    loaded = time.perf_counter()
+    captions, vectors = query_vectors(model, encoder, shortlister, args.query, device, args.batch_size)
+    encoded = time.perf_counter()
+    results, timing = rank_text(index, model, captions, vectors, args.top, None if args.exhaustive else args.rerank_k,
+                                device, args.batch_size)
     for query, best in zip(args.query, results):
         print(f"{query!r}:")
         for rank, (row, score) in enumerate(best, start=1):
-            print(f"  {rank}. {index['names'][row]}  {score:.4f}")
+            print(f"  {rank}. {index.names[row]}  {score:.4f}")
+    stages = "exhaustive head scoring" if args.exhaustive else f"shortlist {timing['search']:.3f}s, re-rank " \
+                                                                f"{args.rerank_k}"
+    print(f"{len(args.query)} quer{'y' if len(args.query) == 1 else 'ies'} over {len(index)} images: loading "
+          f"{loaded - started:.2f}s, encoding {encoded - loaded:.3f}s, {stages} {timing['rerank']:.3f}s")
     return results
 
 
 def command_image(args, device) -> list:
-    index = read_index(args.index)
-    if not 0 <= args.item < len(index["names"]):
-        raise ConfigError(f"--item {args.item}: the index has items 0..{len(index['names']) - 1}")
+    index = collection.CollectionIndex(args.index)
+    if not 0 <= args.item < len(index):
+        raise ConfigError(f"--item {args.item}: the index has items 0..{len(index) - 1}")
     captions = read_caption_file(args.captions)
-    model, _, encoder = index_model(index, args, device)
+    index, (model, encoder), _ = open_index(args, device, index)
     caption_items = encode_captions(model, encoder, captions, device, args.batch_size)
-    block, lengths = items_of(index).block(args.item, args.item + 1, torch.device("cpu"))
-    one = EncodedItems.from_padded(block, lengths)
-    scores = score_all(model.head, one, caption_items, device, progress=False)
-    best = top_k(scores.T, args.top)[0]
-    print(f"{index['names'][args.item]}:")
+    scores = score_all(model.head, index.items(np.array([args.item])), caption_items, device, progress=False)[0]
+    best = [(int(row), float(scores[row])) for row in np.argsort(-scores, kind="stable")[:args.top]]
+    print(f"{index.names[args.item]}:")
     for rank, (row, score) in enumerate(best, start=1):
         print(f"  {rank}. {captions[row]!r}  {score:.4f}")
     return best
@@ -159,17 +183,15 @@ def read_caption_file(path: str) -> list[str]:
 def command_export(args, device) -> None:
     outputs = Outputs(args.overwrite)
     outputs.file(args.out, "--out", ".npz")
-    outputs.reads(args.index, "--index")
     outputs.reads(args.captions, "--captions")
     outputs.check()
-    index = read_index(args.index)
-    arrays = {"image_features": index["features"].numpy(), "image_names": np.array(index["names"]),
-              "provenance": np.array(repr(index["provenance"]))}
-    if index["lengths"] is not None:
-        arrays["image_lengths"] = index["lengths"].numpy()
+    index = collection.CollectionIndex(args.index)
+    arrays = {"image_features": np.asarray(index.local), "image_names": np.array(index.names),
+              "global_vectors": np.load(os.path.join(args.index, "global.npy")),
+              "provenance": np.array(repr(index.provenance))}
     if args.captions:
         captions = read_caption_file(args.captions)
-        model, _, encoder = index_model(index, args, device)
+        _, (model, encoder), _ = open_index(args, device, index)
         items = encode_captions(model, encoder, captions, device, args.batch_size)
         arrays["caption_features"] = items.flat.numpy()
         if items.lengths is not None:
@@ -187,10 +209,19 @@ def main(argv=None):
     index.add_argument("--checkpoint", required=True)
     index.add_argument("--images", help="folder of images (models on raw images, e.g. ESL-CLIP)")
     index.add_argument("--regions", help="BUTD feature file, images x regions x dim (region models)")
-    index.add_argument("--out", required=True, help="the index file to write (.index)")
+    index.add_argument("--shortlist", default=None, help="a checkpoint whose global embeddings shortlist (a cosine "
+                                                          "model of the same collection kind)")
+    index.add_argument("--dtype", default="fp16", choices=tuple(collection.DTYPES),
+                       help="of the stored head features (fp16 halves the disk and the reads)")
+    index.add_argument("--index_type", default="flat", choices=INDEX_KINDS,
+                       help="FAISS index of the global vectors: flat = exact; ivf, hnsw = approximate, faster "
+                            "on millions of images")
+    index.add_argument("--out", required=True, help="the index folder to write (NAME.index)")
     text = sub.add_parser("text", help="top-k images of the index for text queries")
     text.add_argument("--index", required=True)
     text.add_argument("--query", action="append", required=True, help="a caption; repeat for several")
+    text.add_argument("--rerank_k", type=int, default=100, help="images shortlisted per query for the head")
+    text.add_argument("--exhaustive", action="store_true", help="score every image with the head (no shortlist)")
     image = sub.add_parser("image", help="top-k captions of a file for an image of the index")
     image.add_argument("--index", required=True)
     image.add_argument("--captions", required=True, help="one caption a line")
@@ -202,6 +233,7 @@ def main(argv=None):
     for command in (text, image, export):
         command.add_argument("--checkpoint", default=None,
                              help="the index's checkpoint, if it has moved (its content must be the same)")
+        command.add_argument("--shortlist", default=None, help="the index's --shortlist checkpoint, if it has moved")
     for command in (index, text, image, export):
         command.add_argument("--top", type=int, default=5)
         command.add_argument("--batch_size", type=int, default=128)
@@ -209,8 +241,9 @@ def main(argv=None):
     for command in (index, export):
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    if args.top < 1 or args.batch_size < 1:
-        raise ConfigError(f"--top and --batch_size must be at least 1 (got {args.top} and {args.batch_size})")
+    for option in ("top", "batch_size", "rerank_k"):
+        if getattr(args, option, 1) < 1:
+            raise ConfigError(f"--{option} must be at least 1 (got {getattr(args, option)})")
     setup_logging()
     device = resolve_device(args.device)
     commands = {"index": command_index, "text": command_text, "image": command_image, "export": command_export}

@@ -40,7 +40,8 @@ class OptimisationStep:
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         lengths = batch["lengths"].to(self.device)
         with autocast_context(self.device, cfg.amp):
-            share = self.trained(images, image_lengths, input_ids, lengths, self.criterion, self.pad_id)
+            share = self.trained(images, image_lengths, input_ids, lengths, self.criterion, self.pad_id,
+                                 cfg.global_loss_weight)
         loss = float(distributed.all_reduce_mean(share.detach().float()) * self.world)
         if not math.isfinite(loss):
             self.on_divergence(f"the loss became {loss}")

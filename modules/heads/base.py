@@ -32,6 +32,10 @@ class HeadSpec:
 
 class SimilarityHead(nn.Module):
     feature_kinds: tuple[str, ...] = (LOCAL,)
+    # True when `score` is the inner product of the prepared features, which are then this head's
+    # exact global embedding (searched as is by two-stage retrieval); other heads are shortlisted by
+    # pooled encoder features (modules.common.pooled) or another model's.
+    exact_global = False
 
     def prepare_images(self, features: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         return features

@@ -14,6 +14,7 @@ class CosineHead(SimilarityHead):
     """cos(pool(images), pool(captions)); local features are mean- or max-pooled over valid tokens."""
 
     feature_kinds = (LOCAL, GLOBAL)
+    exact_global = True
 
     def __init__(self, pool: str = "mean"):
         super().__init__()

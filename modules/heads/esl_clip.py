@@ -16,6 +16,7 @@ class ESLClipHead(SimilarityHead):
     """
 
     feature_kinds = (GLOBAL,)
+    exact_global = True
 
     def __init__(self, embed_size: int, kernel_size: int, num_levels: int, strategy: str):
         super().__init__()

@@ -1,0 +1,275 @@
+"""How retrieval cost grows with the collection, and what two-stage retrieval costs in recall.
+
+    python bench/bench_retrieval.py scale --sizes 10000 100000       # synthetic X-Dim region indexes
+    python bench/bench_retrieval.py quality                          # trained demo models, F30K and COCO layouts
+
+`scale` builds on-disk indexes (tools/retrieve.py's format) of synthetic collections at the real
+X-Dim sizes (36 regions x d=1024 per image, fp16; 1024-d global vectors, exact flat FAISS index) and
+queries them with a BERT-base-sized text tower (random weights): build time, disk, peak resident
+memory of the query process (a fresh one), and text-query latency p50 / p95 for two-stage
+retrieval (K = 100) and for exhaustive head scoring of every image. The image features are written
+as the head prepares them (random unit vectors), so the build time is that of the index, not of the
+region encoder; its cost per image is measured separately and reported.
+
+`quality` trains the demo's X-Dim and ESL-H models (and an X-Dim with --global_loss_weight, and a
+cosine model as a shortlist) on the demo's generated regions, then evaluates Flickr30K-layout (1K x 5K)
+and COCO-layout (5K x 25K) test splits exhaustively and in two stages at K = 100 with test.py /
+testall.py, side by side: Recall@1, the pairs the head scores and the end-to-end seconds.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+WORDS = "a man in a red shirt rides a bicycle down a busy street next to a bus".split()
+
+
+def tiny_vocab_bert(folder: str, hidden: int, layers: int, heads: int) -> str:
+    """A BERT of the given size with random weights and a vocabulary of the query words."""
+    from transformers import BertConfig, BertModel
+
+    from demo.tiny_models import write_bert_vocab
+    vocab = write_bert_vocab([" ".join(WORDS)], folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=4 * hidden, pad_token_id=0),
+              add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def xdim_config(bert: str, dim: int = 1024):
+    from config.options import config_from_saved
+    return config_from_saved({"encoders": "region_bert", "sim_head": "xdim", "embed_size": dim, "img_dim": 2048,
+                              "bert_path": bert}, legacy=False)
+
+
+def xdim_model(bert: str, dim: int = 1024):
+    from pairs import build_model
+    torch.manual_seed(0)
+    return build_model(xdim_config(bert, dim)).eval()
+
+
+def synthetic_chunks(count: int, regions: int, dim: int, chunk: int = 2000, seed: int = 0):
+    generator = np.random.default_rng(seed)
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        local = generator.standard_normal((n, regions, dim), dtype=np.float32)
+        local /= np.linalg.norm(local, axis=-1, keepdims=True)
+        pooled = local.mean(1)
+        yield local, pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(base, name)) for base, _, names in os.walk(folder) for name in names)
+
+
+def queries(count: int, seed: int = 1) -> list[str]:
+    generator = np.random.default_rng(seed)
+    return [" ".join(generator.choice(WORDS, size=12)) for _ in range(count)]
+
+
+def query_process(args) -> None:
+    """Run in a fresh process: open an index, answer queries, print latencies and peak RSS (JSON)."""
+    from retrieval.collection import CollectionIndex
+    from tools.retrieve import query_vectors, rank_text
+    from pairs import pair_of
+    torch.set_num_threads(args.threads)
+    model, cfg = xdim_model(args.bert), xdim_config(args.bert)
+    encoder = pair_of(cfg).caption_encoder(cfg, load_bert_tokenizer(args.bert), 512)
+    index = CollectionIndex(args.index)
+    latencies = []
+    for text in queries(args.queries):
+        started = time.perf_counter()
+        items, vectors = query_vectors(model, encoder, None, [text], torch.device("cpu"), 1)
+        rank_text(index, model, items, vectors, 5, None if args.exhaustive else args.rerank_k, torch.device("cpu"),
+                  args.batch_size)
+        latencies.append(time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"latencies": latencies, "peak_rss_gb": peak}))
+
+
+def load_bert_tokenizer(folder: str):
+    from datasets.captions import load_tokenizer
+    return load_tokenizer("bert", folder)
+
+
+def measure_queries(index: str, bert: str, count: int, exhaustive: bool, rerank_k: int, threads: int) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "_query", "--index", index, "--bert", bert, "--queries",
+               str(count), "--rerank_k", str(rerank_k), "--threads", str(threads)] + (["--exhaustive"] if exhaustive
+                                                                                        else [])
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ,
+                                                                                      "HF_HUB_OFFLINE": "1"})
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # the first query pays for the page cache and lazy initialisation; report the steady state
+    steady = np.array(report["latencies"][1:] or report["latencies"])
+    return {"p50": float(np.percentile(steady, 50)), "p95": float(np.percentile(steady, 95)),
+            "first": report["latencies"][0], "queries": len(steady), "peak_rss_gb": report["peak_rss_gb"]}
+
+
+def region_encoder_seconds_per_image(model, images: int = 256) -> float:
+    regions = torch.rand(images, 36, 2048)
+    with torch.inference_mode():
+        model.encode_images(regions[:8], None)
+        started = time.perf_counter()
+        for start in range(0, images, 64):
+            features, lengths = model.encode_images(regions[start:start + 64], None)
+            model.head.prepare_images(features, lengths)
+    return (time.perf_counter() - started) / images
+
+
+def scale(args) -> list[dict]:
+    from provenance import record
+    from retrieval import collection
+    work = tempfile.mkdtemp(prefix="bench_retrieval_", dir=args.work)
+    rows = []
+    try:
+        bert = tiny_vocab_bert(os.path.join(work, "bert"), 768, 12, 12)
+        encode_cost = region_encoder_seconds_per_image(xdim_model(bert))
+        for size in args.sizes:
+            folder = os.path.join(work, f"synthetic_{size}.index")
+            started = time.perf_counter()
+            collection.build(folder, synthetic_chunks(size, 36, 1024), size, [f"image_{i}" for i in range(size)],
+                             record("index", [], {"images": size}), dtype="fp16", first_stage="synthetic pooled",
+                             progress=False)
+            build = time.perf_counter() - started
+            two_stage = measure_queries(folder, bert, args.queries, False, args.rerank_k, args.threads)
+            exhaustive = measure_queries(folder, bert, max(2, args.queries // 10 if size <= 10000 else 2), True,
+                                         args.rerank_k, args.threads)
+            rows.append({"images": size, "build_seconds": round(build, 1), "disk_gb": folder_bytes(folder) / 2**30,
+                         "two_stage": two_stage, "exhaustive": exhaustive,
+                         "region_encoder_seconds": round(encode_cost * size, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def scale_table(rows: list[dict]) -> str:
+    lines = ["| images | index build | + region encoder (measured per image) | disk | query RSS | two-stage K=100 "
+             "p50 / p95 | exhaustive p50 / p95 |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        t, e = row["two_stage"], row["exhaustive"]
+        lines.append(f"| {row['images']:,} | {row['build_seconds']:.0f} s | {row['region_encoder_seconds']:.0f} s | "
+                     f"{row['disk_gb']:.2f} GB | {t['peak_rss_gb']:.2f} GB | {t['p50']:.3f} / {t['p95']:.3f} s | "
+                     f"{e['p50']:.2f} / {e['p95']:.2f} s |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- quality on demo data
+
+def quality(args) -> list[dict]:
+    from cli.commands import evaluate, train
+    from demo.data import write_region_dataset
+    from demo.tiny_models import write_tiny_bert
+    work = tempfile.mkdtemp(prefix="bench_retrieval_quality_", dir=args.work)
+    data = os.path.join(work, "data")
+    captions = write_region_dataset(data, {"train": 2000, "dev": 100, "test": 1000, "testall": 5000}, regions=12,
+                                    dim=256, seed=0)
+    os.symlink(os.path.join(data, "f30k_precomp"), os.path.join(data, "coco_precomp"))
+    bert = write_tiny_bert(os.path.join(work, "bert"), captions, hidden=64, layers=2, heads=2)
+    common = ["--data_path", data, "--img_dim", "256", "--bert_path", bert, "--embed_size", "128", "--batch_size",
+              "64", "--learning_rate", "1e-3", "--lr_update", "3", "--num_epochs", "4", "--workers", "0"]
+    models = {"X-Dim": ["--sim_head", "xdim"], "ESL-H": ["--sim_head", "esl_h"],
+              "X-Dim + global loss 1": ["--sim_head", "xdim", "--global_loss_weight", "1"],
+              "cosine": ["--sim_head", "cosine"]}
+    checkpoints = {}
+    for name, extra in models.items():
+        out = os.path.join(work, name.replace(" ", "_"))
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(common + extra + ["--data_name", "f30k_precomp", "--output_dir", out])
+        checkpoints[name] = os.path.join(out, "model_best.pth")
+    rows = []
+    for layout, data_name, split, protocol in (("Flickr30K 1K x 5K", "f30k_precomp", "test", "test"),
+                                               ("COCO 5K x 25K", "coco_precomp", "testall", "testall")):
+        for name, first_stage in (("X-Dim", None), ("X-Dim + global loss 1", None), ("X-Dim", "cosine"),
+                                  ("ESL-H", None)):
+            base = ["--checkpoint", checkpoints[name], "--data_path", data, "--data_name", data_name, "--split", split,
+                    "--workers", "0", "--device", "cpu"]
+            sims = os.path.join(work, f"{name}_{split}.npy".replace(" ", "_"))
+            run = (lambda argv: evaluate(argv, "testall", coco_testall=True)) if protocol == "testall" else evaluate
+            if not os.path.exists(sims):
+                started = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    full = run(base + ["--save_sims", sims])["report"]
+                exhaustive_seconds = time.perf_counter() - started
+                checkpoints[f"{name}:{split}"] = (full, exhaustive_seconds)
+            full, exhaustive_seconds = checkpoints[f"{name}:{split}"]
+            extra = ["--shortlist", checkpoints[first_stage]] if first_stage else []
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                two = run(base + ["--rerank_k", str(args.rerank_k), "--compare_sims", sims, *extra])["report"]
+            two_seconds = time.perf_counter() - started
+            block = (lambda r: r["full_5k"]) if protocol == "testall" else (lambda r: r)
+            cost = block(two)["two_stage"]
+            rows.append({"layout": layout, "model": name, "first_stage": first_stage or "own pooled features",
+                         "exhaustive": {d: block(full)[d]["r1"] for d in ("i2t", "t2i")},
+                         "two_stage": {d: block(two)[d]["r1"] for d in ("i2t", "t2i")},
+                         "pairs_ratio": cost["exhaustive_pairs"] / cost["pairs_scored"],
+                         "exhaustive_seconds": round(exhaustive_seconds, 1),
+                         "two_stage_seconds": round(two_seconds, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def quality_table(rows: list[dict]) -> str:
+    lines = ["| split | model | first stage | R@1 i2t / t2i exhaustive | two-stage K=100 | head pairs | seconds "
+             "exhaustive / two-stage |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        e, t = row["exhaustive"], row["two_stage"]
+        lines.append(f"| {row['layout']} | {row['model']} | {row['first_stage']} | {e['i2t']:.1f} / {e['t2i']:.1f} | "
+                     f"{t['i2t']:.1f} / {t['t2i']:.1f} | {row['pairs_ratio']:.0f}x fewer | "
+                     f"{row['exhaustive_seconds']:.0f} / {row['two_stage_seconds']:.0f} "
+                     f"({row['exhaustive_seconds'] / row['two_stage_seconds']:.0f}x) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    for name in ("scale", "quality"):
+        part = sub.add_parser(name)
+        part.add_argument("--rerank_k", type=int, default=100)
+        part.add_argument("--work", default=None, help="scratch folder [the system's temp folder]")
+        part.add_argument("--json", default=None, help="also write the rows here")
+    sub.choices["scale"].add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    sub.choices["scale"].add_argument("--queries", type=int, default=20)
+    sub.choices["scale"].add_argument("--threads", type=int, default=2)
+    probe = sub.add_parser("_query")
+    for option in ("--index", "--bert"):
+        probe.add_argument(option, required=True)
+    probe.add_argument("--queries", type=int, default=20)
+    probe.add_argument("--rerank_k", type=int, default=100)
+    probe.add_argument("--threads", type=int, default=2)
+    probe.add_argument("--batch_size", type=int, default=256)
+    probe.add_argument("--exhaustive", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.part == "_query":
+        query_process(args)
+        return
+    torch.set_num_threads(2)
+    rows = scale(args) if args.part == "scale" else quality(args)
+    print(scale_table(rows) if args.part == "scale" else quality_table(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

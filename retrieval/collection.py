@@ -1,0 +1,160 @@
+"""A collection indexed once on disk, for collections larger than memory.
+
+The index is a folder:
+
+    index.json    format, version, provenance (checkpoint and collection identities), feature dtype,
+                  shapes, what the first stage is
+    names.txt     one item name a line, in row order
+    local.npy     the head's prepared image features, (N, regions, width) or (N, width), fp16 or fp32,
+                  memory-mapped: a query reads only the rows it re-ranks
+    global.npy    the first stage's unit vectors (N, d), float32
+    global.faiss  the FAISS index over them (flat, ivf or hnsw)
+
+It is written in chunks into a temporary folder next to the target and renamed into place when
+complete, so a reader never sees half an index and an interrupted build leaves nothing behind.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.batching import Collate
+from errors import ConfigError, DataError
+from evaluation.scoring import EncodedItems
+from provenance import read_record
+from .search import build_index, faiss
+
+FORMAT = "dimmatch-index"
+VERSION = 3
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def build(folder: str, chunks, count: int, names: list[str], provenance: dict, *, dtype: str = "fp16",
+          kind: str = "flat", first_stage: str, replace: bool = False, progress: bool = True) -> dict:
+    """Write an index folder at `folder` from `chunks`, an iterator of (prepared local features,
+    global vectors) for consecutive items, `count` in all (see `encoded_chunks`). With `replace`,
+    an index already there is replaced once the new one is complete."""
+    partial, previous = f"{folder}.tmp-{os.getpid()}", f"{folder}.old-{os.getpid()}"
+    os.makedirs(partial)
+    try:
+        meta = _write(partial, chunks, count, names, provenance, dtype, kind, first_stage, progress)
+        if os.path.exists(folder):
+            if not replace:
+                raise ConfigError(f"--out {folder} appeared while the index was being built (another build?); "
+                                  "nothing was replaced")
+            os.rename(folder, previous)
+        os.rename(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+    return meta
+
+
+def encoded_chunks(model, dataset, shortlist_model=None, batch_size: int = 128,
+                   device: torch.device = torch.device("cpu"), workers: int = 0):
+    """(prepared features, global vectors) of `dataset`, batch by batch; the global vectors are
+    `shortlist_model`'s when given, else the model's own."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=Collate(0))
+    with torch.inference_mode():
+        for batch in loader:
+            prepared, global_vectors = _encode_batch(model, batch, device)
+            if shortlist_model is not None:
+                global_vectors = _encode_batch(shortlist_model, batch, device)[1]
+            yield prepared.float().cpu().numpy(), global_vectors.float().cpu().numpy()
+
+
+def _encode_batch(model, batch, device):
+    images = batch["images"].to(device)
+    lengths = None if batch["image_lengths"] is None else batch["image_lengths"].to(device)
+    features, lengths = model.encode_images(images, lengths)
+    prepared = model.head.prepare_images(features, lengths)
+    return prepared, model.global_vectors(features, lengths, prepared)
+
+
+def _write(folder, chunks, count, names, provenance, dtype, kind, first_stage, progress) -> dict:
+    local = vectors = None
+    row = 0
+    started = time.perf_counter()
+    with tqdm(total=count, desc="index", disable=not progress) as bar:
+        for prepared, global_vectors in chunks:
+            if local is None:
+                local = np.lib.format.open_memmap(os.path.join(folder, "local.npy"), mode="w+",
+                                                  dtype=DTYPES[dtype], shape=(count, *prepared.shape[1:]))
+                vectors = np.lib.format.open_memmap(os.path.join(folder, "global.npy"), mode="w+", dtype=np.float32,
+                                                    shape=(count, global_vectors.shape[1]))
+            local[row:row + len(prepared)] = prepared
+            vectors[row:row + len(prepared)] = global_vectors
+            row += len(prepared)
+            bar.update(len(prepared))
+    if row != count:
+        raise DataError(f"the collection gave {row} items, not the {count} expected")
+    local.flush()
+    vectors.flush()
+    encode_seconds = time.perf_counter() - started
+    index = build_index(vectors, kind)
+    faiss().write_index(index, os.path.join(folder, "global.faiss"))
+    with open(os.path.join(folder, "names.txt"), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}\n" for name in names))
+    meta = {"format": FORMAT, "version": VERSION, "provenance": provenance, "dtype": dtype, "items": count,
+            "local_shape": list(local.shape[1:]), "global_dim": int(vectors.shape[1]), "index": kind,
+            "first_stage": first_stage, "build_seconds": {"features": round(encode_seconds, 3),
+                                                          "index": round(time.perf_counter() - started
+                                                                         - encode_seconds, 3)}}
+    with open(os.path.join(folder, "index.json"), "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2, sort_keys=True)
+    return meta
+
+
+class CollectionIndex:
+    """An index folder opened for queries: the FAISS index in memory, the local features mapped."""
+
+    def __init__(self, folder: str):
+        if os.path.isfile(folder):
+            raise DataError(f"{folder} is an index of format version 2 or older (one file); this code reads "
+                            f"version {VERSION} (a folder): rebuild it with tools/retrieve.py index")
+        path = os.path.join(folder, "index.json")
+        if not os.path.isdir(folder) or not os.path.isfile(path):
+            raise DataError(f"index {folder} does not exist (an index is the folder tools/retrieve.py index wrote)")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                meta = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable index description ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise DataError(f"{folder} is not an index written by tools/retrieve.py index")
+        if meta.get("version") != VERSION:
+            raise DataError(f"{folder} is an index of format version {meta.get('version')}; this code reads "
+                            f"version {VERSION}: rebuild it with tools/retrieve.py index")
+        self.folder, self.meta = folder, meta
+        self.provenance = read_record(meta["provenance"], folder)
+        with open(os.path.join(folder, "names.txt"), encoding="utf-8") as handle:
+            self.names = handle.read().split("\n")[:-1]
+        self.local = np.load(os.path.join(folder, "local.npy"), mmap_mode="r")
+        self.index = faiss().read_index(os.path.join(folder, "global.faiss"))
+        if len(self.names) != len(self.local) or self.index.ntotal != len(self.local):
+            raise DataError(f"index {folder} is incomplete: {len(self.names)} names, {len(self.local)} feature rows, "
+                            f"{self.index.ntotal} vectors")
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def items(self, rows: np.ndarray) -> EncodedItems:
+        """The prepared features of `rows` (read from disk; sorted rows read fastest) as float32 items."""
+        block = torch.from_numpy(np.asarray(self.local[rows], dtype=np.float32))
+        lengths = None if block.dim() == 2 else torch.full((len(rows),), block.shape[1])
+        return EncodedItems.from_padded(block, lengths)
+
+    def chunks(self, size: int):
+        """(start, items) over the whole collection, `size` rows at a time (exhaustive scoring)."""
+        for start in range(0, len(self), size):
+            yield start, self.items(np.arange(start, min(len(self), start + size)))
+
+    def search(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        from .search import search
+        return search(self.index, vectors, k)[1]

@@ -1,0 +1,118 @@
+"""Two-stage retrieval for several shortlist sizes K: Recall@1/5/10 and the re-ranking time of each,
+against the exhaustive scores when they are given, and the curve as a figure.
+
+    python tools/rerank_sweep.py --checkpoint xdim.pth --data_path data/f30k --out sweep/
+    python tools/rerank_sweep.py --checkpoint xdim.pth --compare_sims sims.npy --k 10 20 50 100 --out sweep/
+
+The split is encoded once and shortlisted once at the largest K; a smaller K's shortlists are the
+first K items of those (the first stage ranks the same way), each re-ranked by the head on its own
+and timed. Writes sweep.json (with provenance) and rerank_sweep.png into --out.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from checkpoints.atomic import write_json  # noqa: E402
+from cli.guard import run_guarded  # noqa: E402
+from cli.logs import setup_logging  # noqa: E402
+from cli.outputs import FolderLock, Outputs  # noqa: E402
+from config.parsers import Parser, data_parser  # noqa: E402
+from errors import ConfigError  # noqa: E402
+
+SWEEP = (10, 20, 50, 100, 200, 500)
+
+
+def main(argv=None) -> list[dict]:
+    from checkpoints.loading import load_model, read_checkpoint_config
+    from devices import resolve_device
+    from evaluation.metrics import retrieval_metrics, two_stage_metrics
+    from evaluation.protocol import encode_split
+    from pairs import load_eval_split
+    from provenance import checkpoint_identity, data_identity, read_scores, record
+    from retrieval.two_stage import Shortlists, rerank, shortlist
+
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--k", type=int, nargs="+", default=list(SWEEP), help="shortlist sizes")
+    parser.add_argument("--compare_sims", default=None, help="the exhaustive scores (test.py --save_sims)")
+    parser.add_argument("--out", required=True, help="folder for sweep.json and rerank_sweep.png")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--eval_batch_size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=0)
+    data_parser(parser)
+    args = parser.parse_args(argv)
+    if min(args.k) < 1 or args.eval_batch_size < 1 or args.workers < 0:
+        raise ConfigError(f"--k values and --eval_batch_size must be at least 1 and --workers at least 0 (got "
+                          f"{' '.join(map(str, args.k))}, {args.eval_batch_size}, {args.workers})")
+    if os.path.isfile(args.out):
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    outputs = Outputs(args.overwrite)
+    outputs.file(os.path.join(args.out, "sweep.json"), "--out", ".json")
+    outputs.file(os.path.join(args.out, "rerank_sweep.png"), "--out", ".png")
+    outputs.reads(args.checkpoint, "--checkpoint")
+    outputs.reads(args.compare_sims, "--compare_sims")
+    outputs.check()
+    from tools.report import pyplot
+    plt = pyplot()
+    setup_logging()
+    read = read_checkpoint_config(args.checkpoint, args)
+    split_data = load_eval_split(read.cfg, args.split)
+    data = data_identity(*split_data, args.split)
+    exhaustive = None
+    if args.compare_sims:
+        exhaustive = retrieval_metrics(read_scores(args.compare_sims, args.checkpoint, data))
+    loaded = load_model(read)
+    device = resolve_device(args.device)
+    model = loaded.model.to(device)
+    images, captions, image_vectors, caption_vectors = encode_split(
+        model, split_data, loaded.caption_encoder(), device, batch_size=args.eval_batch_size, workers=args.workers,
+        global_vectors=True)
+    widest = shortlist(image_vectors, caption_vectors, max(args.k))
+    rows = []
+    for k in sorted(set(args.k)):
+        lists = Shortlists(widest.i2t[:, :k], widest.t2i[:, :k], widest.seconds, "flat")
+        started = time.perf_counter()
+        result = rerank(model.head, images, captions, lists, device, progress=False)
+        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
+        rows.append({"k": k, "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
+                     "pairs_scored": result.pairs_scored, "rerank_seconds": round(time.perf_counter() - started, 4)})
+        recalls = " | ".join(f"{d} " + " ".join(f"R@{k[1:]} {metrics[d][k]:5.1f}" for k in ("r1", "r5", "r10"))
+                             for d in ("i2t", "t2i"))
+        print(f"K {k:4d}: {recalls} | {result.pairs_scored:,} pairs, {rows[-1]['rerank_seconds']:.2f}s")
+    if exhaustive:
+        print(f"exhaustive: i2t R@1 {exhaustive['i2t']['r1']:.1f}, t2i R@1 {exhaustive['t2i']['r1']:.1f}, "
+              f"{len(images) * len(captions):,} pairs")
+    lock = FolderLock(args.out, "--out").acquire()
+    try:
+        figure(plt, rows, exhaustive, os.path.join(args.out, "rerank_sweep.png"))
+        write_json({"provenance": record("rerank_sweep", [checkpoint_identity(args.checkpoint)], data),
+                    "sweep": rows, "exhaustive": exhaustive}, os.path.join(args.out, "sweep.json"))
+    finally:
+        lock.release()
+    return rows
+
+
+def figure(plt, rows: list[dict], exhaustive: dict | None, path: str) -> None:
+    plot, axis = plt.subplots(figsize=(6, 3.8))
+    ks = [row["k"] for row in rows]
+    for direction, label, color in (("i2t", "image to text", "tab:blue"), ("t2i", "text to image", "tab:orange")):
+        axis.plot(ks, [row[direction]["r1"] for row in rows], marker="o", color=color, label=f"{label} R@1")
+        if exhaustive:
+            axis.axhline(exhaustive[direction]["r1"], color=color, linestyle="--", linewidth=1,
+                         label=f"{label} R@1, exhaustive")
+    axis.set_xscale("log")
+    axis.set_xlabel("shortlist size K (log)")
+    axis.set_ylabel("R@1 (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    plot.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(plot)
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))
