@@ -94,6 +94,11 @@ def _current_rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def grad_difference(ours: list, loop: list) -> float:
+    """The largest difference of any gradient, relative to the loop's largest entry of it."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(ours, loop))
+
+
 def run_isolated(args, name, implementation, batch, grads_path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--one", name, implementation, str(batch),
                "--regions", str(args.regions), "--words", str(args.words), "--device", args.device,
@@ -134,9 +139,7 @@ def main(argv=None) -> None:
         for batch in args.batches:
             ours = run_isolated(args, name, "ours", batch, scratch + "_ours.pt")
             loop = run_isolated(args, name, "loop", batch, scratch + "_loop.pt")
-            ours_grads, loop_grads = torch.load(scratch + "_ours.pt"), torch.load(scratch + "_loop.pt")
-            grad_diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-                            for a, b in zip(ours_grads, loop_grads))
+            grad_diff = grad_difference(torch.load(scratch + "_ours.pt"), torch.load(scratch + "_loop.pt"))
             if name == "xdim":
                 product = 2 * batch * ours["words"] * ours["dim"] ** 2
                 bound_text = f"{ours['seconds'] / (3 * product / (rate * 1e9)):.2f}x"
