@@ -39,17 +39,20 @@ from modules.losses import HingeLoss, full_matrix_loss  # noqa: E402
 HEADS = {"xdim": ("xdim", 1024), "esl_h": ("heuristic", 512), "esl_a": ("adaptive", 512)}
 
 
-def build_head(name: str, device):
-    kind, dim = HEADS[name]
+def build_head(name: str, device, dim: int | None = None):
+    kind, default = HEADS[name]
+    dim = dim or default
     torch.manual_seed(0)
     head = XDimHead(dim) if name == "xdim" else ESLRegionHead(dim, 2, 8, kind)
     return head.to(device), dim
 
 
-def step(name: str, implementation: str, batch: int, regions: int, words: int, device, repeat: int = 3) -> dict:
+def step(name: str, implementation: str, batch: int, regions: int, words: int, device, repeat: int = 3,
+         dim: int | None = None) -> dict:
     """The best of `repeat` timed steps, each from the same state (after one untimed warm-up);
-    the peak memory is that of one step above the process's memory before it."""
-    head, dim = build_head(name, device)
+    the peak memory is that of one step above the process's memory before it. `dim`: the
+    head's width (default: its released one)."""
+    head, dim = build_head(name, device, dim)
     images, captions, lengths = features(batch, batch, regions, words, dim, device, structured=True)
     images.requires_grad_(True)
     captions.requires_grad_(True)
