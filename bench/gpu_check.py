@@ -28,20 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from gpu_check_report import markdown  # noqa: E402
-
-# Row keys of each measured section, in table order (bench/gpu_sections.py PLANNED, repeated here
-# so that this process needs no torch; tests/test_gpu_check.py checks that the two agree).
-PRECISIONS = ("fp32", "tf32", "bf16")
-SCORING = [f"{head}/{p}" for head in ("xdim", "esl_h") for p in PRECISIONS]
-PLANNED = {
-    "env": ["versions"] + [f"gemm/{p}" for p in PRECISIONS],
-    "pytest_cuda": ["tests/test_cuda.py"],
-    "scoring_f30k": [f"f30k/{key}" for key in SCORING],
-    "encoding": [f"{encoder}/{p}" for encoder in ("bert", "clip_vit") for p in ("fp32", "bf16")],
-    "training": ["xdim_region", "esl_h_region", "esl_h_clip"],
-    "eval_mem": ["xdim", "esl_h"],
-    "scoring_coco": [f"coco/{key}" for key in SCORING],
-}
+from gpu_plan import PEAK_TFLOPS, PEAKS_SOURCE, PLANNED  # noqa: E402
 
 # name: (time limit s, minimum s to start it, estimate s on an H200). Estimates, from FLOP counts
 # at realistic rates (H200 SXM: 67 TFLOP/s fp32, 495 TF32, 990 bf16 dense; 4.8 TB/s), plus ~6 s of
@@ -82,11 +69,10 @@ class Check:
         self.out, self.args = out, args
         self.started = STARTED
         self.log = open(os.path.join(out, "gpu_check.log"), "a", encoding="utf-8")
-        self.report = {"meta": {"started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                "host": platform.node(), "python": sys.version.split()[0], "dry_run": args.dry_run,
-                                "budget_s": args.budget, "command": " ".join(sys.argv),
-                                "peak_tflops_assumed": {"fp32": 67.0, "tf32": 495.0, "bf16": 990.0},
-                                "peaks_source": "H200 SXM datasheet, dense (no sparsity); fp32 without tensor cores"},
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.report = {"meta": {"started_utc": started, "host": platform.node(), "python": sys.version.split()[0],
+                                "dry_run": args.dry_run, "budget_s": args.budget, "command": " ".join(sys.argv),
+                                "peak_tflops_assumed": PEAK_TFLOPS, "peaks_source": PEAKS_SOURCE},
                        "sections": {}}
 
     def elapsed(self) -> float:
@@ -100,7 +86,9 @@ class Check:
 
     def write(self) -> None:
         self.report["meta"]["elapsed_s"] = round(self.elapsed(), 1)
-        for name, text in (("gpu_check.json", json.dumps(self.report, indent=1)), ("gpu_check.md", markdown(self.report))):
+        texts = {"gpu_check.json": json.dumps(self.report, indent=1, default=str),
+                 "gpu_check.md": markdown(self.report)}
+        for name, text in texts.items():
             path = os.path.join(self.out, name)
             with open(path + ".tmp", "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")

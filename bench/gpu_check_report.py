@@ -73,7 +73,8 @@ def env_lines(report: dict) -> list[str]:
     lines = []
     for key, row in rows_of(report, "env"):
         if key == "versions":
-            values = ", ".join(f"{k} {fmt(v)}" for k, v in row.items() if k not in ("status", "row_s", "error", "reason"))
+            values = ", ".join(f"{k} {fmt(v)}" for k, v in row.items()
+                               if k not in ("status", "row_s", "error", "reason"))
             lines.append(cells("env", key) + ["", fmt(values), "", "", "", state(row)])
         else:
             lines.append(cells("env", key) + [fmt(row.get("shape")), fmt(row.get("tflops"), ".1f"),
@@ -129,7 +130,9 @@ def training_lines(report: dict) -> list[str]:
             fmt(row.get("batch"), "d"), fmt(row.get("step_s"), ".3f"), fmt(row.get("pairs_per_s"), ".0f"),
             fmt(row.get("peak_gib"), ".2f"), fmt(row.get("head_ours_s"), ".3f"), fmt(row.get("head_loop_s"), ".3f"),
             fmt(row.get("head_speedup"), ".1f"), head_peaks, fmt(row.get("head_grad_diff"), ".1e"), status])
-    return ["## One training step (training.step.OptimisationStep, recipe settings, fp32; best of 3)", "",
+    return ["## One training step (training.step.OptimisationStep, recipe settings: fp32, no TF32)", "",
+            "Step s: the best of the `timed_steps` after one warm-up step (bench_train's head steps likewise); "
+            "peak: torch.cuda.max_memory_allocated over the timed steps.", "",
             "Beside it, bench/bench_train.py's head-only step (head forward, summed hinge, backward, AdamW) for ours "
             "and the released-style per-caption loop, at the same batch.", ""] + table(
         ["system", "batch", "step s", "pairs/s", f"peak {GIB}", "head ours s", "head loop s", "loop / ours",
@@ -139,7 +142,8 @@ def training_lines(report: dict) -> list[str]:
 def eval_mem_lines(report: dict) -> list[str]:
     lines = [cells("eval_mem", key) + [
         fmt(row.get("images"), "d") + " x " + fmt(row.get("captions"), "d"), fmt(row.get("budget_gib"), ".2f"),
-        fmt(row.get("peak_over_items_gib"), ".3f"), fmt(row.get("peak_to_budget"), ".2f"), fmt(row.get("within_budget")),
+        fmt(row.get("peak_over_items_gib"), ".3f"), fmt(row.get("peak_to_budget"), ".2f"),
+        fmt(row.get("within_budget")),
         fmt(row.get("items_gib"), ".2f"), fmt(row.get("seconds"), ".2f"), state(row)]
         for key, row in rows_of(report, "eval_mem")]
     return ["## --eval_mem_gb (score_all with a small budget; max_memory_allocated above the prepared items)", ""] + \

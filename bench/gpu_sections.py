@@ -29,11 +29,7 @@ from bench_scoring import check_head, features, gemm_rate, ours, prepared, recal
 from devices import autocast_context, set_tf32  # noqa: E402
 from evaluation.metrics import retrieval_metrics  # noqa: E402
 from evaluation.scoring import score_all  # noqa: E402
-
-PRECISIONS = ("fp32", "tf32", "bf16")
-# Assumed peaks of an H200 SXM (datasheet, dense, no sparsity), TFLOP/s: fp32 on the CUDA cores,
-# TF32 and bf16 on the tensor cores. Recorded in the JSON next to every rate measured against them.
-PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 990.0}
+from gpu_plan import ENCODERS, PEAK_TFLOPS, PLANNED, PRECISIONS, SYSTEMS  # noqa: E402
 
 REAL = {"regions": 36, "img_dim": 2048, "words": 12, "xdim_dim": 1024, "esl_dim": 512, "clip_dim": 512,
         "clip_image": 224, "images": {"f30k": 1000, "coco": 5000}, "region_batch": 128, "clip_batch": 64,
@@ -42,25 +38,10 @@ DRY = {"regions": 4, "img_dim": 16, "words": 6, "xdim_dim": 32, "esl_dim": 256, 
        "images": {"f30k": 6, "coco": 10}, "region_batch": 4, "clip_batch": 4, "encode_batch": 4,
        "encode_s": 0.05, "mem_gb": 0.001, "repeat": 1, "gemm_rows": 256, "warmup_images": 2}
 
-SYSTEMS = {  # training rows: the recipe, and the bench_train head timed beside the full step
+RECIPES = {  # training rows: the recipe, and the bench_train head timed beside the full step
     "xdim_region": ("xdim_region_f30k", "xdim"),
     "esl_h_region": ("esl_h_region_f30k", "esl_h"),
     "esl_h_clip": ("esl_h_clip_coco", None),
-}
-ENCODERS = ("bert", "clip_vit")
-
-
-def scoring_keys(dataset: str) -> list[str]:
-    return [f"{dataset}/{head}/{precision}" for head in ("xdim", "esl_h") for precision in PRECISIONS]
-
-
-PLANNED = {  # the rows of every section, in table order
-    "env": ["versions"] + [f"gemm/{precision}" for precision in PRECISIONS],
-    "scoring_f30k": scoring_keys("f30k"),
-    "encoding": [f"{encoder}/{precision}" for encoder in ENCODERS for precision in ("fp32", "bf16")],
-    "training": list(SYSTEMS),
-    "eval_mem": ["xdim", "esl_h"],
-    "scoring_coco": scoring_keys("coco"),
 }
 
 
@@ -76,7 +57,7 @@ class Rows:
 
     def save(self) -> None:
         with open(self.path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump({"rows": self.rows}, handle, indent=1)
+            json.dump({"rows": self.rows}, handle, indent=1, default=str)
         os.replace(self.path + ".tmp", self.path)
 
     def run(self, key: str, measure, *args) -> dict:
@@ -135,6 +116,14 @@ def amp_of(precision: str) -> str:
     return "bf16" if precision == "bf16" else "off"
 
 
+def matmul_precision() -> str:
+    """torch's float32 matmul precision ('highest' = fp32, 'high' = TF32 allowed), as evidence."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except Exception as exc:  # noqa: BLE001 - informative only; never fail a row for it
+        return describe(exc)
+
+
 @contextlib.contextmanager
 def tf32_for(precision: str):
     """TF32 matmuls (as --tf32 on) for `tf32`, full fp32 otherwise; off again afterwards."""
@@ -171,7 +160,7 @@ def gemm_row(row, precision, sizes, device) -> None:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     with tf32_for(precision):
         tflops = gemm_rate(device, dim, dtype, rows=sizes["gemm_rows"]) / 1e3
-        row["matmul_precision"] = torch.get_float32_matmul_precision()
+        row["matmul_precision"] = matmul_precision()
     row.update(shape=f"{sizes['gemm_rows']}x{dim} @ {dim}x{dim}", tflops=tflops, peak_tflops=PEAK_TFLOPS[precision],
                pct_of_peak=100 * tflops / PEAK_TFLOPS[precision])
 
@@ -201,7 +190,7 @@ def score_row(row, head, data, flop: float, precision: str, reference, device, s
         ours(head, images[:warm], captions[:5 * warm], lengths[:5 * warm], device, None, amp)
         release_memory()
         sims, seconds = timed(lambda: ours(head, images, captions, lengths, device, None, amp), device)
-        row["matmul_precision"] = torch.get_float32_matmul_precision()
+        row["matmul_precision"] = matmul_precision()
     metrics = retrieval_metrics(sims)
     bound = flop / (PEAK_TFLOPS[precision] * 1e12)
     row.update(images=len(images), captions=len(captions), words=int(lengths.sum()), seconds=seconds, flop=flop,
@@ -392,8 +381,8 @@ def full_step(row, recipe: str, sizes, dry, device) -> None:
         for index in range(sizes["repeat"]):
             loss, seconds = timed(lambda i=index: steps(batch, 1001 + i), device)
             best = min(best, seconds)
-    row.update(recipe=recipe, batch=cfg.batch_size, amp=cfg.amp, tf32=cfg.tf32, step_s=best,
-               pairs_per_s=cfg.batch_size / best, peak_gib=peak_gib(device), loss=loss)
+    row.update(recipe=recipe, batch=cfg.batch_size, amp=cfg.amp, tf32=cfg.tf32, timed_steps=sizes["repeat"],
+               step_s=best, pairs_per_s=cfg.batch_size / best, peak_gib=peak_gib(device), loss=loss)
 
 
 def head_only(row, name: str, sizes, device) -> None:
@@ -417,7 +406,7 @@ def head_only(row, name: str, sizes, device) -> None:
 
 def training_row(row, system: str, sizes, dry) -> None:
     device = check_device(dry)
-    recipe, head = SYSTEMS[system]
+    recipe, head = RECIPES[system]
     if head is not None:
         try:
             head_only(row, head, sizes, device)

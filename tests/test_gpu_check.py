@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import gpu_check  # noqa: E402
 from gpu_check_report import cells  # noqa: E402
+from gpu_plan import PLANNED  # noqa: E402
 
 
 def run_check(out, *args, env=None, script=False, status=0):
@@ -33,7 +34,7 @@ def run_check(out, *args, env=None, script=False, status=0):
 def assert_every_row(report, markdown):
     """Every planned row is in the JSON with a status and has its line in the markdown."""
     assert list(report["sections"]) == list(gpu_check.SECTIONS)
-    for name, keys in gpu_check.PLANNED.items():
+    for name, keys in PLANNED.items():
         rows = report["sections"][name]["rows"]
         assert list(rows)[:len(keys)] == keys
         for key in keys:
@@ -42,11 +43,11 @@ def assert_every_row(report, markdown):
             assert line in markdown, (name, key)
 
 
-def test_the_planned_rows_are_the_measured_ones():
+def test_every_planned_section_is_measured():
     import gpu_sections
-    measured = {name: keys for name, keys in gpu_check.PLANNED.items() if name != "pytest_cuda"}
-    assert measured == gpu_sections.PLANNED
-    assert set(gpu_sections.SECTIONS) == set(measured)
+    assert list(gpu_check.SECTIONS) == list(PLANNED)
+    assert set(gpu_sections.SECTIONS) == set(PLANNED) - {"pytest_cuda"}
+    assert tuple(gpu_sections.RECIPES) == tuple(PLANNED["training"])
 
 
 def test_a_spent_budget_still_writes_the_whole_table(tmp_path):
