@@ -6,7 +6,7 @@
 #   bash bench/gpu_check.sh --dry-run OUTDIR        # tiny sizes on the CPU (tests/test_gpu_check.py)
 #
 # OUTDIR defaults to $OUT. It receives gpu_check.json, gpu_check.md, gpu_check.log,
-# nvidia-smi.txt and pytest_cuda.txt (5 files, a few hundred kB). --budget (default 450 s) bounds
+# nvidia-smi.txt and pytest_cuda.txt (5 files, a few hundred kB). --budget (default 440 s) bounds
 # the whole check: each section has its own time limit inside it, and a section that no longer
 # fits is skipped and marked so in the table. --sections runs a subset (e.g. a rerun of
 # scoring_coco with --budget 300). Sections: env pytest_cuda scoring_f30k encoding training
@@ -24,7 +24,7 @@
 set -u
 dry=""
 out="${OUT:-}"
-budget=450
+budget=440
 sections=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,10 +46,16 @@ cd "$(dirname "$0")/.." || exit 2
 PYTHON="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+limited() {  # limited SECONDS COMMAND...: under coreutils' timeout where there is one
+    local seconds="$1"
+    shift
+    if command -v timeout >/dev/null; then timeout --kill-after=5 "$seconds" "$@"; else "$@"; fi
+}
+
 if ls .whl/*.whl >/dev/null 2>&1; then
     site="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX")"
-    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-            .whl/*.whl >>"$out/gpu_check.log" 2>&1; then
+    if limited 20 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$site" .whl/*.whl >>"$out/gpu_check.log" 2>&1; then
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
         echo "gpu_check.sh: installed $(ls .whl/*.whl | wc -l) carried wheel(s) into $site"
     else
@@ -60,13 +66,10 @@ fi
 args=(--out "$out" --budget "$budget")
 [ -n "$dry" ] && args+=("$dry")
 [ -n "$sections" ] && args+=(--sections "$sections")
-# a last resort at the budget plus a margin (the sections keep to the budget themselves); stopped,
-# gpu_check.py ends its section's processes and writes the table with what finished
-if command -v timeout >/dev/null; then
-    timeout --kill-after=10 "$((${budget%.*} + 30))" "$PYTHON" bench/gpu_check.py "${args[@]}"
-else
-    "$PYTHON" bench/gpu_check.py "${args[@]}"
-fi
+# a last resort at the budget plus 15 s (the sections keep to the budget themselves): stopped,
+# gpu_check.py ends its section's processes and writes the table with what finished. The default
+# 440 s, the wheels' 20 s at most and this margin keep the whole call under 8 minutes.
+limited "$((${budget%.*} + 15))" "$PYTHON" bench/gpu_check.py "${args[@]}"
 status=$?
 [ "$status" -eq 124 ] && echo "gpu_check.sh: stopped at the budget's margin; $out/gpu_check.md holds what finished"
 exit "$status"
