@@ -109,12 +109,18 @@ def features(n_images, n_captions, regions, words, dim, device, structured=False
     return images.to(device), F.normalize(captions, dim=-1).to(device), lengths.to(device)
 
 
-def ours(head, images, captions, lengths, device, mem_gb, amp):
+def prepared(head, images, captions, lengths, device):
+    """(image items, caption items): the head's per-item work, packed as test.py keeps them."""
     with torch.inference_mode():
         region_lengths = torch.full((images.shape[0],), images.shape[1], device=device)
         image_items = EncodedItems.from_padded(head.prepare_images(images, region_lengths), region_lengths)
         caption_items = EncodedItems.from_padded(head.prepare_captions(captions, lengths), lengths)
-        return score_all(head, image_items, caption_items, device, mem_gb=mem_gb, amp=amp, progress=False)
+    return image_items, caption_items
+
+
+def ours(head, images, captions, lengths, device, mem_gb, amp):
+    image_items, caption_items = prepared(head, images, captions, lengths, device)
+    return score_all(head, image_items, caption_items, device, mem_gb=mem_gb, amp=amp, progress=False)
 
 
 def run_head(name, head, args, device):
@@ -135,15 +141,28 @@ def run_head(name, head, args, device):
     return row
 
 
-def amp_check(args, device):
-    """Recall@K of fp32 scoring and of the --amp / --tf32 setting on a structured check set."""
-    esl = ESLRegionHead(args.esl_dim, 2, 8, "heuristic")
-    with torch.no_grad():  # identity level matrices: a head that matches the structured features
+def check_head(name: str, dim: int):
+    """The head of the structured check set: X-Dim as initialised; ESL-H with identity level
+    matrices, so that it matches the structured features."""
+    if name == "xdim":
+        return XDimHead(dim)
+    esl = ESLRegionHead(dim, 2, 8, "heuristic")
+    with torch.no_grad():
         for matrix in esl.bilinear:
             matrix.copy_(torch.eye(matrix.shape[0]))
+    return esl
+
+
+def recall_unchanged(exact: dict, reduced: dict) -> bool:
+    """R@1, R@5 and R@10 identical in both directions."""
+    return all(exact[d][k] == reduced[d][k] for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
+
+
+def amp_check(args, device):
+    """Recall@K of fp32 scoring and of the --amp / --tf32 setting on a structured check set."""
     rows = []
-    for name, head, dim in (("xdim", XDimHead(args.xdim_dim), args.xdim_dim), ("esl_h", esl, args.esl_dim)):
-        head = head.to(device).eval()
+    for name, dim in (("xdim", args.xdim_dim), ("esl_h", args.esl_dim)):
+        head = check_head(name, dim).to(device).eval()
         images, captions, lengths = features(args.check_images, 5 * args.check_images, args.regions, args.words, dim,
                                              device, structured=True, seed=1)
         set_tf32("off")
@@ -152,8 +171,7 @@ def amp_check(args, device):
         low, low_seconds = timed(lambda: ours(head, images, captions, lengths, device, args.mem_gb, args.amp), device)
         set_tf32("off")
         exact, reduced = retrieval_metrics(full), retrieval_metrics(low)
-        same = all(exact[d][k] == reduced[d][k] for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
-        rows.append((name, full_seconds, low_seconds, exact["rsum"], reduced["rsum"], same))
+        rows.append((name, full_seconds, low_seconds, exact["rsum"], reduced["rsum"], recall_unchanged(exact, reduced)))
     return rows
 
 

@@ -39,17 +39,20 @@ from modules.losses import HingeLoss, full_matrix_loss  # noqa: E402
 HEADS = {"xdim": ("xdim", 1024), "esl_h": ("heuristic", 512), "esl_a": ("adaptive", 512)}
 
 
-def build_head(name: str, device):
-    kind, dim = HEADS[name]
+def build_head(name: str, device, dim: int | None = None):
+    kind, default = HEADS[name]
+    dim = dim or default
     torch.manual_seed(0)
     head = XDimHead(dim) if name == "xdim" else ESLRegionHead(dim, 2, 8, kind)
     return head.to(device), dim
 
 
-def step(name: str, implementation: str, batch: int, regions: int, words: int, device, repeat: int = 3) -> dict:
+def step(name: str, implementation: str, batch: int, regions: int, words: int, device, repeat: int = 3,
+         dim: int | None = None) -> dict:
     """The best of `repeat` timed steps, each from the same state (after one untimed warm-up);
-    the peak memory is that of one step above the process's memory before it."""
-    head, dim = build_head(name, device)
+    the peak memory is that of one step above the process's memory before it. `dim`: the
+    head's width (default: its released one)."""
+    head, dim = build_head(name, device, dim)
     images, captions, lengths = features(batch, batch, regions, words, dim, device, structured=True)
     images.requires_grad_(True)
     captions.requires_grad_(True)
@@ -94,6 +97,11 @@ def _current_rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def grad_difference(ours: list, loop: list) -> float:
+    """The largest difference of any gradient, relative to the loop's largest entry of it."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(ours, loop))
+
+
 def run_isolated(args, name, implementation, batch, grads_path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--one", name, implementation, str(batch),
                "--regions", str(args.regions), "--words", str(args.words), "--device", args.device,
@@ -134,9 +142,7 @@ def main(argv=None) -> None:
         for batch in args.batches:
             ours = run_isolated(args, name, "ours", batch, scratch + "_ours.pt")
             loop = run_isolated(args, name, "loop", batch, scratch + "_loop.pt")
-            ours_grads, loop_grads = torch.load(scratch + "_ours.pt"), torch.load(scratch + "_loop.pt")
-            grad_diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-                            for a, b in zip(ours_grads, loop_grads))
+            grad_diff = grad_difference(torch.load(scratch + "_ours.pt"), torch.load(scratch + "_loop.pt"))
             if name == "xdim":
                 product = 2 * batch * ours["words"] * ours["dim"] ** 2
                 bound_text = f"{ours['seconds'] / (3 * product / (rate * 1e9)):.2f}x"
