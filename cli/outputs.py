@@ -73,6 +73,13 @@ class Outputs:
                 raise ConfigError(f"{label} is also {self.outputs[_same(target)]}; give them different names")
             self.outputs[_same(target)] = label
 
+    def folder_of(self, folder: str, names: tuple, option: str = "--out") -> None:
+        """The files a command writes into one output folder (a report)."""
+        if os.path.isfile(folder):
+            raise ConfigError(f"{option} {folder} is a file; give a folder")
+        for name in names:
+            self.file(os.path.join(folder, name), option, os.path.splitext(name)[1])
+
     def check(self) -> None:
         for target, label in self.outputs.items():
             if target in self.inputs:

@@ -253,14 +253,11 @@ def main(argv=None) -> str:
             raise ConfigError(f"{option} must be at least {low} (got {value})")
     if args.eval_mem_gb is not None and not args.eval_mem_gb > 0:
         raise ConfigError(f"--eval_mem_gb must be greater than 0 (got {args.eval_mem_gb})")
-    if os.path.isfile(args.out):
-        raise ConfigError(f"--out {args.out} is a file; give a folder")
     if args.rerank_k and args.sims or args.shortlist and not args.rerank_k:
         raise ConfigError("--sims shows exhaustive scores and --rerank_k (with an optional --shortlist) two-stage "
                           "ones: give one of them")
     outputs = Outputs(args.overwrite)
-    for name in REPORT_FILES:
-        outputs.file(os.path.join(args.out, name), "--out", os.path.splitext(name)[1])
+    outputs.folder_of(args.out, REPORT_FILES)
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.sims, "--sims")
     outputs.reads(args.shortlist, "--shortlist")

@@ -49,11 +49,8 @@ def main(argv=None) -> list[dict]:
     if min(args.k) < 1 or args.eval_batch_size < 1 or args.workers < 0:
         raise ConfigError(f"--k values and --eval_batch_size must be at least 1 and --workers at least 0 (got "
                           f"{' '.join(map(str, args.k))}, {args.eval_batch_size}, {args.workers})")
-    if os.path.isfile(args.out):
-        raise ConfigError(f"--out {args.out} is a file; give a folder")
     outputs = Outputs(args.overwrite)
-    outputs.file(os.path.join(args.out, "sweep.json"), "--out", ".json")
-    outputs.file(os.path.join(args.out, "rerank_sweep.png"), "--out", ".png")
+    outputs.folder_of(args.out, ("sweep.json", "rerank_sweep.png"))
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.compare_sims, "--compare_sims")
     outputs.check()
