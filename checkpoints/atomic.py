@@ -24,6 +24,7 @@ def atomic_torch_save(obj, path: str) -> None:
 def atomic_save_npy(array, path: str) -> None:
     """np.save through a temporary file, so that a reader never sees half a matrix."""
     import numpy as np
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     try:
         np.save(tmp, array)
@@ -34,6 +35,7 @@ def atomic_save_npy(array, path: str) -> None:
 
 
 def atomic_write_text(text: str, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)

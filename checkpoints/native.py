@@ -31,12 +31,15 @@ def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
         raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, **kwargs)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
-            ModuleNotFoundError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint we read
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, (EOFError, OSError, zipfile.BadZipFile)) or "zip archive" in first_line \
                 or "central directory" in first_line:
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line}); copy it again") from exc
+        if "Weights only load failed" in first_line or isinstance(exc, (pickle.UnpicklingError, IndexError,
+                                                                         KeyError, TypeError)):
+            raise CheckpointError(f"checkpoint {path} cannot be read: it is not a PyTorch checkpoint of plain "
+                                  "tensors and values (code in a checkpoint is never loaded)") from exc
         raise CheckpointError(f"checkpoint {path} cannot be read: {first_line}") from exc
 
 
@@ -54,7 +57,7 @@ def load_native(path: str) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file")
     payload = read_file(path)
-    if not is_native(payload):
+    if not is_native(payload) or not isinstance(payload.get("config"), dict):
         raise CheckpointError(f"{path} is not a dimmatch checkpoint")
     check_version(payload, path)
     return payload

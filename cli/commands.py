@@ -13,18 +13,21 @@ from config.recipes import describe, recipe_names
 from config.resolve import check_command, check_device_options, resolve_train_config, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
+from pairs import pair_of
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
 from .guard import run_guarded
 from .logs import attach_log_file, setup_logging
-from .outputs import FolderLock, Outputs, check_output_dir, clear_previous_run
+from .outputs import (FolderLock, Outputs, check_output_dir, discard_previous_run, restore_previous_run,
+                      set_aside_previous_run)
 
 logger = logging.getLogger("dimmatch")
 
 
 def train(argv=None) -> dict:
-    """Every option, path and file is checked (Trainer construction) before the output folder is
-    touched: a failed start leaves it exactly as it was. The folder is then held by this process."""
+    """Every option, path and file is checked before the output folder is touched, and the
+    folder is held by this process from then on: a failed start leaves it as it was (with
+    --overwrite, the previous run is set aside until the new one's first checkpoint)."""
     from training.trainer import Trainer
 
     given = vars(train_parser().parse_args(argv))
@@ -47,26 +50,42 @@ def train(argv=None) -> dict:
     if print_only:
         print(cfg.to_json())
         return {"config": cfg}
-    check_output_dir(cfg.output_dir, resume, cfg.overwrite, {"--init_from": cfg.init_from})
+    # --resume auto in a folder whose run never wrote a checkpoint starts that run again
+    restart = bool(given.get("resume")) and resume is None
+    continued = resume is not None or restart
+    check_output_dir(cfg.output_dir, continued, cfg.overwrite, {"--init_from": cfg.init_from})
     device = resolve_device(cfg.device)
     set_tf32(cfg.tf32)
     distributed.init_from_environment(device)
     main = distributed.is_main_process()
     setup_logging(main_process=main, buffer=True)
     seed_everything(cfg.seed + distributed.rank())
-    trainer = Trainer(cfg, device, init, resume)
     lock = FolderLock(cfg.output_dir, "--output_dir").acquire() if main else None
+    aside, started = None, False
     try:
         if main:
             # checked again under the lock: another run may have started here since the first check
-            check_output_dir(cfg.output_dir, resume, cfg.overwrite, {"--init_from": cfg.init_from})
-            if cfg.overwrite:
-                clear_previous_run(cfg.output_dir)
+            check_output_dir(cfg.output_dir, continued, cfg.overwrite, {"--init_from": cfg.init_from})
+        trainer = Trainer(cfg, device, init, resume)
+        if main:
+            if cfg.overwrite or restart:
+                aside = set_aside_previous_run(cfg.output_dir)
+                trainer.state.on_first_save = lambda: discard_previous_run(aside)
             attach_log_file(os.path.join(cfg.output_dir, "train.log"))
+            if restart:
+                logger.info("--resume auto: no checkpoint in %s yet, starting its run again", cfg.output_dir)
             logger.info("resolved config:\n%s", cfg.to_json())
             write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
+        started = True
         distributed.barrier()
         result = trainer.fit()
+    except BaseException:
+        if main and aside is not None and trainer.state.on_first_save is not None:
+            restore_previous_run(cfg.output_dir, aside)
+        if lock is not None:
+            lock.release(undo=not started)
+            lock = None
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -74,29 +93,40 @@ def train(argv=None) -> dict:
         raise Stopped(result["stopped_by"], f"checkpoint_last written after step {result['global_step']}; "
                                             "continue with --resume auto")
     if main and result["best_at"] is not None:
-        logger.info("done: best validation rSum %.1f at %s", result["best_rsum"], result["best_at"])
+        at = result["best_at"]
+        logger.info("done: best validation rSum %.1f at epoch %d, step %d (global step %d)", result["best_rsum"],
+                    at["epoch"], at["step_in_epoch"], at["global_step"])
     elif main:
         logger.info("done after step %d, before any validation", result["global_step"])
     return result
 
 
 def resume_checkpoint(given: dict):
-    """(path, payload) of the checkpoint --resume continues, or None for a new run (--resume auto
-    in a folder without checkpoint_last yet)."""
+    """(path, payload) of the checkpoint --resume continues, or None for --resume auto in a
+    folder without checkpoint_last (a run that never wrote one, or none at all)."""
     from checkpoints import native
-    from training.state import LAST
+    from training.state import BEST, LAST
     path = given.get("resume")
     if not path:
         return None
     if path == "auto":
-        path = os.path.join(given.get("output_dir", "runs/exp"), LAST)
+        folder = given.get("output_dir", "runs/exp")
+        path = os.path.join(folder, LAST)
         if not os.path.isfile(path):
-            print(f"--resume auto: no {path} yet, starting a new run")
+            if os.path.isfile(os.path.join(folder, BEST)):
+                raise ConfigError(f"--resume auto: {folder} holds {BEST} but no {LAST}, so there is nothing to "
+                                  "resume; keep the run and start elsewhere, or replace it with --overwrite")
             return None
     payload = native.load_native(path)
-    if "optimizer" not in payload:
-        raise ConfigError(f"{path} holds weights only (a model_best file); resume from {LAST}")
-    given.setdefault("output_dir", payload["config"]["output_dir"])
+    if not all(key in payload for key in ("optimizer", "progress", "rng", "config")):
+        raise ConfigError(f"{path} holds weights only (like {BEST} or a converted checkpoint): it cannot be "
+                          f"resumed; resume from the run's {LAST}, or start from these weights with --init_from")
+    run_folder = os.path.dirname(os.path.abspath(path))
+    output_dir = given.setdefault("output_dir", run_folder)
+    if os.path.realpath(output_dir) != os.path.realpath(run_folder):
+        raise ConfigError(f"--resume {path} continues the run in {run_folder}, not in --output_dir {output_dir}: "
+                          "resume it there (its best model and history are there), or start a new run from its "
+                          "weights with --init_from")
     return path, payload
 
 
@@ -163,6 +193,10 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
                                      keep_payload=False)
     for later in members[1:] + ([shortlister] if shortlister else []):
         check_same_captions((members[0].name, members[0].split_data[1]), (later.name, later.split_data[1]))
+    check_evaluation_options(args, members + ([shortlister] if shortlister else []))
+    for member in members + ([shortlister] if shortlister else []):
+        for path in pair_of(member.read.cfg).input_files(member.read.cfg, args.split):
+            outputs.reads(path, f"the data of split {args.split}")
     outputs.check()
     if args.rerank_k:
         return evaluate_two_stage(args, members[0], shortlister, device, coco_testall, say)
@@ -196,8 +230,24 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
 
+def check_evaluation_options(args, members: list) -> None:
+    """Options given for models that are not there."""
+    from pairs import PAIRS
+    present = {pair_of(member.read.cfg).name for member in members}
+    for name, pair in PAIRS.items():
+        if name in present:
+            continue
+        for option in pair.options:
+            if option.evaluation and option.name not in pair.data_options and getattr(args, option.name, None) \
+                    is not None:
+                raise ConfigError(f"--{option.name} applies to {name} models ({pair.summary}); "
+                                  f"{members[0].path} is a {pair_of(members[0].read.cfg).name} model")
+
+
 def check_two_stage_options(args) -> None:
     """Options that only make sense together (two-stage retrieval), checked before anything is read."""
+    if args.ids_file and not args.extended:
+        raise ConfigError("--ids_file names the COCO ids of the rows for --extended: give --extended too")
     if args.rerank_k is None:
         for option in ("shortlist", "compare_sims"):
             if getattr(args, option):
@@ -305,6 +355,9 @@ def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool
     from evaluation.protocol import COCO_FOLDS
     from pairs import load_eval_split
     read = read_checkpoint_config(path, args)
+    if annotations is not None and not pair_of(read.cfg).coco(read.cfg):
+        raise ConfigError(f"--extended adds ECCV Caption and CxC, which annotate MS-COCO's 5K test images; {path} "
+                          "is evaluated on other data")
     split_data = load_eval_split(read.cfg, args.split, folds=COCO_FOLDS if coco_testall else 1)
     ids = None if annotations is None else coco_ids(read.cfg, args, len(split_data[0]), annotations)
     if not keep_payload:
@@ -349,7 +402,6 @@ def write_outputs(args, sims, report: dict, members: list, provenance: dict, say
 def coco_ids(cfg, args, n_images: int, annotations: dict):
     """(COCO image id per row, caption id per column) of the evaluated split, checked (--extended)."""
     from evaluation.extended import read_ids, row_ids
-    from pairs import pair_of
     if args.ids_file is not None:
         ids, source = read_ids(args.ids_file), args.ids_file
     else:

@@ -26,7 +26,8 @@ def run_guarded(main, argv=None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except Stopped as exc:
-        print(f"stopped by {signal.Signals(exc.signum).name}: {exc}", file=sys.stderr)
+        if distributed.is_main_process():      # under torchrun, one line for the run, not one per rank
+            print(f"stopped by {signal.Signals(exc.signum).name}: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt as exc:
         print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)

@@ -17,6 +17,7 @@ logger = logging.getLogger("dimmatch")
 RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
 RUN_FOLDERS = ("tensorboard",)
 LOCK = ".lock"
+PREVIOUS = ".previous-run"     # an --overwrite'n run, kept until the new one's first checkpoint
 
 
 def _existing_ancestor(path: str) -> str:
@@ -51,6 +52,7 @@ class Outputs:
         self.inputs: dict[str, str] = {}
 
     def reads(self, path: str | None, option: str) -> None:
+        """An input: `option` names where it comes from (an option, or what the file is)."""
         if path:
             self.inputs.setdefault(_same(path), f"{option} {path}")
 
@@ -83,18 +85,18 @@ class Outputs:
     def check(self) -> None:
         for target, label in self.outputs.items():
             if target in self.inputs:
-                raise ConfigError(f"{label} would replace the input {self.inputs[target]}; write it elsewhere")
+                raise ConfigError(f"{label} is an input ({self.inputs[target]}); write it elsewhere")
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
 
 
-def check_output_dir(output_dir: str, resume: str, overwrite: bool, inputs: dict | None = None) -> None:
+def check_output_dir(output_dir: str, continued: bool, overwrite: bool, inputs: dict | None = None) -> None:
     """A used run folder is continued only with --resume, replaced only with --overwrite, and never
     while it holds an input of the run (`inputs`: option -> path) that --overwrite would remove."""
     if os.path.isfile(output_dir):
         raise ConfigError(f"--output_dir {output_dir} is a file; give a folder for the run")
     _check_writable_folder(output_dir, "--output_dir", output_dir)
-    if run_folder_used(output_dir) and not resume and not overwrite:
+    if run_folder_used(output_dir) and not continued and not overwrite:
         raise ConfigError(f"--output_dir {output_dir} already holds a run; continue it with --resume auto, "
                           "replace it with --overwrite, or choose another folder")
     if overwrite:
@@ -107,17 +109,50 @@ def check_output_dir(output_dir: str, resume: str, overwrite: bool, inputs: dict
 
 
 def run_folder_used(output_dir: str) -> bool:
-    return os.path.isdir(output_dir) and any(name != LOCK for name in os.listdir(output_dir))
+    return os.path.isdir(output_dir) and any(name not in (LOCK, PREVIOUS) for name in os.listdir(output_dir))
 
 
-def clear_previous_run(output_dir: str) -> None:
-    """--overwrite: remove what an earlier run wrote there (and nothing else)."""
-    for name in RUN_FILES:
+def set_aside_previous_run(output_dir: str) -> str | None:
+    """--overwrite (and a restarted run): move what an earlier run wrote there (and nothing else)
+    into OUTPUT_DIR/.previous-run, to be discarded at the new run's first checkpoint or restored if
+    it fails before. A .previous-run left by an interrupted --overwrite is the older run: it is kept,
+    and the interrupted attempt's files are removed."""
+    aside = os.path.join(output_dir, PREVIOUS)
+    keep = not os.path.isdir(aside)
+    names = [name for name in RUN_FILES + RUN_FOLDERS if os.path.exists(os.path.join(output_dir, name))]
+    if keep and names:
+        os.makedirs(aside)
+    for name in names:
         path = os.path.join(output_dir, name)
-        if os.path.isfile(path):
+        if keep:
+            os.replace(path, os.path.join(aside, name))
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
             os.remove(path)
-    for name in RUN_FOLDERS:
-        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    if os.path.isdir(aside):
+        logger.info("%s: the previous run is kept in %s until this run writes its first checkpoint", output_dir,
+                    aside)
+        return aside
+    return None
+
+
+def restore_previous_run(output_dir: str, aside: str) -> None:
+    """A run that failed before its first checkpoint gives the folder back to the run it replaced."""
+    for name in RUN_FILES + RUN_FOLDERS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    for name in os.listdir(aside):
+        os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
+    os.rmdir(aside)
+
+
+def discard_previous_run(aside: str | None) -> None:
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -138,10 +173,13 @@ class FolderLock:
     def __init__(self, folder: str, option: str):
         self.folder, self.option = folder, option
         self.handle = None
+        self.created_folder = self.created_file = False
 
     def acquire(self) -> "FolderLock":
         created = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
+        self.created_folder = created
+        self.created_file = not os.path.exists(os.path.join(self.folder, LOCK))
         handle = open(os.path.join(self.folder, LOCK), "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -167,7 +205,16 @@ class FolderLock:
         self.handle = handle
         return self
 
-    def release(self) -> None:
-        if self.handle is not None:
-            self.handle.close()     # closing the file releases the flock
-            self.handle = None
+    def release(self, undo: bool = False) -> None:
+        """Let the folder go: the lock file is emptied (an ended run leaves no holder named), and
+        with `undo` (a start that failed) what acquire created is removed again."""
+        if self.handle is None:
+            return
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.close()     # closing the file releases the flock
+        self.handle = None
+        if undo and self.created_file:
+            os.remove(os.path.join(self.folder, LOCK))
+            if self.created_folder and not os.listdir(self.folder):
+                os.rmdir(self.folder)

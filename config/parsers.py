@@ -11,7 +11,7 @@ class Parser(argparse.ArgumentParser):
     printing the usage first; the values of schema options are checked against their ranges."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False, **kwargs)
         self.schema = {}
 
     def error(self, message: str):

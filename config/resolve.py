@@ -15,8 +15,9 @@ from .recipes import read_recipe
 from .schema import COMMAND, LOCATION, MODEL, RUNTIME, Config
 
 
-def take_model_options(values: dict, given: dict, init_cfg, path: str, options: dict) -> None:
-    """--init_from: the network is the checkpoint's; an option that says otherwise is an error."""
+def take_model_options(values: dict, given: dict, recipe: dict, init_cfg, path: str, options: dict) -> None:
+    """--init_from: the network is the checkpoint's; an option or a recipe that says otherwise is an
+    error."""
     for name, option in options.items():
         if option.role != MODEL:
             continue
@@ -24,7 +25,24 @@ def take_model_options(values: dict, given: dict, init_cfg, path: str, options: 
         if name in given and given[name] != saved:
             raise ConfigError(f"--{name} {given[name]} contradicts --init_from {path}, whose {name} is {saved}; "
                               f"drop --{name} or start from another checkpoint")
+        if name in recipe and recipe[name] != saved:
+            raise ConfigError(f"--recipe {given['recipe']} sets {name} {recipe[name]}, but --init_from {path} has "
+                              f"{name} {saved}: the network is the checkpoint's; drop --recipe or start from another "
+                              "checkpoint")
         values[name] = saved
+
+
+def shown(value) -> str:
+    return "unset" if value is None else str(value)
+
+
+def absolute_locations(values: dict, options: dict) -> None:
+    """Local folders and files as absolute paths, so that a run resumes and a checkpoint evaluates
+    from any folder (hub names stay as they are)."""
+    for name, option in options.items():
+        value = values.get(name)
+        if option.role == LOCATION and isinstance(value, str) and value and os.path.exists(value):
+            values[name] = os.path.abspath(value)
 
 
 def resumed_config(given: dict, saved: dict, path: str) -> Config:
@@ -35,15 +53,15 @@ def resumed_config(given: dict, saved: dict, path: str) -> Config:
     changed = [name for name, value in given.items()
                if name in options and options[name].role not in (LOCATION, RUNTIME, COMMAND)
                and value != getattr(cfg, name)]
-    if given.get("recipe") not in (None, cfg.recipe):
+    if "recipe" in saved and given.get("recipe") not in (None, cfg.recipe):
         changed.insert(0, "recipe")
     if changed:
-        described = ", ".join(f"--{name} {given[name]} (the run has {getattr(cfg, name)})" for name in changed)
+        described = ", ".join(f"--{name} {given[name]} (the run has {shown(getattr(cfg, name))})" for name in changed)
         raise ConfigError(f"--resume {given['resume']}: {described}; a resumed run keeps its training options "
                           f"(see {path}); start a new run, e.g. with --init_from, to change them")
-    for name, value in given.items():
-        setattr(cfg, name, value)
-    return cfg
+    values = {**cfg.to_dict(), **given}
+    absolute_locations(values, options)
+    return Config(**values)
 
 
 def resolve_train_config(given: dict, init_cfg=None) -> Config:
@@ -63,7 +81,7 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     values.update(recipe)
     values.update(given)
     if init_cfg is not None:
-        take_model_options(values, given, init_cfg, given["init_from"], options)
+        take_model_options(values, given, recipe, init_cfg, given["init_from"], options)
     for name, value in values.items():
         options[name].check(value)
     pair.resolve(values, set(given) | set(recipe))
@@ -81,11 +99,14 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if values["batch_size"] % world:
         raise ConfigError(f"--batch_size {values['batch_size']} (global) is not divisible by the {world} processes")
+    absolute_locations(values, options)
     return Config(**values)
 
 
 def check_command(given: dict) -> None:
     """Combinations of what the invocation does that cannot work, before anything is read."""
+    if given.get("output_dir") == "":
+        raise ConfigError("--output_dir must name a folder")
     if given.get("resume") and given.get("overwrite"):
         raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
     if given.get("resume") and given.get("init_from"):
@@ -94,12 +115,14 @@ def check_command(given: dict) -> None:
 
 
 def check_device_options(cfg) -> None:
-    """--amp fp16 needs CUDA (train and evaluation alike)."""
+    """--amp fp16 and --tf32 on need CUDA (train and evaluation alike)."""
     import torch
     device = cfg.device
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cfg.amp == "fp16" and not cuda:
         raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
+    if cfg.tf32 == "on" and not cuda:
+        raise ConfigError("--tf32 on needs CUDA (TF32 is a mode of NVIDIA GPUs; the CPU computes in fp32)")
 
 
 def train_config(argv) -> Config:

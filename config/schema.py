@@ -58,10 +58,11 @@ class Option:
             raise ConfigError(f"--{self.name} must be one of {', '.join(map(str, self.choices))} (got {value!r})")
         if self.low is None and self.high is None:
             return
-        nan = isinstance(value, float) and math.isnan(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{self.name} must be a finite number (got {value})")
         above = self.low is None or (value >= self.low if self.closed[0] == "[" else value > self.low)
         below = self.high is None or (value <= self.high if self.closed[1] == "]" else value < self.high)
-        if nan or not (above and below):
+        if not (above and below):
             if self.high is None:
                 bound = f"at least {self.low}" if self.closed[0] == "[" else f"greater than {self.low}"
             else:

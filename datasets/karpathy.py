@@ -190,6 +190,12 @@ class KarpathyTrainDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def identity(self) -> dict:
+        """What the training pairs are (a resumed run must train on the same): image names and captions."""
+        from provenance import text_sha256
+        return {"pairs": len(self), "pairs_sha256": text_sha256(f"{os.path.basename(path)}\t{caption}"
+                                                                for path, caption in self.pairs)}
+
     def __len__(self) -> int:
         return len(self.pairs)
 

@@ -38,6 +38,10 @@ def read_captions(path: str) -> list[str]:
 
 def load_region_features(path: str, img_dim: int) -> np.ndarray:
     """A checked, memory-mapped (images x regions x img_dim) float feature file."""
+    from provenance import is_npy
+    if not is_npy(path):
+        raise DataError(f"{path} is not a .npy file (it lacks NumPy's header); expected (images, regions, "
+                        f"{img_dim}) float features")
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -139,6 +143,12 @@ class PrecompTrainDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def identity(self) -> dict:
+        """What the training pairs are (a resumed run must train on the same): captions and features."""
+        from provenance import file_fingerprint, text_sha256
+        return {"pairs": len(self), "captions_sha256": text_sha256(self.split.captions),
+                "features": file_fingerprint(self.split.ims_file), "divisor": self.split.image_divisor}
 
     def __len__(self) -> int:
         return len(self.split.captions)

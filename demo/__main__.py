@@ -9,13 +9,13 @@ It runs exactly the production train.py / test.py code paths; only the data path
 model-size flags differ from a real run.
 """
 
-import argparse
 import os
 import sys
 import time
 
 from cli.commands import evaluate, train
 from cli.guard import run_guarded
+from config.parsers import Parser
 from errors import ConfigError
 from .data import write_image_dataset, write_region_dataset
 from .tiny_models import write_tiny_bert, write_tiny_clip
@@ -75,8 +75,17 @@ def prepare(args) -> list[str]:
     return argv
 
 
+def check_counts(args, names: tuple) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1 (got {value})")
+    if os.path.isfile(args.output):
+        raise ConfigError(f"--output {args.output} is a file; give a folder")
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", default="xdim", choices=["xdim", "esl_h", "esl_a", "cosine", "clip"])
     parser.add_argument("--text_model", default="tiny", choices=["tiny", "minilm"],
                         help="region systems: a tiny random BERT with the demo vocabulary, or pretrained MiniLM")
@@ -86,6 +95,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="demo_output")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_counts(args, ("epochs", "train_images", "test_images"))
     if args.epochs is None:
         args.epochs = 10 if args.system == "clip" else 4
 

@@ -74,16 +74,17 @@ def two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores) -> tuple[np.nd
 def two_stage_metrics(i2t_items, i2t_scores, t2i_items, t2i_scores) -> dict:
     """Recall@K, MedR, MeanR and rSum of re-ranked shortlists."""
     i2t, t2i = (recall_summary(ranks) for ranks in two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores))
-    return {"i2t": i2t, "t2i": t2i, "rsum": sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10"))}
+    return {"i2t": i2t, "t2i": t2i, "rsum": round(sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10")), 10)}
 
 
 def recall_summary(ranks: np.ndarray) -> dict:
+    """Rounded to 10 decimals: 14.000000000000002 is 14 (the counts behind them are exact)."""
     return {
-        "r1": 100.0 * float(np.mean(ranks < 1)),
-        "r5": 100.0 * float(np.mean(ranks < 5)),
-        "r10": 100.0 * float(np.mean(ranks < 10)),
+        "r1": round(100.0 * float(np.mean(ranks < 1)), 10),
+        "r5": round(100.0 * float(np.mean(ranks < 5)), 10),
+        "r10": round(100.0 * float(np.mean(ranks < 10)), 10),
         "medr": float(np.floor(np.median(ranks)) + 1),
-        "meanr": float(ranks.mean() + 1),
+        "meanr": round(float(ranks.mean() + 1), 10),
     }
 
 
@@ -91,7 +92,7 @@ def retrieval_metrics(sims) -> dict:
     """{'i2t': {...}, 't2i': {...}, 'rsum': float} of one score matrix."""
     i2t = recall_summary(i2t_ranks(sims))
     t2i = recall_summary(t2i_ranks(sims))
-    rsum = sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10"))
+    rsum = round(sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10")), 10)
     return {"i2t": i2t, "t2i": t2i, "rsum": rsum}
 
 

@@ -105,7 +105,7 @@ def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall
     folds = [run(fold * size, (fold + 1) * size)[0] for fold in range(COCO_FOLDS)]
     mean = mean_metrics(folds)
     text = (format_metrics(mean, f"{label}: mean of 5 folds of {size} images") + "\n"
-            + format_metrics(full, f"{label}: full {n_images} images") + "\n" + line)
+            + format_metrics(full, f"{label}: full {n_images} images") + fold_note(size) + "\n" + line)
     return {"five_fold_1k": mean, "full_5k": full, "folds": folds}, text, whole
 
 
@@ -136,6 +136,14 @@ def validation_metrics(model, split_data, protocol: str, caption_encoder, device
     return {**selected, "protocol": protocol, "folds": folds}
 
 
+def fold_note(fold_images: int) -> str:
+    """Folds of another size than COCO's 1,000 images give numbers not comparable with COCO 1K."""
+    if fold_images == 1000:
+        return ""
+    return (f"\nnote: folds of {fold_images} images, not COCO's 1,000 (testall has 5,000): these 1K numbers are not "
+            "comparable with published COCO 1K results")
+
+
 def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:
     """(metrics for the JSON report, printed table) of a score matrix under one protocol."""
     n_images, n_captions = sims.shape
@@ -143,7 +151,7 @@ def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:
         folds = coco_five_fold(sims, COCO_FOLDS)
         full = retrieval_metrics(sims)
         text = (format_metrics(folds["mean"], f"{label}: mean of 5 folds of {folds['fold_images']} images") + "\n"
-                + format_metrics(full, f"{label}: full {n_images} images"))
+                + format_metrics(full, f"{label}: full {n_images} images") + fold_note(folds["fold_images"]))
         return {"five_fold_1k": folds["mean"], "full_5k": full, "folds": folds["folds"]}, text
     metrics = retrieval_metrics(sims)
     return metrics, format_metrics(metrics, f"{label}: {n_images} images, {n_captions} captions")

@@ -30,9 +30,12 @@ class EncoderPair:
     text_tokens: Callable              # (backbone config dict) -> what a tokenizer must agree with
     text_positions: Callable           # (cfg) -> token positions of the pretrained text tower
     caption_encoder: Callable          # (cfg, tokenizer, positions) -> captions -> token ids
-    train_dataset: Callable            # (cfg, caption_encoder) -> Dataset of training pairs
+    train_dataset: Callable            # (cfg, caption_encoder) -> Dataset of training pairs (with set_epoch and
+                                       # identity, what a resumed run must train on again)
     eval_split: Callable               # (cfg, split, max_images) -> (image set, captions, where)
     resolve: Callable                  # (values, given: set) -> None: derived options and checks
     caption_ids: Callable              # (cfg, split) -> (COCO caption ids of the split, source) for --extended
+    input_files: Callable              # (cfg, split) -> the files a split is read from (never an output)
+    coco: Callable                     # (cfg) -> whether the data is MS-COCO (--extended, testall.py)
     collection: Callable | None = None  # (cfg, path) -> (image Dataset, names): tools/retrieve.py index
     collection_option: str = ""        # the tools/retrieve.py index option `collection` reads (its help says what)

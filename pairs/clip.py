@@ -106,6 +106,10 @@ def caption_ids(cfg, split: str):
     return found, source
 
 
+def input_files(cfg, split: str) -> list[str]:
+    return [annotation_file(cfg.dataset, cfg.ann_path, split)]
+
+
 def collection(cfg, path: str):
     """A folder of images, in name order."""
     if not os.path.isdir(path):
@@ -124,4 +128,5 @@ PAIR = EncoderPair(
     build_encoders=build_encoders, text_tokens=clip_text_tokens, text_positions=text_positions,
     caption_encoder=caption_encoder,
     train_dataset=train_dataset, eval_split=eval_split, resolve=resolve, caption_ids=caption_ids,
+    input_files=input_files, coco=lambda cfg: cfg.dataset == "coco",
     collection=collection, collection_option="images")

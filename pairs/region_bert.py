@@ -76,6 +76,11 @@ def caption_ids(cfg, split: str):
     return read_ids(path), path
 
 
+def input_files(cfg, split: str) -> list[str]:
+    folder = os.path.join(cfg.data_path, cfg.data_name)
+    return [os.path.join(folder, f"{split}_{name}") for name in ("ims.npy", "caps.txt", "ids.txt")]
+
+
 def collection(cfg, path: str):
     """A BUTD feature file (images x regions x dim), one item per row."""
     rows = RegionFileSet(path, cfg.img_dim)
@@ -90,4 +95,5 @@ PAIR = EncoderPair(
     build_encoders=build_encoders, text_tokens=bert_text_tokens, text_positions=text_positions,
     caption_encoder=caption_encoder,
     train_dataset=train_dataset, eval_split=eval_split, resolve=resolve, caption_ids=caption_ids,
+    input_files=input_files, coco=lambda cfg: cfg.data_name == "coco_precomp",
     collection=collection, collection_option="regions")

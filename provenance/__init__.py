@@ -115,9 +115,19 @@ def check_checkpoint(saved: dict, path: str, where: str) -> None:
     if not os.path.isfile(path):
         raise UserError(f"{where} was made with checkpoint {saved['file']}, which is not at {path} any more; give "
                         "its new place with --checkpoint")
-    if file_sha256(path) != saved["sha256"]:
-        raise UserError(f"{where} was made with another checkpoint than {path} (its content has changed since: "
-                        f"sha256 {saved['sha256'][:12]}, now {file_sha256(path)[:12]}); rebuild it")
+    found = file_sha256(path)
+    if found != saved["sha256"]:
+        if os.path.abspath(path) == saved["file"]:
+            raise UserError(f"{where} was made with another checkpoint than {path}: the file has changed since "
+                            f"(sha256 {saved['sha256'][:12]}, now {found[:12]}); rebuild it with this one")
+        raise UserError(f"{where} was made with another checkpoint than {path} ({saved['file']}, sha256 "
+                        f"{saved['sha256'][:12]}; {path} is {found[:12]})")
+
+
+def is_npy(path: str) -> bool:
+    """Whether a file starts with NumPy's .npy header."""
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
 
 
 def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
@@ -125,6 +135,9 @@ def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
         raise UserError(f"{path} is a folder, not a saved score matrix (.npy)")
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist")
+    if not is_npy(path):
+        raise UserError(f"{path} is not a .npy file (it lacks NumPy's header); give a matrix saved by test.py "
+                        "--save_sims")
     try:
         sims = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as exc:

@@ -172,8 +172,8 @@ def test_checkpoint_of_another_system(region_checkpoint, image_data, tmp_path, r
                           "--ann_path", image_data[0]], capsys)
     assert message == (f"checkpoint {region_checkpoint} is a region_bert model (xdim on BUTD regions + BERT words): "
                        "evaluate it with --data_path/--data_name, not --dataset/--image_root/--ann_path")
-    message = error_line(train, train_args(region_data[0], tiny_bert, tmp_path, "--sim_head", "esl_h",
-                                           "--resume", str(region_checkpoint)), capsys)
+    message = error_line(train, train_args(region_data[0], tiny_bert, region_checkpoint.parent.parent, "--sim_head",
+                                           "esl_h", "--resume", str(region_checkpoint)), capsys)
     assert message == (f"--resume {region_checkpoint}: --sim_head esl_h (the run has xdim); a resumed run keeps its "
                        f"training options (see {region_checkpoint}); start a new run, e.g. with --init_from, to "
                        "change them")

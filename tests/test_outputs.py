@@ -43,8 +43,8 @@ def test_eval_outputs_may_not_collide_with_each_other_or_the_inputs(short_region
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")
     assert error_line(TEST, base + ["--save_ranks", str(ids.with_suffix(".json")), "--ids_file",
-                                    str(ids.with_suffix(".json"))], capsys) == (
-        f"--save_ranks {ids.with_suffix('.json')} would replace the input --ids_file {ids.with_suffix('.json')}; "
+                                    str(ids.with_suffix(".json")), "--extended"], capsys) == (
+        f"--save_ranks {ids.with_suffix('.json')} is an input (--ids_file {ids.with_suffix('.json')}); "
         "write it elsewhere")
     assert not os.path.exists(sims)
 
@@ -70,15 +70,14 @@ def test_ensemble_tool_may_not_write_over_a_member(tmp_path, capsys):
     np.save(tmp_path / "b.npy", np.zeros((2, 10), np.float32))
     assert error_line(main, [str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--unverified", "--save",
                              str(tmp_path / "b.npy")], capsys) == (
-        f"--save {tmp_path / 'b.npy'} would replace the input a matrix {tmp_path / 'b.npy'}; write it elsewhere")
+        f"--save {tmp_path / 'b.npy'} is an input (matrix {tmp_path / 'b.npy'}); write it elsewhere")
 
 
 def test_convert_refuses_its_input_as_output_and_our_own_format(short_region_checkpoint, tmp_path, capsys):
     from tools.convert_checkpoint import main
     copy = tmp_path / "ours.pth"
     shutil.copy(short_region_checkpoint, copy)
-    assert error_line(main, [str(copy), str(copy)], capsys) == \
-        f"output {copy} would replace the input input {copy}; write it elsewhere"
+    assert error_line(main, [str(copy), str(copy)], capsys) == f"output {copy} is an input (input {copy}); write it elsewhere"
     assert error_line(main, [str(copy), str(tmp_path / "out.pth")], capsys).startswith(
         f"{copy} is already a dimmatch checkpoint (dimmatch checkpoint (region_bert + xdim)); test.py and testall.py "
         "read it as it is")
@@ -131,8 +130,11 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, region_data, tiny_b
     (out / ".lock").write_text(f"pid={dead.pid} host={os.uname().nodename} since=2026-01-01T00:00:00\n")
     assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "2", "--resume", "auto")) == 0
     assert any(f"taking over the lock of process {dead.pid}, which has ended" in r.message for r in caplog.records)
-    assert (out / ".lock").read_text().startswith(f"pid={os.getpid()} ")
     assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
+    assert (out / ".lock").read_text() == ""          # a run that ends names no holder
+    caplog.clear()
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "3", "--resume", "auto")) == 0
+    assert not [r for r in caplog.records if "taking over" in r.message]
 
 
 @pytest.mark.slow

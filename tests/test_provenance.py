@@ -95,8 +95,8 @@ def test_a_query_against_an_index_of_a_replaced_checkpoint_is_refused(short_regi
     assert run_cli(retrieve, query + ["--checkpoint", str(moved)]) == 0
     shutil.copy(second_checkpoint, model)            # another model in the index's file name
     message = error_line(retrieve, query, capsys)
-    assert message.startswith(f"index {index} was made with another checkpoint than {model} (its content has changed "
-                              "since: sha256 ")
+    assert message.startswith(f"index {index} was made with another checkpoint than {model}: the file has changed "
+                              "since (sha256 ")
     meta = json.loads((index / "index.json").read_text())
     (index / "index.json").write_text(json.dumps({**meta, "version": 2}))
     assert error_line(retrieve, query + ["--checkpoint", str(moved)], capsys) == (
@@ -152,7 +152,7 @@ def test_retrieve_mistakes_are_one_line(short_region_checkpoint, tmp_path, capsy
     (["{t}/a.npy", "--weights", "1", "2"], "--weights has 2 values for 1 matrices; give one per matrix"),
     (["{t}/a.npy", "--save", "{t}/afile/e.npy"], "--save {t}/afile/e.npy: {t}/afile is a file, not a folder"),
     (["{t}"], "{t} is a folder, not a saved score matrix (.npy)"),
-    (["{t}/afile", "--unverified"], "{t}/afile is not a readable .npy score matrix ("),
+    (["{t}/afile", "--unverified"], "{t}/afile is not a .npy file (it lacks NumPy's header)"),
     (["--coco_5fold"], "the following arguments are required: matrices"),
 ])
 def test_ensemble_tool_mistakes_are_one_line(tmp_path, capsys, argv, expected):

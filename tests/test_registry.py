@@ -175,6 +175,9 @@ class GridPairs(Dataset):
     def set_epoch(self, epoch):
         pass
 
+    def identity(self):
+        return {"pairs": len(self)}
+
     def __len__(self):
         return len(self.grid.captions)
 
@@ -233,7 +236,10 @@ def toy_pair(recipe: str):
         text_tokens=bert_text_tokens, text_positions=region_bert.text_positions,
         caption_encoder=region_bert.caption_encoder,
         train_dataset=lambda cfg, encoder: GridPairs(GridFiles(cfg.grid_path, "train", cfg.grid_dim), encoder),
-        eval_split=eval_split, resolve=resolve, caption_ids=None)
+        eval_split=eval_split, resolve=resolve, caption_ids=None,
+        input_files=lambda cfg, split: [os.path.join(cfg.grid_path, f"{split}_{name}") for name in ("grid.npy",
+                                                                                                 "caps.txt")],
+        coco=lambda cfg: False)
 
 
 def write_grid_data(folder, region_data):
@@ -250,8 +256,10 @@ def write_grid_data(folder, region_data):
 def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, tmp_path, region_data, tiny_bert):
     from pairs import PAIRS
     recipe = tmp_path / "grid_recipe.json"
-    recipe.write_text(json.dumps({"description": "toy", "base": "_region", "options": {"encoders": "grid_bert",
-                                                                                       "sim_head": "esl_a"}}))
+    recipe.write_text(json.dumps({"description": "toy", "options": {
+        "encoders": "grid_bert", "sim_head": "esl_a", "batch_size": 16, "num_epochs": 2, "schedule": "step",
+        "optimizer": "adamw", "weight_decay": 1e-4, "adam_eps": 1e-8, "grad_clip": 2.0, "loss": "hinge",
+        "evals_per_epoch": 1, "last_batch": "drop", "val_protocol": "first_1k"}}))
     monkeypatch.setitem(PAIRS, "grid_bert", toy_pair(str(recipe)))
     grid = tmp_path / "grid"
     write_grid_data(grid, region_data)

@@ -151,7 +151,11 @@ def test_hub_names_fail_at_once_offline_or_unreachable(tmp_path):
     (["--region_drop", "1"], "--region_drop must be in [0, 1) (got 1.0)"),
     (["--max_steps", "-5"], "--max_steps must be at least 0 (got -5)"),
     (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1 (got 0)"),
-    (["--learning_rate", "nan"], "--learning_rate must be greater than 0 (got nan)"),
+    (["--learning_rate", "nan"], "--learning_rate must be a finite number (got nan)"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number (got inf)"),
+    (["--lr", "1"], "unrecognized arguments: --lr 1"),
+    (["--tf32", "on"], "--tf32 on needs CUDA (TF32 is a mode of NVIDIA GPUs; the CPU computes in fp32)"),
+    (["--output_dir", ""], "--output_dir must name a folder"),
     (["--eval_mem_gb", "0"], "--eval_mem_gb must be greater than 0 (got 0.0)"),
     (["--word_aug", "1.5"], "--word_aug must be in [0, 1] (got 1.5)"),
     (["--val_split", "test"], "--val_split test: the model would be selected on the test set, which makes the "

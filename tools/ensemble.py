@@ -57,8 +57,8 @@ def main(argv=None) -> dict:
     outputs = Outputs(args.overwrite)
     outputs.file(args.save, "--save", ".npy", side=(".json",))
     for path in args.matrices:
-        outputs.reads(path, "a matrix")
-        outputs.reads(os.path.splitext(path)[0] + ".json", "a matrix's record")
+        outputs.reads(path, "matrix")
+        outputs.reads(os.path.splitext(path)[0] + ".json", "record")
     outputs.check()
     records = check_members(args.matrices, args.unverified)
     mean = RunningMean()

@@ -5,25 +5,39 @@
         --bert_path demo_data/tiny_bert --embed_size 128 --batch_size 64 --workers 0 ...
 """
 
-import argparse
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
 from demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
+from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
+from config.parsers import Parser  # noqa: E402
+from demo.__main__ import check_counts  # noqa: E402
+from errors import ConfigError  # noqa: E402
+
+PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output")
     parser.add_argument("--train_images", type=int, default=2000)
     parser.add_argument("--test_images", type=int, default=100)
     parser.add_argument("--region_dim", type=int, default=256, help="BUTD features are 2048-d")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace the data sets already in OUTPUT")
     args = parser.parse_args(argv)
+    check_counts(args, ("train_images", "test_images", "region_dim"))
+    present = [part for part in PARTS if os.path.exists(os.path.join(args.output, part))]
+    if present and not args.overwrite:
+        raise ConfigError(f"{args.output} already holds {', '.join(present)}; give --overwrite to replace them, or "
+                          "another folder")
+    for part in present:
+        shutil.rmtree(os.path.join(args.output, part))
     setup_logging()
     region_captions = write_region_dataset(
         os.path.join(args.output, "regions"),
@@ -40,4 +54,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_guarded(main))

@@ -177,7 +177,10 @@ def command_image(args, device) -> list:
 def read_caption_file(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(f"--captions {path} is not a file (one caption a line)")
-    return read_captions(path)
+    captions = read_captions(path)
+    if not captions:
+        raise DataError(f"--captions {path} holds no captions (one caption a line)")
+    return captions
 
 
 def command_export(args, device) -> None:
@@ -244,6 +247,8 @@ def main(argv=None):
     for option in ("top", "batch_size", "rerank_k"):
         if getattr(args, option, 1) < 1:
             raise ConfigError(f"--{option} must be at least 1 (got {getattr(args, option)})")
+    if any(not query.strip() for query in getattr(args, "query", None) or []):
+        raise ConfigError("--query must be a caption (got an empty one)")
     setup_logging()
     device = resolve_device(args.device)
     commands = {"index": command_index, "text": command_text, "image": command_image, "export": command_export}

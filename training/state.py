@@ -19,9 +19,10 @@ class RunState:
     """Counters of the run (epoch, step, best validation) plus the model, optimiser and scaler
     whose states `checkpoint_last` carries. `model_best` holds weights and progress only."""
 
-    def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int, tokenizer: dict):
+    def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int, tokenizer: dict, data: dict):
         self.cfg = cfg
         self.tokenizer = tokenizer  # its files, so that a checkpoint evaluates anywhere, offline
+        self.data = data            # identities of the training and validation data (a resume is checked)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -35,6 +36,7 @@ class RunState:
         self.skipped_in_epoch = 0          # unreadable training images replaced so far this epoch
         self.validation_pending = False    # a signal interrupted the validation of this step
         self.last_good_step = None
+        self.on_first_save = None          # called once, after the first checkpoint_last of this run
 
     def progress(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
@@ -49,6 +51,7 @@ class RunState:
             "model": self.model.state_dict(),
             "progress": self.progress(),
             "metrics": metrics,
+            "data": self.data,
         }
         if full:
             # every rank's generators: dropout draws differ per rank, and each must go on with its own
@@ -61,6 +64,9 @@ class RunState:
         rng = distributed.gather_objects(capture_rng_state())
         if distributed.is_main_process():
             checkpoint.save(os.path.join(self.output_dir, LAST), self.payload(full=True, metrics=metrics, rng=rng))
+            if self.on_first_save is not None:
+                done, self.on_first_save = self.on_first_save, None
+                done()
         self.last_good_step = self.global_step
         distributed.barrier()
 

@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.batching import Collate, ResumableBatchSampler, ignore_stop_signals
-from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_snapshot
+from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot, tokenizer_snapshot
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import HingeLoss, InfoNCELoss
 from pairs import build_model, pair_of
+from provenance import data_identity
 from .history import MetricsHistory
 from .optimizers import build_optimizer
 from .schedule import evaluation_steps
@@ -41,6 +42,40 @@ class ValidationInterrupted(BaseException):
     """A stop signal arrived during validation: the checkpoint records it as still to be done."""
 
 
+def text_tower(cfg, pair, init, resume):
+    """(tokenizer, backbone config, token positions) of the run: --init_from's, a resumed run's own
+    (carried by its checkpoint, against which the backbone folder, if it is there, is checked), or
+    the pretrained backbone's (its config is then None: its weights are loaded too)."""
+    option = pair.backbone_option
+    if init is not None:
+        return init.tokenizer, None, init.model.text_tokens()["positions"]
+    if resume is None:
+        return load_tokenizer(pair.text_kind, getattr(cfg, option)), None, pair.text_positions(cfg)
+    path, payload = resume
+    backbone, tokens = payload["backbone_config"], pair.text_tokens(payload["backbone_config"])
+    snapshot = payload.get("tokenizer")
+    reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
+    folder = getattr(cfg, option)
+    if reference is None or os.path.isdir(folder):
+        tokenizer = load_tokenizer(pair.text_kind, folder)
+        check_tokenizer(tokenizer, pair.text_kind, tokens, f"--{option} {folder}", reference=reference)
+    return reference or tokenizer, backbone, tokens["positions"]
+
+
+def check_same_run_data(resume, data: dict) -> None:
+    """A resumed run trains and validates on the data it started with."""
+    path, payload = resume
+    saved = payload.get("data")
+    if saved is None:           # checkpoints written before data identities were recorded
+        return
+    for part, label in (("train", "training"), ("validation", "validation")):
+        if saved[part] != data[part]:
+            changed = [key for key in sorted(set(saved[part]) | set(data[part]))
+                       if saved[part].get(key) != data[part].get(key)]
+            raise ConfigError(f"--resume {path}: the {label} data differ from the run's ({', '.join(changed)}); "
+                              "give the data it was started with")
+
+
 class Trainer:
     def __init__(self, cfg, device: torch.device, init=None, resume: str | None = None):
         """`init`: the loaded --init_from checkpoint (model and tokenizer), else the pretrained
@@ -53,10 +88,7 @@ class Trainer:
 
         pair = pair_of(cfg)
         text_kind, text_option = pair.text_kind, pair.backbone_option
-        if init is None:
-            tokenizer, positions = load_tokenizer(text_kind, getattr(cfg, text_option)), pair.text_positions(cfg)
-        else:
-            tokenizer, positions = init.tokenizer, init.model.text_tokens()["positions"]
+        tokenizer, backbone, positions = text_tower(cfg, pair, init, resume)
         self.caption_encoder = pair.caption_encoder(cfg, tokenizer, positions)
         self.train_set = pair.train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
@@ -73,13 +105,17 @@ class Trainer:
                                  pin_memory=device.type == "cuda", generator=torch.Generator())
         self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
         self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
+        data = {"train": self.train_set.identity(), "validation": data_identity(*self.validate.data, cfg.val_split)}
+        if resume:
+            check_same_run_data(resume, data)
 
-        if init is None:
-            self.model = build_model(cfg).to(device)
-            check_tokenizer(tokenizer, text_kind, self.model.text_tokens(),
-                            f"--{text_option} {getattr(cfg, text_option)}")
-        else:
+        if init is not None:
             self.model = init.model.to(device)
+        else:    # a resumed run's architecture is its checkpoint's; its weights come with resume() below
+            self.model = build_model(cfg, backbone_config=backbone).to(device)
+            if backbone is None:
+                check_tokenizer(tokenizer, text_kind, self.model.text_tokens(),
+                                f"--{text_option} {getattr(cfg, text_option)}")
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
@@ -88,7 +124,7 @@ class Trainer:
             group["initial_lr"] = group["lr"]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch,
-                              tokenizer_snapshot(tokenizer, text_kind))
+                              tokenizer_snapshot(tokenizer, text_kind), data)
         if resume:
             self.state.resume(resume)
         if self.world > 1:
