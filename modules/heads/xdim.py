@@ -79,32 +79,36 @@ class XDimHead(SimilarityHead):
         per_image = (len(word_rows) * 5 * dim + n_cap * n_word * 3 * n_reg) * images.element_size()
         step = max(1, min(n_img, self.TRAIN_BLOCK_BYTES // per_image))
         recompute = n_img * len(word_rows) * 3 * dim * images.element_size() > self.TRAIN_SAVED_BYTES
+        # what every block shares is computed (and back-propagated) once: the words scaled by g for
+        # the attention, and the real words gathered for the projection
+        scaled = (captions * diagonal).reshape(n_cap * n_word, dim)
+        words = captions.reshape(n_cap * n_word, dim)[word_rows]                                # (W, d)
         blocks = []
         for start in range(0, n_img, step):
-            inputs = (images[start:start + step], captions, valid.to(images.dtype), word_rows, caption_lengths,
+            inputs = (images[start:start + step], scaled, words, valid.to(images.dtype), word_rows, caption_lengths,
                       diagonal, gram, self.log_inv_tau)
             blocks.append(checkpoint(self._training_block, *inputs, use_reentrant=False) if recompute
                           else self._training_block(*inputs))
         return torch.cat(blocks)
 
     @staticmethod
-    def _training_block(images, captions, valid, word_rows, caption_lengths, diagonal, gram, log_inv_tau):
-        n_img, _, dim = images.shape
-        n_cap, n_word, _ = captions.shape
-        attn = XDimHead._attention(images, captions, valid, diagonal, log_inv_tau)
+    def _training_block(images, scaled, words, valid, word_rows, caption_lengths, diagonal, gram, log_inv_tau):
+        n_img = images.shape[0]
+        n_cap, n_word = valid.shape
+        attn = XDimHead._attention(images, scaled, valid, log_inv_tau)
         context = attn[:, word_rows] @ images                                                  # (I, W, d)
-        words = captions.reshape(n_cap * n_word, dim)[word_rows]                                # (W, d)
         word_scores = WordScores.apply(context, words, diagonal, gram)                          # (I, W)
         per_caption = word_scores.new_zeros(n_img, n_cap).index_add(1, word_rows // n_word, word_scores)
         return per_caption / caption_lengths.to(images.dtype)
 
     @staticmethod
-    def _attention(images, captions, valid, diagonal, log_inv_tau):
-        """(I, C*L, R) text-to-image attention: tanh((w * g) v^T), leaky ReLU, normalised across
-        the caption's valid words, softmax over regions at temperature exp(tau)."""
+    def _attention(images, scaled, valid, log_inv_tau):
+        """(I, C*L, R) text-to-image attention: tanh(w' v^T) for the caption words scaled by g,
+        `scaled` = (w * g) as (C*L, d); leaky ReLU, normalised across the caption's valid words,
+        softmax over regions at temperature exp(tau)."""
         n_img, n_reg, dim = images.shape
-        n_cap, n_word, _ = captions.shape
-        logits = (captions * diagonal).reshape(n_cap * n_word, dim) @ images.reshape(n_img * n_reg, dim).t()
+        n_cap, n_word = valid.shape
+        logits = scaled @ images.reshape(n_img * n_reg, dim).t()
         attn = F.leaky_relu(torch.tanh(logits.view(n_cap, n_word, n_img, n_reg)), 0.1) * valid[:, :, None, None]
         attn = attn * (log_inv_tau.exp() / (torch.linalg.vector_norm(attn, dim=1, keepdim=True) + 1e-8))
         return torch.softmax(attn, dim=-1).permute(2, 0, 1, 3).reshape(n_img, n_cap * n_word, n_reg)
@@ -118,7 +122,7 @@ class XDimHead(SimilarityHead):
         n_cap, n_word, _ = captions.shape
         valid = lengths_to_mask(caption_lengths, n_word).to(images.dtype)                    # (C, L)
 
-        attn = self._attention(images, captions, valid, diagonal, self.log_inv_tau)
+        attn = self._attention(images, (captions * diagonal).reshape(n_cap * n_word, dim), valid, self.log_inv_tau)
 
         # z = l2norm(l2norm(context) * w) D^T) is computed without materialising l2norm(context):
         # with s = ||context|| + eps, sum(z) = (sum(p) / s) / (||p|| / s + eps) for p = (context * w) D^T
