@@ -15,7 +15,9 @@ its peak memory (RSS on CPU, max_memory_allocated on CUDA) is its own:
   head, AdamW on the head (the best of a few steps from the same state).
 
 Ours and the loop start from the same weights on the same batch; the first step's losses and every
-gradient are compared.
+gradient are compared. Both run on the device as train.py resolves it (on the CPU: freed memory kept
+in the process, see devices.keep_freed_cpu_memory). The step table ends with the machine's own
+spread: a fixed GEMM of X-Dim's size timed as many times, as the floor of any step's spread.
 
 X-Dim's intrinsic cost is the d x d dependency product for every (word, image) pair: a step
 that backpropagates through it in the usual way costs 3 x 2 B W d^2 FLOP (forward, and twice
@@ -39,7 +41,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_scoring import esl_region_loop, features, gemm_rate, synchronize, xdim_loop  # noqa: E402
+from bench_scoring import esl_region_loop, features, gemm_rate, synchronize, timed, xdim_loop  # noqa: E402
+from devices import resolve_device  # noqa: E402
 from modules.heads import ESLRegionHead, XDimHead  # noqa: E402
 from modules.losses import HingeLoss, full_matrix_loss  # noqa: E402
 
@@ -191,7 +194,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)   # on the CPU: freed memory kept in the process, as in train.py
     if args.one:
         name, implementation, batch = args.one
         measure = real_step if args.scope == "step" else step
@@ -231,6 +234,19 @@ def step_table(args, device) -> None:
     for suffix in ("_ours.pt", "_loop.pt"):
         if os.path.exists(scratch + suffix):
             os.remove(scratch + suffix)
+    trials, seconds, spread = machine_spread(device, 3 * args.repeat)
+    print(f"\nThe machine's own spread: one fixed GEMM (196608 x 1024 x 1024, X-Dim's product at batch 128) "
+          f"timed {trials} times in this run took {seconds:.2f} s at the median and spread {100 * spread:.0f}%; "
+          f"no step can be steadier than that.")
+
+
+def machine_spread(device, trials: int) -> tuple[int, float, float]:
+    """The median seconds of a fixed 412-GFLOP GEMM and its spread (slowest / fastest - 1)."""
+    a = torch.randn(196608, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    out = a @ b
+    seconds = sorted(timed(lambda: torch.mm(a, b, out=out), device)[1] for _ in range(trials))
+    return trials, seconds[trials // 2], seconds[-1] / seconds[0] - 1
 
 
 def head_table(args, device, rate: float) -> None:
