@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_scoring import peak_rss  # noqa: E402
 
 WORDS = "a man in a red shirt rides a bicycle down a busy street next to a bus".split()
 
@@ -98,7 +100,7 @@ def query_process(args) -> None:
         rank_text(index, model, items, vectors, 5, None if args.exhaustive else args.rerank_k, torch.device("cpu"),
                   args.batch_size)
         latencies.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss() / 2**30
     print(json.dumps({"latencies": latencies, "peak_rss_gb": peak}))
 
 

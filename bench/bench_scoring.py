@@ -73,6 +73,13 @@ def esl_region_loop(head: ESLRegionHead, images, captions, lengths):
 
 
 # --------------------------------------------------------------------------- helpers
+def peak_rss() -> int:
+    """This process's own peak RSS in bytes (VmHWM): getrusage's ru_maxrss carries the parent's
+    peak over through fork and exec, so a child started after a big allocation would report it."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

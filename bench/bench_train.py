@@ -30,7 +30,6 @@ bound; "performed" is the rate on the work it does.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_scoring import esl_region_loop, features, gemm_rate, synchronize, timed, xdim_loop  # noqa: E402
+from bench_scoring import (  # noqa: E402
+    esl_region_loop, features, gemm_rate, peak_rss, synchronize, timed, xdim_loop)
 from devices import resolve_device  # noqa: E402
 from modules.heads import ESLRegionHead, XDimHead  # noqa: E402
 from modules.losses import HingeLoss, full_matrix_loss  # noqa: E402
@@ -97,7 +97,7 @@ def step(name: str, implementation: str, batch: int, regions: int, words: int, d
         synchronize(device)
         seconds = min(seconds, time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
-        max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+        max(0, peak_rss() - rss_before)
     torch.save(grads, os.environ["BENCH_GRADS"])
     return {"seconds": seconds, "loss": loss, "peak_bytes": peak, "words": int(lengths.sum()), "dim": dim}
 
@@ -147,7 +147,7 @@ def real_step(name: str, implementation: str, batch: int, regions: int, words: i
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
-        max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+        max(0, peak_rss() - rss_before)
     torch.save(grads, os.environ["BENCH_GRADS"])
     seconds.sort()
     return {"seconds": seconds[len(seconds) // 2], "fastest": seconds[0], "slowest": seconds[-1], "loss": loss,

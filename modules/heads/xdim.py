@@ -146,7 +146,7 @@ class WordScores(torch.autograd.Function):
         weighted = context * words
         total = weighted @ diagonal
         product = weighted @ gram
-        norm = torch.linalg.vecdot(product, weighted).clamp_min(0).sqrt()
+        norm = (product * weighted).sum(-1).clamp_min(0).sqrt()          # twice as fast as vecdot on the CPU
         scale = torch.linalg.vector_norm(context, dim=-1) + 1e-8
         denominator = norm + 1e-8 * scale
         ctx.save_for_backward(context, words, weighted, diagonal, product, total, norm, scale, denominator)
@@ -164,7 +164,9 @@ class WordScores(torch.autograd.Function):
         grad_gram = rows.t() @ (rows * (norm_coefficient / 2).reshape(-1, 1))
         grad_diagonal = rows.t() @ grad_total.reshape(-1)
         grad_weighted = product.mul_(norm_coefficient[..., None]).addcmul_(grad_total[..., None], diagonal)
-        grad_words = (grad_weighted * context).sum(0)
+        grad_words = grad_weighted[0] * context[0]                         # summed over the block's images
+        for image in range(1, len(context)):                               # without an (I, W, d) temporary
+            grad_words.addcmul_(grad_weighted[image], context[image])
         grad_context = grad_weighted.mul_(words).addcmul_(
             context, (grad_scale / (scale - 1e-8).clamp_min(1e-30))[..., None])
         return grad_context, grad_words, grad_diagonal, grad_gram
