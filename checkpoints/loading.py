@@ -47,8 +47,9 @@ class CheckpointConfig:
     history: str         # which state of which training run
     tokenizer: object
     backbone_config: dict
-    payload: dict
+    payload: dict        # its tensors memory-mapped from the file
     parts: list | None = None   # released formats: the key-rule parts
+    file_state: tuple = ()      # (inode, size, mtime) when it was read
 
 
 @dataclass
@@ -70,6 +71,7 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
     from .released import RELEASED_NAMES, read_checkpoint, region_backbone_config, released_config, released_history
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path}/model_best.pth)")
+    file_state = _file_state(path) if os.path.isfile(path) else ()
     payload = read_checkpoint(path)
     if checkpoint.is_native(payload):
         checkpoint.check_version(payload, path)
@@ -84,17 +86,28 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
     if require_data:
         check_data_options(cfg, path)
     tokenizer = evaluation_tokenizer(cfg, args, payload.get("tokenizer"), path, pair_of(cfg).text_tokens(backbone))
-    return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts)
+    return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts, file_state)
+
+
+def _file_state(path: str) -> tuple:
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def load_model(read: CheckpointConfig) -> LoadedModel:
     """The model of a checkpoint read by `read_checkpoint_config`, with its weights, in eval mode."""
+    from modules.backbones import weights_from_checkpoint
     from .released import build_released
-    if read.kind == "native":
-        model = build_model(read.cfg, backbone_config=read.backbone_config)
-        checkpoint.load_weights(model, read.payload["model"], read.path)
-    else:
-        model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
+    with weights_from_checkpoint():
+        if read.kind == "native":
+            model = build_model(read.cfg, backbone_config=read.backbone_config)
+            checkpoint.load_weights(model, read.payload["model"], read.path)
+        else:
+            model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
+    # the weights were read from the mapped file only now: it must still be the file that was read
+    if not os.path.isfile(read.path) or _file_state(read.path) != read.file_state:
+        raise CheckpointError(f"checkpoint {read.path} was replaced or changed while it was being read; "
+                              "run again once it is written")
     model.eval()
     return LoadedModel(model, read.cfg, read.source, read.tokenizer, read.history)
 

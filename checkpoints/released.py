@@ -18,6 +18,7 @@ without a value, is an error.
 import argparse
 import math
 import re
+import zipfile
 
 import torch
 
@@ -56,7 +57,9 @@ def read_checkpoint(path: str):
             raise CheckpointError(f"checkpoint {path} needs '{name}' to be unpickled; refusing to import code "
                                   f"from a checkpoint (is it one of the supported formats?)")
     with torch.serialization.safe_globals(safe):
-        return checkpoint.read_file(path, weights_only=True)
+        # memory-mapped: only the tensors that are used (the model's, not a training checkpoint's
+        # optimiser state, twice their size) are ever read; files of torch's legacy format cannot be
+        return checkpoint.read_file(path, weights_only=True, mmap=zipfile.is_zipfile(path))
 
 
 # --------------------------------------------------------------------------- key rules

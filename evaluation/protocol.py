@@ -1,6 +1,6 @@
 """Evaluation protocols: one split (Flickr30K 1K, validation) and COCO testall (5-fold 1K + 5K).
 
-The split's files are read and checked by `datasets.builders.load_eval_split` before any model
+The split's files are read and checked by `pairs.load_eval_split` before any model
 is built; these functions then encode every image and caption once and score all pairs."""
 
 import logging

@@ -1,0 +1,90 @@
+"""Loading a checkpoint for evaluation: the file is memory-mapped (a training checkpoint's optimiser
+state is never read), the backbone is built without its random initialisation, and the model equals
+one built and loaded the usual way, buffers included; a file changed after it was read is refused."""
+
+import argparse
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import BertPreTrainedModel
+
+from conftest import run_cli
+from checkpoints import native
+from checkpoints.loading import load_model, read_checkpoint_config
+from cli.commands import train
+from errors import CheckpointError
+from pairs import build_model
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory, image_data, tiny_clip):
+    root, images, _ = image_data
+    out = tmp_path_factory.mktemp("loading_clip") / "run"
+    assert run_cli(train, ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
+                           "--clip_path", tiny_clip, "--batch_size", "16", "--max_steps", "1", "--workers", "0",
+                           "--device", "cpu", "--output_dir", str(out)]) == 0
+    return str(out / "checkpoint_last.pth")
+
+
+def usual_model(path: str):
+    payload = native.read_file(path)
+    model = build_model(read_checkpoint_config(path, argparse.Namespace()).cfg,
+                        backbone_config=payload["backbone_config"])
+    native.load_weights(model, payload["model"], path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("which", ["region", "clip"])
+def test_the_loaded_model_equals_the_usually_built_one(which, short_region_checkpoint, clip_checkpoint):
+    path = str(short_region_checkpoint) if which == "region" else clip_checkpoint
+    loaded, usual = load_model(read_checkpoint_config(path, argparse.Namespace())).model, usual_model(path)
+    for name, tensor in usual.named_buffers():     # non-persistent ones (position ids) included
+        assert torch.equal(dict(loaded.named_buffers())[name], tensor), name
+    for name, tensor in usual.named_parameters():
+        assert torch.equal(dict(loaded.named_parameters())[name], tensor), name
+    assert len(dict(loaded.named_buffers())) == len(dict(usual.named_buffers()))
+
+
+def test_the_backbone_is_not_randomly_initialised_before_its_weights_are_loaded(short_region_checkpoint,
+                                                                               monkeypatch):
+    calls = []
+    original = BertPreTrainedModel._init_weights
+    monkeypatch.setattr(BertPreTrainedModel, "_init_weights", lambda self, module: calls.append(module) or
+                        original(self, module))
+    read = read_checkpoint_config(str(short_region_checkpoint), argparse.Namespace())
+    load_model(read)
+    assert calls == []
+    build_model(read.cfg, backbone_config=read.backbone_config)   # the usual build does initialise
+    assert calls
+
+
+def test_only_the_model_tensors_are_read_from_the_mapped_file(short_region_checkpoint):
+    read = read_checkpoint_config(str(short_region_checkpoint), argparse.Namespace())
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs /proc (Linux) to see the mapping")
+    mapped = []
+    for line in open("/proc/self/maps").read().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and os.path.exists(fields[5]) and os.path.samefile(fields[5], short_region_checkpoint):
+            mapped.append([int(bound, 16) for bound in fields[0].split("-")])
+    for tensor in read.payload["model"].values():
+        assert any(start <= tensor.data_ptr() < stop for start, stop in mapped)
+    assert read.payload["optimizer"]["state"], "a training checkpoint carries its optimiser state"
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed over"])
+def test_a_checkpoint_changed_after_it_was_read_is_refused(short_region_checkpoint, tmp_path, how):
+    path = tmp_path / "model.pth"
+    shutil.copyfile(short_region_checkpoint, path)
+    read = read_checkpoint_config(str(path), argparse.Namespace())
+    if how == "in place":                   # as `cp other.pth model.pth` does: same inode, new content
+        with open(path, "r+b") as handle:
+            handle.write(open(short_region_checkpoint, "rb").read())
+        os.utime(path, ns=(read.file_state[2] + 10**9,) * 2)
+    else:                                   # as a training run saves: a new file renamed over the old
+        shutil.copyfile(short_region_checkpoint, tmp_path / "new.pth")
+        os.replace(tmp_path / "new.pth", path)
+    with pytest.raises(CheckpointError, match="was replaced or changed while it was being read"):
+        load_model(read)
