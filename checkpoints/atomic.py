@@ -5,6 +5,28 @@ import os
 
 import torch
 
+from errors import ConfigError
+
+
+def publish(tmp: str, path: str, replace: bool) -> None:
+    """Move the complete file `tmp` to `path`. Without `replace` the move is refused if `path`
+    exists by now (another command wrote it while this one ran), atomically: nothing is replaced."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(f"{path} was written by another command while this one ran; nothing was replaced "
+                          "(give --overwrite to replace it, or another name)") from None
+    except OSError:                         # a file system without hard links: checked, then moved
+        if os.path.exists(path):
+            raise ConfigError(f"{path} was written by another command while this one ran; nothing was replaced "
+                              "(give --overwrite to replace it, or another name)") from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
 
 def atomic_torch_save(obj, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
@@ -21,26 +43,30 @@ def atomic_torch_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def atomic_save_npy(array, path: str) -> None:
+def atomic_save_npy(array, path: str, replace: bool = True) -> None:
     """np.save through a temporary file, so that a reader never sees half a matrix."""
     import numpy as np
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     try:
         np.save(tmp, array)
-        os.replace(tmp, path)
+        publish(tmp, path, replace)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def atomic_write_text(text: str, path: str) -> None:
+def atomic_write_text(text: str, path: str, replace: bool = True) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        publish(tmp, path, replace)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def write_json(obj, path: str) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+def write_json(obj, path: str, replace: bool = True) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path, replace)

@@ -252,6 +252,9 @@ def check_two_stage_options(args) -> None:
         for option in ("shortlist", "compare_sims"):
             if getattr(args, option):
                 raise ConfigError(f"--{option} belongs to two-stage retrieval: give --rerank_k K too")
+        if args.first_stage_index != "flat":
+            raise ConfigError(f"--first_stage_index {args.first_stage_index} belongs to two-stage retrieval: give "
+                              "--rerank_k K too")
         return
     refused = [("an ensemble", len(args.checkpoint) > 1), ("--save_sims (two-stage scores only the shortlisted "
                "pairs, not a full matrix: use --save_ranks)", args.save_sims), ("--extended", args.extended),
@@ -306,7 +309,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
                         rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index)
     if args.save_ranks:
         from evaluation.metrics import shortlist_results
-        write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks)
+        write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
     return {"report": report, "provenance": provenance}
 
@@ -384,7 +387,7 @@ def write_outputs(args, sims, report: dict, members: list, provenance: dict, say
     """--save_ranks and --save_sims (+ .json), each with the provenance record of the scores."""
     from evaluation.metrics import per_query_results
     if args.save_ranks:
-        write_json({"provenance": provenance, **per_query_results(sims)}, args.save_ranks)
+        write_json({"provenance": provenance, **per_query_results(sims)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
     if args.save_sims:
         metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
@@ -394,8 +397,8 @@ def write_outputs(args, sims, report: dict, members: list, provenance: dict, say
         if len(members) > 1:
             saved.update(checkpoint=[m["checkpoint"] for m in members], members=members,
                          weights=provenance["weights"])
-        atomic_save_npy(sims, args.save_sims)
-        write_json(saved, metrics_path)
+        atomic_save_npy(sims, args.save_sims, args.overwrite)
+        write_json(saved, metrics_path, args.overwrite)
         say(f"scores -> {args.save_sims}, metrics -> {metrics_path}")
 
 

@@ -49,12 +49,16 @@ class Outputs:
     def __init__(self, overwrite: bool = False):
         self.overwrite = overwrite
         self.outputs: dict[str, str] = {}
+        self.folders: dict[str, str] = {}
         self.inputs: dict[str, str] = {}
 
     def reads(self, path: str | None, option: str) -> None:
-        """An input: `option` names where it comes from (an option, or what the file is)."""
+        """An input: `option` names where it comes from (an option, or what the file is). A score
+        matrix's .json record beside it is an input too: without it the matrix cannot be checked."""
         if path:
             self.inputs.setdefault(_same(path), f"{option} {path}")
+            if path.endswith(".npy"):
+                self.inputs.setdefault(_same(path[:-4] + ".json"), f"the record of {option} {path}")
 
     def file(self, path: str | None, option: str, suffix: str, side: tuple = (), folder: bool = False) -> None:
         """An output file `path` (ending in `suffix`) and its side files (same stem, `side` suffixes);
@@ -64,6 +68,8 @@ class Outputs:
         if not path.rstrip("/").endswith(suffix):
             raise ConfigError(f"{option} {path} must end in {suffix}")
         path = path.rstrip("/") if folder else path
+        if folder:
+            self.folders[_same(path)] = f"{option} {path}"
         if os.path.isdir(path) != folder and os.path.exists(path):
             kind = "a folder; give a file name" if not folder else "a file; give a folder name"
             raise ConfigError(f"{option} {path} is {kind} ending in {suffix}")
@@ -86,8 +92,17 @@ class Outputs:
         for target, label in self.outputs.items():
             if target in self.inputs:
                 raise ConfigError(f"{label} is an input ({self.inputs[target]}); write it elsewhere")
+            folder = os.path.dirname(target)
+            if os.path.basename(target) in RUN_FILES and os.path.isfile(os.path.join(folder, "config.json")):
+                raise ConfigError(f"{label} would replace a file of the training run in {folder}; write it "
+                                  "elsewhere")
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
+        for folder, label in self.folders.items():     # written whole: nothing read may lie inside
+            for source, source_label in self.inputs.items():
+                if source.startswith(folder + os.sep) and os.path.exists(source):
+                    raise ConfigError(f"{source_label} lies inside {label}, which this command writes whole; "
+                                      "move it out first, or write elsewhere")
 
 
 def check_output_dir(output_dir: str, continued: bool, overwrite: bool, inputs: dict | None = None) -> None:

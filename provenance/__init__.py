@@ -148,12 +148,13 @@ def read_matrix(path: str, mmap: bool = False) -> np.ndarray:
     return sims
 
 
-def side_record(path: str) -> tuple[str, dict]:
-    """(path of, provenance record in) the .json test.py --save_sims writes next to a matrix."""
+def side_record(path: str, escape: str = "") -> tuple[str, dict]:
+    """(path of, provenance record in) the .json test.py --save_sims writes next to a matrix;
+    `escape` is the reader's own way around a missing record, if it has one."""
     side = os.path.splitext(path)[0] + ".json"
     if not os.path.isfile(side):
         raise UserError(f"{path} has no {side} beside it, so its split, data and checkpoint cannot be checked; "
-                        "keep the .json test.py --save_sims wrote, or give --unverified")
+                        f"keep the .json test.py --save_sims wrote{escape}")
     try:
         with open(side, encoding="utf-8") as handle:
             saved = json.load(handle)

@@ -32,6 +32,21 @@ from .search import build_index, faiss
 
 FORMAT = "dimmatch-index"
 VERSION = 3
+FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss")
+
+
+def check_replaceable(folder: str, option: str = "--out") -> None:
+    """An existing folder that --overwrite may replace: an index of ours, holding nothing else."""
+    try:
+        with open(os.path.join(folder, "index.json"), encoding="utf-8") as handle:
+            ours = json.load(handle).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    others = sorted(set(os.listdir(folder)) - set(FILES))
+    if not ours or others:
+        what = f"holds {others[0]}, which is not part of an index" if ours else "is not an index written by this tool"
+        raise ConfigError(f"{option} {folder} {what}; --overwrite replaces only an index folder whole; "
+                          "write elsewhere")
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 

@@ -44,8 +44,7 @@ def shortlist(image_vectors: np.ndarray, caption_vectors: np.ndarray, k: int, ki
     if kind != "flat":
         _, exact_i2t = search(build_index(caption_vectors), image_vectors, k)
         _, exact_t2i = search(build_index(image_vectors), caption_vectors, k)
-        recall = recall_against_exact(np.concatenate([i2t.ravel(), t2i.ravel()])[None],
-                                      np.concatenate([exact_i2t.ravel(), exact_t2i.ravel()])[None])
+        recall = recall_against_exact([(i2t, exact_i2t), (t2i, exact_t2i)])
     return Shortlists(i2t, t2i, seconds, kind, recall)
 
 

@@ -181,3 +181,41 @@ def test_the_same_data_twice_into_one_folder(tmp_path, region_data, tiny_bert, c
     assert error_line(train, args, capsys).endswith("already holds a run; continue it with --resume auto, replace "
                                                     "it with --overwrite, or choose another folder")
     assert tree_state(out) == state
+
+
+def test_save_ranks_may_not_replace_an_inputs_record_or_a_run_file(short_region_checkpoint, tmp_path, region_data,
+                                                                    capsys):
+    base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0"]
+    sims = tmp_path / "in.npy"
+    assert run_cli(TEST, base + ["--save_sims", str(sims)]) == 0
+    before = (tmp_path / "in.json").read_bytes()
+    message = error_line(TEST, base + ["--rerank_k", "5", "--compare_sims", str(sims), "--save_ranks",
+                                       str(tmp_path / "in.json"), "--overwrite"], capsys)
+    assert message == (f"--save_ranks {tmp_path / 'in.json'} is an input (the record of --compare_sims {sims}); "
+                       "write it elsewhere")
+    assert (tmp_path / "in.json").read_bytes() == before
+    run_config = short_region_checkpoint.parent / "config.json"
+    message = error_line(TEST, base + ["--save_ranks", str(run_config), "--overwrite"], capsys)
+    assert message == (f"--save_ranks {run_config} would replace a file of the training run in "
+                       f"{short_region_checkpoint.parent}; write it elsewhere")
+
+
+def test_a_result_written_meanwhile_by_another_command_is_not_replaced(tmp_path):
+    """Two evaluations into one --save_sims: the check before work passed for both; the second to
+    finish is refused in one line when it publishes, and the first one's file is kept."""
+    from checkpoints.atomic import atomic_save_npy
+    from errors import ConfigError
+    target = tmp_path / "s.npy"
+    atomic_save_npy(np.zeros(3), str(target), replace=False)
+    with pytest.raises(ConfigError, match="was written by another command while this one ran; nothing was replaced"):
+        atomic_save_npy(np.ones(3), str(target), replace=False)
+    assert np.load(target).tolist() == [0, 0, 0] and os.listdir(tmp_path) == ["s.npy"]
+    atomic_save_npy(np.ones(3), str(target), replace=True)                 # --overwrite
+    assert np.load(target).tolist() == [1, 1, 1]
+
+
+def test_the_global_loss_is_refused_where_the_score_is_its_own_first_stage(tmp_path, region_data, tiny_bert, capsys):
+    message = error_line(train, train_args(region_data[0], tiny_bert, tmp_path / "run", "--sim_head", "cosine",
+                                           "--global_loss_weight", "1"), capsys)
+    assert message.startswith("--global_loss_weight 1.0: the cosine head's score is an inner product already")
+    assert not (tmp_path / "run").exists()

@@ -1,8 +1,11 @@
 """tools/retrieve.py: an index of one's own collection answers queries as the evaluation scores."""
 
+import os
+import shutil
+
 import numpy as np
 
-from conftest import run_cli
+from conftest import error_line, run_cli
 from cli.commands import evaluate, train
 
 
@@ -90,3 +93,37 @@ def test_a_shortlisted_query_is_exhaustive_scoring_restricted_to_its_shortlist(s
     scores = np.load(index / "global.npy") @ vector[0]
     assert {row for row, _ in short} == set(np.argsort(-scores)[:4].tolist())
     assert len(CollectionIndex(str(index))) == 10
+
+
+def test_overwrite_replaces_only_an_index_and_never_an_input_inside_it(short_region_checkpoint, region_data,
+                                                                         tmp_path, capsys):
+    from tools.retrieve import main
+    features = os.path.join(region_data[0], "f30k_precomp", "test_ims.npy")
+    inside = tmp_path / "ck.index"
+    inside.mkdir()
+    shutil.copyfile(short_region_checkpoint, inside / "m.pth")
+    assert error_line(main, ["index", "--checkpoint", str(inside / "m.pth"), "--regions", features, "--out",
+                             str(inside), "--overwrite"], capsys) == (
+        f"--checkpoint {inside / 'm.pth'} lies inside --out {inside}, which this command writes whole; move it out "
+        "first, or write elsewhere")
+    notes = tmp_path / "notes.index"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep")
+    assert error_line(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", features, "--out",
+                             str(notes), "--overwrite"], capsys) == (
+        f"--out {notes} is not an index written by this tool; --overwrite replaces only an index folder whole; "
+        "write elsewhere")
+    assert (inside / "m.pth").exists() and (notes / "notes.txt").read_text() == "keep"
+    index = tmp_path / "real.index"
+    assert run_cli(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", features, "--out",
+                          str(index)]) == 0
+    (index / "mine.txt").write_text("mine")
+    assert error_line(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", features, "--out",
+                             str(index), "--overwrite"], capsys) == (
+        f"--out {index} holds mine.txt, which is not part of an index; --overwrite replaces only an index folder "
+        "whole; write elsewhere")
+    (index / "mine.txt").unlink()
+    assert run_cli(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions", features, "--out",
+                          str(index), "--overwrite"]) == 0
+    export = tmp_path / "new" / "folder" / "x.npz"
+    assert run_cli(main, ["export", "--index", str(index), "--out", str(export)]) == 0 and export.exists()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REGION_DIM, ROOT, error_line, run_cli
+from conftest import ROOT, error_line, run_cli
 from cli.commands import evaluate, train
 from test_trust import train_args, tree_state
 

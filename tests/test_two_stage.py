@@ -67,10 +67,21 @@ def test_the_right_item_outside_the_shortlist_ranks_last():
 
 
 def test_the_approximate_indexes_report_their_recall(short_region_checkpoint, region_data):
+    """10 images, 50 captions: HNSW searching 128 candidates finds the exact lists, so it reports 1.0."""
     for kind in ("ivf", "hnsw"):
         cost = evaluate(["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0",
                          "--rerank_k", "4", "--first_stage_index", kind])["report"]["two_stage"]
         assert cost["index"] == kind and 0 < cost["index_recall_vs_exact"] <= 1
+        if kind == "hnsw":
+            assert cost["index_recall_vs_exact"] == 1.0
+
+
+def test_the_recall_against_exact_search_is_counted_query_by_query():
+    from retrieval.search import recall_against_exact
+    found, exact = np.array([[0, 1, 2], [3, 4, 5]]), np.array([[0, 1, 9], [5, 4, 3]])
+    assert recall_against_exact([(found, exact)]) == 5 / 6
+    assert recall_against_exact([(found[::-1], exact)]) == 0.0          # another query's items are no hits
+    assert recall_against_exact([(np.array([[0, -1]]), np.array([[0, -1]])), (found, found)]) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +105,8 @@ def test_another_checkpoint_shortlists(short_region_checkpoint, cosine_checkpoin
                                                   "only the shortlisted pairs, not a full matrix: use --save_ranks)"),
     (["--rerank_k", "5", "--first_stage_index", "lsh"], "argument --first_stage_index: invalid choice: 'lsh' "
                                                         "(choose from 'flat', 'ivf', 'hnsw')"),
+    (["--first_stage_index", "hnsw"], "--first_stage_index hnsw belongs to two-stage retrieval: give --rerank_k K "
+                                      "too"),
 ])
 def test_two_stage_mistakes_are_one_line(short_region_checkpoint, region_data, capsys, extra, expected):
     assert error_line(TEST, ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0],

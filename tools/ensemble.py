@@ -34,7 +34,7 @@ def check_members(paths: list[str], unverified: bool) -> list[dict]:
         shapes.check(sims, path)
         if unverified:
             continue
-        side, saved = side_record(path)
+        side, saved = side_record(path, ", or give --unverified")
         if saved.get("matrix_sha256") != array_sha256(sims):
             raise UserError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
         if records:
@@ -77,8 +77,9 @@ def main(argv=None) -> dict:
                                      for path, weight, member in zip(args.matrices, weights, records)],
                             protocol="coco_5fold" if args.coco_5fold else "single",
                             matrix_sha256=array_sha256(mean.total), verified=not args.unverified)
-        atomic_save_npy(mean.total, args.save)
-        write_json({"metrics": report, "provenance": provenance}, os.path.splitext(args.save)[0] + ".json")
+        atomic_save_npy(mean.total, args.save, args.overwrite)
+        write_json({"metrics": report, "provenance": provenance}, os.path.splitext(args.save)[0] + ".json",
+                   args.overwrite)
     return report
 
 

@@ -26,14 +26,6 @@ SWEEP = (10, 20, 50, 100, 200, 500)
 
 
 def main(argv=None) -> list[dict]:
-    from checkpoints.loading import load_model, read_checkpoint_config
-    from devices import resolve_device
-    from evaluation.metrics import retrieval_metrics, two_stage_metrics
-    from evaluation.protocol import encode_split
-    from pairs import load_eval_split
-    from provenance import checkpoint_identity, data_identity, read_scores, record
-    from retrieval.two_stage import Shortlists, rerank, shortlist
-
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="test")
@@ -57,7 +49,26 @@ def main(argv=None) -> list[dict]:
     from tools.report import pyplot
     plt = pyplot()
     setup_logging()
+    lock = FolderLock(args.out, "--out").acquire()      # before any work: one sweep writes a folder
+    try:
+        rows = sweep(args, plt)
+    except BaseException:
+        lock.release(undo=True)
+        raise
+    lock.release()
+    return rows
+
+
+def sweep(args, plt) -> list[dict]:
+    from checkpoints.loading import load_model, read_checkpoint_config
+    from devices import resolve_device
+    from evaluation.metrics import retrieval_metrics, two_stage_metrics
+    from evaluation.protocol import encode_split
+    from pairs import load_eval_split
+    from provenance import checkpoint_identity, data_identity, read_scores, record
+    from retrieval.two_stage import Shortlists, rerank, shortlist
     read = read_checkpoint_config(args.checkpoint, args)
+    identity = checkpoint_identity(args.checkpoint)     # the file read, as load_model checks it still is
     split_data = load_eval_split(read.cfg, args.split)
     data = data_identity(*split_data, args.split)
     exhaustive = None
@@ -84,13 +95,10 @@ def main(argv=None) -> list[dict]:
     if exhaustive:
         print(f"exhaustive: i2t R@1 {exhaustive['i2t']['r1']:.1f}, t2i R@1 {exhaustive['t2i']['r1']:.1f}, "
               f"{len(images) * len(captions):,} pairs")
-    lock = FolderLock(args.out, "--out").acquire()
-    try:
-        figure(plt, rows, exhaustive, os.path.join(args.out, "rerank_sweep.png"))
-        write_json({"provenance": record("rerank_sweep", [checkpoint_identity(args.checkpoint)], data),
-                    "sweep": rows, "exhaustive": exhaustive}, os.path.join(args.out, "sweep.json"))
-    finally:
-        lock.release()
+    figure(plt, rows, exhaustive, os.path.join(args.out, "rerank_sweep.png"))
+    write_json({"provenance": record("rerank_sweep", [identity], data), "sweep": rows, "exhaustive": exhaustive},
+               os.path.join(args.out, "sweep.json"))
+    print(f"sweep -> {os.path.join(args.out, 'sweep.json')}, figure -> {os.path.join(args.out, 'rerank_sweep.png')}")
     return rows
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from checkpoints.atomic import publish  # noqa: E402
 from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
@@ -71,6 +72,8 @@ def command_index(args, device) -> dict:
     for option in ("checkpoint", "shortlist", "regions", "images"):
         outputs.reads(getattr(args, option), f"--{option}")
     outputs.check()
+    if args.overwrite and os.path.isdir(args.out):
+        collection.check_replaceable(args.out.rstrip("/"))
     model, cfg, _ = load(args.checkpoint, device)
     dataset, names = collection_of(cfg, args, args.checkpoint)
     shortlist_model, checkpoints = None, [checkpoint_identity(args.checkpoint)]
@@ -200,8 +203,9 @@ def command_export(args, device) -> None:
         if items.lengths is not None:
             arrays["caption_lengths"] = items.lengths.numpy()
     tmp = f"{args.out}.tmp-{os.getpid()}.npz"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(tmp, **arrays)
-    os.replace(tmp, args.out)
+    publish(tmp, args.out, args.overwrite)
     print(f"features -> {args.out} ({', '.join(arrays)})")
 
 

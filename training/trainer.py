@@ -116,6 +116,10 @@ class Trainer:
             if backbone is None:
                 check_tokenizer(tokenizer, text_kind, self.model.text_tokens(),
                                 f"--{text_option} {getattr(cfg, text_option)}")
+        if cfg.global_loss_weight and self.model.head.exact_global:
+            raise ConfigError(f"--global_loss_weight {cfg.global_loss_weight}: the {cfg.sim_head} head's score is an "
+                              "inner product already, which two-stage retrieval searches exactly; the pooled "
+                              "vectors that loss trains would never be used (it serves X-Dim and ESL-region)")
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
