@@ -87,7 +87,8 @@ def sweep(args, plt) -> list[dict]:
         started = time.perf_counter()
         result = rerank(model.head, images, captions, lists, device, progress=False)
         metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
-        rows.append({"k": k, "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
+        rows.append({"k": k, "k_used": {"i2t": lists.i2t.shape[1], "t2i": lists.t2i.shape[1]},   # K <= items
+                     "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
                      "pairs_scored": result.pairs_scored, "rerank_seconds": round(time.perf_counter() - started, 4)})
         recalls = " | ".join(f"{d} " + " ".join(f"R@{k[1:]} {metrics[d][k]:5.1f}" for k in ("r1", "r5", "r10"))
                              for d in ("i2t", "t2i"))

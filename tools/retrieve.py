@@ -156,7 +156,7 @@ def command_text(args, device) -> list:
         for rank, (row, score) in enumerate(best, start=1):
             print(f"  {rank}. {index.names[row]}  {score:.4f}")
     stages = "exhaustive head scoring" if args.exhaustive else f"shortlist {timing['search']:.3f}s, re-rank " \
-                                                                f"{args.rerank_k}"
+                                                                f"{min(args.rerank_k, len(index))}"
     print(f"{len(args.query)} quer{'y' if len(args.query) == 1 else 'ies'} over {len(index)} images: loading "
           f"{loaded - started:.2f}s, encoding {encoded - loaded:.3f}s, {stages} {timing['rerank']:.3f}s")
     return results
