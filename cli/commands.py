@@ -225,7 +225,7 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
         say(format_extended(report["extended"]))
     provenance = record("scores", [member.identity for member in members],
                         data_identity(*members[0].split_data, args.split), weights=weights,
-                        protocol="coco_5fold" if coco_testall else "single")
+                        protocol="coco_5fold" if coco_testall else "single", amp=args.amp)
     write_outputs(args, sims, report, reports, provenance, say)
     return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
@@ -306,7 +306,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
             f"{direction} R@{k[1:]} {report['lost']['full_5k' if coco_testall else 'split'][direction][k]:.2f}"
             for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")))
     provenance = record("two_stage", [member.identity] + ([shortlister.identity] if shortlister else []), data,
-                        rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index)
+                        rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index, amp=args.amp)
     if args.save_ranks:
         from evaluation.metrics import shortlist_results
         write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks, args.overwrite)

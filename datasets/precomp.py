@@ -186,6 +186,8 @@ class RegionFileSet(Dataset):
     """Each row of an (images x regions x dim) feature file (a collection to index)."""
 
     def __init__(self, path: str, img_dim: int):
+        if not os.path.exists(path):
+            raise DataError(f"{path} does not exist")
         if not os.path.isfile(path):
             raise DataError(f"{path} is not a region feature file (.npy)")
         self.features = load_region_features(path, img_dim)

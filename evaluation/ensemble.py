@@ -64,4 +64,4 @@ def check_same_captions(reference: tuple[str, list[str]], member: tuple[str, lis
     for index, (a, b) in enumerate(zip(first, captions)):
         if _comparable(a) != _comparable(b):
             raise UserError(f"caption {index} of {name} ({b[:40]!r}) is not caption {index} of {first_name} "
-                            f"({a[:40]!r}): the members' data files list the items in different orders")
+                            f"({a[:40]!r}): they are not evaluated on the same items in the same order")

@@ -84,8 +84,8 @@ def test_members_on_differently_ordered_data_are_refused(region_model, clip_mode
                                 "--data_path", str(tmp_path / "regions"), "--dataset", "f30k",
                                 "--image_root", images, "--ann_path", root], capsys)
     assert message.startswith(f"caption 5 of member 2 ({clip_model}) (") and message.endswith(
-        f"is not caption 5 of member 1 ({region_model}) ({captions[5][:40]!r}): the members' data files list the "
-        "items in different orders")
+        f"is not caption 5 of member 1 ({region_model}) ({captions[5][:40]!r}): they are not evaluated on the same "
+        "items in the same order")
 
 
 def test_weights_must_match_the_checkpoints(region_model, region_data, capsys):
