@@ -67,19 +67,23 @@ def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_cpu_device_keeps_freed_memory_so_steps_do_not_fault_pages_in_again():
-    """A big tensor freed and allocated again costs page faults by default; on the CPU device none,
-    once the heap has grown past what the small objects in between take (a few rounds)."""
+    """A big tensor freed and allocated again costs page faults by default; on the CPU device none
+    in the usual round, once the heap has grown past what the small objects in between take (the
+    heap may still grow now and then, so the median round of ten is compared)."""
     script = (
-        "import resource, sys, torch; sys.path.insert(0, %r)\n"
+        "import resource, statistics, sys, torch; sys.path.insert(0, %r)\n"
         "import devices\n"
         "if sys.argv[1] == 'cpu': devices.resolve_device('cpu')\n"
         "for _ in range(6): torch.ones(2**24).sum()\n"   # 64 MB each time
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "for _ in range(5): torch.ones(2**24).sum()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n" % ROOT)
+        "rounds = []\n"
+        "for _ in range(10):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    torch.ones(2**24).sum()\n"
+        "    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(statistics.median(rounds))\n" % ROOT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                       env=env, check=True).stdout) for mode in ("default", "cpu")}
-    if faults["default"] < 5000:
+    faults = {mode: float(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                         env=env, check=True).stdout) for mode in ("default", "cpu")}
+    if faults["default"] < 1000:
         pytest.skip("this kernel maps freed tensors back without faulting every page (huge pages)")
     assert faults["cpu"] < faults["default"] / 20
