@@ -82,6 +82,18 @@ def train_short_region(out, region_data, tiny_bert, *extra):
 
 
 @pytest.fixture(scope="session")
+def short_clip_checkpoint(tmp_path_factory, image_data, tiny_clip):
+    """Two training steps of a tiny ESL-CLIP model; returns its checkpoint_last."""
+    from cli.commands import train
+    root, images, _ = image_data
+    out = tmp_path_factory.mktemp("short_clip") / "run"
+    assert run_cli(train, ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
+                           "--clip_path", tiny_clip, "--batch_size", "16", "--max_steps", "2", "--workers", "0",
+                           "--device", "cpu", "--output_dir", str(out)]) == 0
+    return out / "checkpoint_last.pth"
+
+
+@pytest.fixture(scope="session")
 def short_region_checkpoint(tmp_path_factory, region_data, tiny_bert):
     return train_short_region(tmp_path_factory.mktemp("short_region") / "run", region_data, tiny_bert,
                               "--max_steps", "4")

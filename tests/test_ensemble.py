@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REGION_DIM, error_line, run_cli, train_short_region
-from cli.commands import evaluate, train
+from cli.commands import evaluate
 from evaluation.metrics import retrieval_metrics
 
 TEST = (lambda argv: evaluate(argv, "test"))
@@ -22,16 +22,6 @@ def ensemble_tool(argv):
 def region_model(tmp_path_factory, region_data, tiny_bert):
     return train_short_region(tmp_path_factory.mktemp("ens_region") / "run", region_data, tiny_bert,
                               "--sim_head", "esl_a", "--max_steps", "6")
-
-
-@pytest.fixture(scope="module")
-def clip_model(tmp_path_factory, image_data, tiny_clip):
-    root, images, _ = image_data
-    out = tmp_path_factory.mktemp("ens_clip") / "run"
-    assert run_cli(train, ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
-                           "--clip_path", tiny_clip, "--batch_size", "16", "--max_steps", "2", "--workers", "0",
-                           "--device", "cpu", "--output_dir", str(out)]) == 0
-    return out / "checkpoint_last.pth"
 
 
 def scores(checkpoints, tmp_path, name, *extra):
@@ -60,7 +50,7 @@ def write_aligned_regions(folder, captions, seed=0):
     (target / "test_caps.txt").write_text("\n".join(captions) + "\n")
 
 
-def test_a_region_model_and_a_clip_model_in_one_ensemble(region_model, clip_model, image_data, tmp_path):
+def test_a_region_model_and_a_clip_model_in_one_ensemble(region_model, short_clip_checkpoint, image_data, tmp_path):
     from datasets.karpathy import load_karpathy_split
     root, images, _ = image_data
     entries = load_karpathy_split("f30k", root, images, "test")
@@ -68,22 +58,23 @@ def test_a_region_model_and_a_clip_model_in_one_ensemble(region_model, clip_mode
     data = ["--data_path", str(tmp_path / "regions"), "--data_name", "f30k_precomp", "--dataset", "f30k",
             "--image_root", images, "--ann_path", root]
     region, _ = scores([region_model], tmp_path, "region", *data)
-    clip, _ = scores([clip_model], tmp_path, "clip", *data)
-    both, saved = scores([region_model, clip_model], tmp_path, "both", *data)
+    clip, _ = scores([short_clip_checkpoint], tmp_path, "clip", *data)
+    both, saved = scores([region_model, short_clip_checkpoint], tmp_path, "both", *data)
     assert np.allclose(both, (region + clip) / 2, atol=1e-6)
     assert saved["metrics"] == retrieval_metrics((region + clip) / 2)
 
 
-def test_members_on_differently_ordered_data_are_refused(region_model, clip_model, image_data, tmp_path, capsys):
+def test_members_on_differently_ordered_data_are_refused(region_model, short_clip_checkpoint, image_data, tmp_path,
+                                                         capsys):
     from datasets.karpathy import load_karpathy_split
     root, images, _ = image_data
     captions = [caption for _, caps in load_karpathy_split("f30k", root, images, "test") for caption in caps]
     captions[5:10], captions[10:15] = captions[10:15], captions[5:10]
     write_aligned_regions(tmp_path / "regions", captions)
-    message = error_line(TEST, ["--checkpoint", str(region_model), str(clip_model), "--workers", "0",
+    message = error_line(TEST, ["--checkpoint", str(region_model), str(short_clip_checkpoint), "--workers", "0",
                                 "--data_path", str(tmp_path / "regions"), "--dataset", "f30k",
                                 "--image_root", images, "--ann_path", root], capsys)
-    assert message.startswith(f"caption 5 of member 2 ({clip_model}) (") and message.endswith(
+    assert message.startswith(f"caption 5 of member 2 ({short_clip_checkpoint}) (") and message.endswith(
         f"is not caption 5 of member 1 ({region_model}) ({captions[5][:40]!r}): they are not evaluated on the same "
         "items in the same order")
 

@@ -10,22 +10,10 @@ import pytest
 import torch
 from transformers import BertPreTrainedModel
 
-from conftest import run_cli
 from checkpoints import native
 from checkpoints.loading import load_model, read_checkpoint_config
-from cli.commands import train
 from errors import CheckpointError
 from pairs import build_model
-
-
-@pytest.fixture(scope="module")
-def clip_checkpoint(tmp_path_factory, image_data, tiny_clip):
-    root, images, _ = image_data
-    out = tmp_path_factory.mktemp("loading_clip") / "run"
-    assert run_cli(train, ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
-                           "--clip_path", tiny_clip, "--batch_size", "16", "--max_steps", "1", "--workers", "0",
-                           "--device", "cpu", "--output_dir", str(out)]) == 0
-    return str(out / "checkpoint_last.pth")
 
 
 def usual_model(path: str):
@@ -37,8 +25,8 @@ def usual_model(path: str):
 
 
 @pytest.mark.parametrize("which", ["region", "clip"])
-def test_the_loaded_model_equals_the_usually_built_one(which, short_region_checkpoint, clip_checkpoint):
-    path = str(short_region_checkpoint) if which == "region" else clip_checkpoint
+def test_the_loaded_model_equals_the_usually_built_one(which, short_region_checkpoint, short_clip_checkpoint):
+    path = str(short_region_checkpoint if which == "region" else short_clip_checkpoint)
     loaded, usual = load_model(read_checkpoint_config(path, argparse.Namespace())).model, usual_model(path)
     for name, tensor in usual.named_buffers():     # non-persistent ones (position ids) included
         assert torch.equal(dict(loaded.named_buffers())[name], tensor), name
