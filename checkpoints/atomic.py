@@ -11,21 +11,20 @@ from errors import ConfigError
 def publish(tmp: str, path: str, replace: bool) -> None:
     """Move the complete file `tmp` to `path`. Without `replace` the move is refused if `path`
     exists by now (another command wrote it while this one ran), atomically: nothing is replaced."""
-    if replace:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise ConfigError(f"{path} was written by another command while this one ran; nothing was replaced "
-                          "(give --overwrite to replace it, or another name)") from None
-    except OSError:                         # a file system without hard links: checked, then moved
-        if os.path.exists(path):
-            raise ConfigError(f"{path} was written by another command while this one ran; nothing was replaced "
-                              "(give --overwrite to replace it, or another name)") from None
-        os.replace(tmp, path)
-        return
-    os.remove(tmp)
+    if not replace:
+        taken = (f"{path} was written by another command while this one ran; nothing was replaced (give "
+                 "--overwrite to replace it, or another name)")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ConfigError(taken) from None
+        except OSError:                     # a file system without hard links: checked, then moved
+            if os.path.exists(path):
+                raise ConfigError(taken) from None
+        else:
+            os.remove(tmp)
+            return
+    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path: str) -> None:
