@@ -6,6 +6,8 @@ check the data between the two, so that a bad data file fails before the slow bu
 import os
 from dataclasses import dataclass
 
+import torch
+
 from config.options import all_options, config_from_saved
 from config.schema import Config
 from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
@@ -47,7 +49,7 @@ class CheckpointConfig:
     history: str         # which state of which training run
     tokenizer: object
     backbone_config: dict
-    payload: dict        # its tensors memory-mapped from the file
+    payload: dict        # weights in memory; a training checkpoint's optimiser state left mapped, unread
     parts: list | None = None   # released formats: the key-rule parts
     file_state: tuple = ()      # (inode, size, mtime) when it was read
 
@@ -72,7 +74,7 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path}/model_best.pth)")
     file_state = _file_state(path) if os.path.isfile(path) else ()
-    payload = read_checkpoint(path)
+    payload = _weights_in_memory(read_checkpoint(path))
     if checkpoint.is_native(payload):
         checkpoint.check_version(payload, path)
         cfg = apply_overrides(_clear_foreign_data(config_from_saved(payload["config"]), args), args)
@@ -87,6 +89,23 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
         check_data_options(cfg, path)
     tokenizer = evaluation_tokenizer(cfg, args, payload.get("tokenizer"), path, pair_of(cfg).text_tokens(backbone))
     return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts, file_state)
+
+
+def _weights_in_memory(payload):
+    """The payload with its weights copied out of the mapped file at once: a file cut short later
+    (a `cp` over it) can then only be refused, never fault the process in the middle of loading.
+    A training checkpoint's optimiser state stays mapped and is never read."""
+    def copied(value):
+        if isinstance(value, torch.Tensor):
+            return value.clone()
+        if isinstance(value, dict):
+            return {key: copied(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copied(item) for item in value)
+        return value
+    if checkpoint.is_native(payload):
+        return {key: value if key == "optimizer" else copied(value) for key, value in payload.items()}
+    return copied(payload)
 
 
 def _file_state(path: str) -> tuple:

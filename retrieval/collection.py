@@ -148,10 +148,15 @@ class CollectionIndex:
                             f"version {VERSION}: rebuild it with tools/retrieve.py index")
         self.folder, self.meta = folder, meta
         self.provenance = read_record(meta["provenance"], folder)
-        with open(os.path.join(folder, "names.txt"), encoding="utf-8") as handle:
-            self.names = handle.read().split("\n")[:-1]
-        self.local = np.load(os.path.join(folder, "local.npy"), mmap_mode="r")
-        self.index = faiss().read_index(os.path.join(folder, "global.faiss"))
+        try:
+            with open(os.path.join(folder, "names.txt"), encoding="utf-8") as handle:
+                self.names = handle.read().split("\n")[:-1]
+            self.local = np.load(os.path.join(folder, "local.npy"), mmap_mode="r")
+            self.index = faiss().read_index(os.path.join(folder, "global.faiss"))
+        except (OSError, ValueError, RuntimeError) as exc:   # a file missing, cut short or not ours
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"index {folder} is damaged ({first_line}); rebuild it with tools/retrieve.py index") \
+                from exc
         if len(self.names) != len(self.local) or self.index.ntotal != len(self.local):
             raise DataError(f"index {folder} is incomplete: {len(self.names)} names, {len(self.local)} feature rows, "
                             f"{self.index.ntotal} vectors")

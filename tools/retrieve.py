@@ -187,10 +187,16 @@ def read_caption_file(path: str) -> list[str]:
 
 
 def command_export(args, device) -> None:
+    if args.checkpoint and not args.captions:
+        raise ConfigError("--checkpoint is used by export only to encode --captions; the index's features are "
+                          "exported as they are")
     outputs = Outputs(args.overwrite)
     outputs.file(args.out, "--out", ".npz")
     outputs.reads(args.captions, "--captions")
     outputs.check()
+    if os.path.realpath(os.path.abspath(args.out)).startswith(os.path.realpath(args.index) + os.sep):
+        raise ConfigError(f"--out {args.out} lies inside --index {args.index}, which holds only the index's own "
+                          "files; write it elsewhere")
     index = collection.CollectionIndex(args.index)
     arrays = {"image_features": np.asarray(index.local), "image_names": np.array(index.names),
               "global_vectors": np.load(os.path.join(args.index, "global.npy")),
@@ -203,7 +209,10 @@ def command_export(args, device) -> None:
         if items.lengths is not None:
             arrays["caption_lengths"] = items.lengths.numpy()
     tmp = f"{args.out}.tmp-{os.getpid()}.npz"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot create its folder ({exc.strerror or exc})") from exc
     np.savez(tmp, **arrays)
     publish(tmp, args.out, args.overwrite)
     print(f"features -> {args.out} ({', '.join(arrays)})")
