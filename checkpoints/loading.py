@@ -123,7 +123,7 @@ def load_model(read: CheckpointConfig) -> LoadedModel:
             checkpoint.load_weights(model, read.payload["model"], read.path)
         else:
             model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
-    # the weights were read from the mapped file only now: it must still be the file that was read
+    # the file must still be the one read: its hash, taken since, is what records name these weights by
     if not os.path.isfile(read.path) or _file_state(read.path) != read.file_state:
         raise CheckpointError(f"checkpoint {read.path} was replaced or changed while it was being read; "
                               "run again once it is written")

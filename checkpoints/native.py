@@ -6,7 +6,7 @@ import zipfile
 
 import torch
 
-from errors import CheckpointError
+from errors import CheckpointError, first_line
 from .atomic import atomic_torch_save
 
 FORMAT = "dimmatch"
@@ -32,15 +32,15 @@ def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, **kwargs)
     except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint we read
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, (EOFError, OSError, zipfile.BadZipFile)) or "zip archive" in first_line \
-                or "central directory" in first_line:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first_line}); copy it again") from exc
-        if "Weights only load failed" in first_line or isinstance(exc, (pickle.UnpicklingError, IndexError,
+        message = first_line(exc)
+        if isinstance(exc, (EOFError, OSError, zipfile.BadZipFile)) or "zip archive" in message \
+                or "central directory" in message:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({message}); copy it again") from exc
+        if "Weights only load failed" in message or isinstance(exc, (pickle.UnpicklingError, IndexError,
                                                                          KeyError, TypeError)):
             raise CheckpointError(f"checkpoint {path} cannot be read: it is not a PyTorch checkpoint of plain "
                                   "tensors and values (code in a checkpoint is never loaded)") from exc
-        raise CheckpointError(f"checkpoint {path} cannot be read: {first_line}") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read: {message}") from exc
 
 
 def is_native(payload) -> bool:

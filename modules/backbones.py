@@ -11,7 +11,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from errors import ConfigError
+from errors import ConfigError, first_line
 
 # what a backbone folder needs: the config and weights for the model, plus the tokenizer files
 DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
@@ -67,7 +67,7 @@ def resolve_backbone(name: str, option: str, need_config: bool = True) -> str:
     try:
         return snapshot_download(name, allow_patterns=DOWNLOAD_PATTERNS)
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"{option} {name} could not be downloaded ({first}): {how}") from exc
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.batching import Collate
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, first_line
 from evaluation.scoring import EncodedItems
 from provenance import read_record
 from .search import build_index, faiss
@@ -154,9 +154,8 @@ class CollectionIndex:
             self.local = np.load(os.path.join(folder, "local.npy"), mmap_mode="r")
             self.index = faiss().read_index(os.path.join(folder, "global.faiss"))
         except (OSError, ValueError, RuntimeError) as exc:   # a file missing, cut short or not ours
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"index {folder} is damaged ({first_line}); rebuild it with tools/retrieve.py index") \
-                from exc
+            raise DataError(f"index {folder} is damaged ({first_line(exc)}); rebuild it with tools/retrieve.py "
+                            "index") from exc
         if len(self.names) != len(self.local) or self.index.ntotal != len(self.local):
             raise DataError(f"index {folder} is incomplete: {len(self.names)} names, {len(self.local)} feature rows, "
                             f"{self.index.ntotal} vectors")
