@@ -1,4 +1,5 @@
-"""The command-line programs behind train.py, test.py and testall.py."""
+"""The work of train.py, test.py and testall.py, once cli.main has parsed and checked their
+command lines (`train` and `evaluate` are re-exported for the callers that pass an argv)."""
 
 import logging
 import os
@@ -8,35 +9,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from checkpoints.atomic import atomic_save_npy, write_json
-from config.parsers import eval_parser, train_parser
-from config.recipes import describe, recipe_names
-from config.resolve import check_command, check_device_options, resolve_train_config, resumed_config
+from config.resolve import check_device_options, resolve_train_config, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
 from pairs import pair_of
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
-from .guard import run_guarded
 from .logs import attach_log_file, setup_logging
+from .main import evaluate, train  # noqa: F401  (the entry points, for callers that pass an argv)
 from .outputs import (FolderLock, Outputs, check_output_dir, discard_previous_run, restore_previous_run,
                       set_aside_previous_run)
 
 logger = logging.getLogger("dimmatch")
 
 
-def train(argv=None) -> dict:
-    """Every option, path and file is checked before the output folder is touched, and the
-    folder is held by this process from then on: a failed start leaves it as it was (with
-    --overwrite, the previous run is set aside until the new one's first checkpoint)."""
+def run_train(given: dict) -> dict:
+    """A run from train.py's checked options. Every option, path and file is checked before the
+    output folder is touched, and the folder is held by this process from then on: a failed start
+    leaves it as it was (with --overwrite, the previous run is set aside until the new one's first
+    checkpoint)."""
     from training.trainer import Trainer
 
-    given = vars(train_parser().parse_args(argv))
-    if given.pop("list_recipes", False):
-        for name in recipe_names():
-            print(f"{name:22s} {describe(name)}")
-        return {}
     print_only = given.pop("print_config", False)
-    check_command(given)
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
         cfg = resumed_config(given, resume[1]["config"], resume[0])
@@ -161,19 +155,14 @@ class Scored:
     info: dict
 
 
-def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:
+def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
     """Recall@K of one checkpoint, or of an ensemble: every member is read and checked with its
     data first, then each is loaded, encoded and scored in turn (one model in memory at a time);
     the weighted mean of the score matrices is reported next to every member's own numbers."""
-    from evaluation.ensemble import RunningMean, check_same_captions, ensemble_weights
+    from evaluation.ensemble import RunningMean, check_same_captions
     from evaluation.extended import extended_metrics, format_extended, load_annotations
     from evaluation.protocol import protocol_report
 
-    description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
-                   else "Recall@K evaluation of one split (Flickr30K 1K test by default)")
-    args = eval_parser(description, default_split).parse_args(argv)
-    weights = ensemble_weights(args.weights, len(args.checkpoint))
-    check_two_stage_options(args)
     outputs = plan_outputs(args)
     annotations = load_annotations() if args.extended else None
     check_device_options(args)
@@ -242,26 +231,6 @@ def check_evaluation_options(args, members: list) -> None:
                     is not None:
                 raise ConfigError(f"--{option.name} applies to {name} models ({pair.summary}); "
                                   f"{members[0].path} is a {pair_of(members[0].read.cfg).name} model")
-
-
-def check_two_stage_options(args) -> None:
-    """Options that only make sense together (two-stage retrieval), checked before anything is read."""
-    if args.ids_file and not args.extended:
-        raise ConfigError("--ids_file names the COCO ids of the rows for --extended: give --extended too")
-    if args.rerank_k is None:
-        for option in ("shortlist", "compare_sims"):
-            if getattr(args, option):
-                raise ConfigError(f"--{option} belongs to two-stage retrieval: give --rerank_k K too")
-        if args.first_stage_index != "flat":
-            raise ConfigError(f"--first_stage_index {args.first_stage_index} belongs to two-stage retrieval: give "
-                              "--rerank_k K too")
-        return
-    refused = [("an ensemble", len(args.checkpoint) > 1), ("--save_sims (two-stage scores only the shortlisted "
-               "pairs, not a full matrix: use --save_ranks)", args.save_sims), ("--extended", args.extended),
-               ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1)]
-    for what, given in refused:
-        if given:
-            raise ConfigError(f"--rerank_k does not combine with {what}")
 
 
 def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, say) -> dict:
@@ -410,16 +379,4 @@ def coco_ids(cfg, args, n_images: int, annotations: dict):
     else:
         ids, source = pair_of(cfg).caption_ids(cfg, args.split)
     return row_ids(np.asarray(ids, dtype=np.int64), n_images, annotations, source)
-
-
-def main_train() -> None:
-    sys.exit(run_guarded(train))
-
-
-def main_test() -> None:
-    sys.exit(run_guarded(lambda argv: evaluate(argv, "test")))
-
-
-def main_testall() -> None:
-    sys.exit(run_guarded(lambda argv: evaluate(argv, "testall", coco_testall=True)))
 

@@ -1,9 +1,10 @@
 """The command lines, built from the option schema: errors are one line (`error: ...`, exit 2)."""
 
 import argparse
+import dataclasses
 
 from errors import ConfigError
-from .options import EVAL, RUNTIME_OPTIONS, TRAIN, all_options, model_choices, owned_options
+from .options import EVAL, RUNTIME_OPTIONS, TOOLS, TRAIN, all_options, model_choices, owned_options
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,9 +20,19 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
+        self.check_values(parsed)
+        return parsed
+
+    def check_values(self, parsed) -> None:
+        """The schema options of this parser and of the subcommand chosen (argparse parses a
+        subcommand with parse_known_args, which does not pass here)."""
         for name, option in self.schema.items():
             option.check(getattr(parsed, name, None))
-        return parsed
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None))
+                if chosen is not None:
+                    chosen.check_values(parsed)
 
 
 def add_option(parser: Parser, group, option, default=argparse.SUPPRESS, required: bool = False,
@@ -92,3 +103,13 @@ def data_parser(parser: Parser) -> None:
     for option in all_options().values():
         if option.evaluation:
             add_option(parser, group, option, default=None)
+
+
+def add_schema_options(parser: Parser, group, names: tuple, required: tuple = (), **changes) -> None:
+    """A tool's options, taken by name from the schema (train.py's, test.py's and TOOLS) so that
+    they have the same types and ranges; `changes` gives one a tool's own default or help, as
+    {name: {"default": ..., "help": ...}}."""
+    schema = {**all_options(), **{option.name: option for option in EVAL + TOOLS}}
+    for name in names:
+        option = dataclasses.replace(schema[name], **changes.get(name, {}))
+        add_option(parser, group, option, default=option.default, required=name in required)

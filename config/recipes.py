@@ -61,6 +61,8 @@ def read_recipe(name: str, options: dict, seen: tuple = (), where: str = "--reci
         if key == "encoders" and values.get("encoders", value) != value:
             raise ConfigError(f"recipe {path} sets encoders {value} over its base's {values['encoders']}: a recipe "
                               "and its bases train one encoder pair")
+        if value is None:
+            raise ConfigError(f"recipe {path}: '{key}' is null; give it a value, or leave it out for the default")
         if option.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         try:

@@ -25,7 +25,8 @@ COMMAND = "command"      # what this invocation does (output folder, resume, ove
 
 @dataclass(frozen=True)
 class Option:
-    """One option. `low` / `high` bound a number, `closed` says which ends are included ("[]",
+    """One option. `low` / `high` bound a number (every number of a program has both, so that a
+    mistyped value is one line rather than an overflow or thousands of processes), `closed` says which ends are included ("[]",
     "[)", "(]", "()"); `choices` lists the allowed values; a `default` of None means the recipe,
     the encoder pair or the head decides. `flag` False: set by recipes or derivation only."""
 
@@ -62,12 +63,12 @@ class Option:
             raise ConfigError(f"--{self.name} must be a finite number (got {value})")
         above = self.low is None or (value >= self.low if self.closed[0] == "[" else value > self.low)
         below = self.high is None or (value <= self.high if self.closed[1] == "]" else value < self.high)
-        if not (above and below):
-            if self.high is None:
-                bound = f"at least {self.low}" if self.closed[0] == "[" else f"greater than {self.low}"
-            else:
-                bound = f"in {self.closed[0]}{self.low}, {self.high}{self.closed[1]}"
+        if not above:           # the lower bound, which is what a small mistake misses
+            bound = f"at least {self.low}" if self.closed[0] == "[" else f"greater than {self.low}"
             raise ConfigError(f"--{self.name} must be {bound} (got {value})")
+        if not below:           # the whole range: the upper bound alone reads as arbitrary
+            raise ConfigError(f"--{self.name} must be in {self.closed[0]}{self.low}, {self.high}{self.closed[1]} "
+                              f"(got {value})")
 
 
 class Config(SimpleNamespace):

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 from transformers import AutoTokenizer, BertTokenizer, CLIPTokenizer
 
+from config.catalogue import CLIP_TEXT_CLEANINGS, CLIP_TRUNCATIONS
 from errors import ConfigError
 from modules.backbones import resolve_backbone
 
@@ -120,8 +121,6 @@ class BertCaptionEncoder:
         return output
 
 
-CLIP_TRUNCATIONS = ("released", "keep_eot")
-CLIP_TEXT_CLEANINGS = ("released", "tokenizer")
 
 
 def released_clip_clean(text: str) -> str:

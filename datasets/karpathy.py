@@ -129,7 +129,6 @@ def evaluation_entries(entries, path_hint: str, max_images: int | None = None):
     return [(p, captions[:CAPTIONS_PER_IMAGE]) for p, captions in entries]
 
 
-TRUNCATED_IMAGES = ("load", "refuse")
 
 
 def _decode(path: str, load_truncated: bool):

@@ -13,9 +13,9 @@ import os
 import sys
 import time
 
-from cli.commands import evaluate, train
+from cli.main import evaluate, train
 from cli.guard import run_guarded
-from config.parsers import Parser
+from config.parsers import Parser, add_schema_options
 from errors import ConfigError
 from .data import write_image_dataset, write_region_dataset
 from .tiny_models import write_tiny_bert, write_tiny_clip
@@ -75,11 +75,7 @@ def prepare(args) -> list[str]:
     return argv
 
 
-def check_counts(args, names: tuple) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be at least 1 (got {value})")
+def check_output(args) -> None:
     if os.path.isfile(args.output):
         raise ConfigError(f"--output {args.output} is a file; give a folder")
 
@@ -89,13 +85,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--system", default="xdim", choices=["xdim", "esl_h", "esl_a", "cosine", "clip"])
     parser.add_argument("--text_model", default="tiny", choices=["tiny", "minilm"],
                         help="region systems: a tiny random BERT with the demo vocabulary, or pretrained MiniLM")
-    parser.add_argument("--epochs", type=int, default=None, help="[regions: 4; clip: 10]")
-    parser.add_argument("--train_images", type=int, default=2000)
-    parser.add_argument("--test_images", type=int, default=100)
+    add_schema_options(parser, parser, ("epochs", "train_images", "test_images", "seed"))
     parser.add_argument("--output", default="demo_output")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    check_counts(args, ("epochs", "train_images", "test_images"))
+    check_output(args)
     if args.epochs is None:
         args.epochs = 10 if args.system == "clip" else 4
 

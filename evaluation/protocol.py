@@ -21,7 +21,6 @@ COCO_FOLDS = 5
 # Model selection during training (training.validation): the first 1,000 images of the validation
 # split (the released region code, VSE-infinity's dev loader), or the whole split in 5 folds with the
 # last fold's rSum (what the released ESL-CLIP COCO trainer returns) or their mean rSum selecting.
-VALIDATION_PROTOCOLS = ("first_1k", "last_fold", "mean_5fold")
 VALIDATION_MAX_IMAGES = 1000
 
 

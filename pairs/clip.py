@@ -2,9 +2,9 @@
 
 import os
 
-from config.schema import LOCATION, MODEL, TRAINING, Option
-from datasets.captions import CLIP_TEXT_CLEANINGS, CLIP_TRUNCATIONS, ClipCaptionEncoder
-from datasets.karpathy import (TRUNCATED_IMAGES, ImageFileSet, KarpathyTrainDataset, annotation_file,
+from config.catalogue import CLIP as DECLARED
+from datasets.captions import ClipCaptionEncoder
+from datasets.karpathy import (ImageFileSet, KarpathyTrainDataset, annotation_file,
                                check_images_exist, evaluation_entries, load_karpathy_split)
 from datasets.karpathy import caption_ids as karpathy_caption_ids
 from errors import ConfigError, DataError
@@ -13,32 +13,6 @@ from modules.heads import GLOBAL
 from .base import EncoderPair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-OPTIONS = (
-    Option("dataset", str, None, "raw-image dataset", TRAINING, choices=("f30k", "coco"), evaluation=True),
-    Option("image_root", str, None, "Flickr30K image folder, or the COCO folder holding train2014/ and val2014/",
-           LOCATION, evaluation=True),
-    Option("ann_path", str, None, "Karpathy JSON file, or the folder holding dataset_flickr30k.json / "
-                                  "{train,dev,testall}_coco.json", LOCATION, evaluation=True),
-    Option("clip_path", str, "openai/clip-vit-base-patch16", "hub name or local CLIP folder (evaluation: a folder "
-                                                             "with the tokenizer files is enough)",
-           LOCATION, evaluation=True),
-    Option("truncated_images", str, "refuse", "raw images whose file is cut short: load = decode what is there "
-                                              "(the released COCO loader), refuse = unreadable (skipped in training, "
-                                              "an error in evaluation) [COCO: load]",
-           TRAINING, choices=TRUNCATED_IMAGES, evaluation=True),
-    Option("clip_truncation", str, "released", "captions longer than 77 tokens: released = the first 77 ids (end "
-                                               "token lost, pooling at the start token, as the released ESL-CLIP "
-                                               "code); keep_eot = 76 ids and the end token",
-           TRAINING, choices=CLIP_TRUNCATIONS, evaluation=True),
-    Option("clip_text_cleaning", str, "released", "released = ftfy and HTML unescaping first, as the released "
-                                                  "tokeniser; tokenizer = the tokenizer's own normalisation only",
-           TRAINING, choices=CLIP_TEXT_CLEANINGS, evaluation=True),
-    Option("clip_lr", float, 1e-6, "lr of the CLIP towers", TRAINING, low=0, closed="()"),
-    Option("noclip_lr", float, 3e-5, "lr of the head", TRAINING, low=0, closed="()"),
-    Option("image_size", int, None, "input image size, from the CLIP config", MODEL, flag=False),
-)
-
 
 
 def build_encoders(cfg, backbone_config: dict | None = None) -> ClipEncoders:
@@ -121,9 +95,9 @@ def collection(cfg, path: str):
 
 
 PAIR = EncoderPair(
-    name="clip", summary="CLIP image and text towers", feature_kind=GLOBAL, text_kind="clip",
+    name=DECLARED.name, summary=DECLARED.summary, feature_kind=GLOBAL, text_kind="clip",
     backbone_option="clip_path", data_options=("dataset", "image_root", "ann_path"),
-    data_hint="--dataset/--image_root/--ann_path", options=OPTIONS, default_recipe="_clip",
+    data_hint="--dataset/--image_root/--ann_path", options=DECLARED.options, default_recipe="_clip",
     logit_scale=True, head_lr_option="noclip_lr",
     build_encoders=build_encoders, text_tokens=clip_text_tokens, text_positions=text_positions,
     caption_encoder=caption_encoder,

@@ -3,7 +3,7 @@ of ESL-region and X-Dim."""
 
 import os
 
-from config.schema import LOCATION, MODEL, TRAINING, Option
+from config.catalogue import REGION_BERT as DECLARED
 from datasets.captions import BertCaptionEncoder
 from datasets.precomp import (CAPTIONS_PER_IMAGE, PrecompImageSet, PrecompSplit, PrecompTrainDataset,
                               RegionFileSet)
@@ -12,21 +12,6 @@ from modules.heads import HEADS, LOCAL
 from modules.region_bert import RegionBertEncoders
 from modules.text_encoder import bert_text_tokens, build_bert
 from .base import EncoderPair
-
-OPTIONS = (
-    Option("data_path", str, None, "folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K",
-           LOCATION, evaluation=True),
-    Option("data_name", str, None, "precomputed-region dataset", TRAINING, choices=("f30k_precomp", "coco_precomp"),
-           evaluation=True),
-    Option("bert_path", str, "bert-base-uncased", "hub name or local BERT folder (evaluation: must agree with the "
-                                                  "checkpoint's tokenizer)", LOCATION, evaluation=True),
-    Option("img_dim", int, 2048, "region feature size", MODEL, low=1, evaluation=True),
-    Option("region_drop", float, 0.2, "train: probability of dropping a region", TRAINING, low=0, high=1,
-           closed="[)"),
-    Option("word_aug", float, 0.2, "train: probability of altering a word (50% [MASK], 10% random, 40% delete)",
-           TRAINING, low=0, high=1),
-)
-
 
 
 def build_encoders(cfg, backbone_config: dict | None = None) -> RegionBertEncoders:
@@ -88,9 +73,9 @@ def collection(cfg, path: str):
 
 
 PAIR = EncoderPair(
-    name="region_bert", summary="BUTD regions + BERT words", feature_kind=LOCAL, text_kind="bert",
+    name=DECLARED.name, summary=DECLARED.summary, feature_kind=LOCAL, text_kind="bert",
     backbone_option="bert_path", data_options=("data_path", "data_name"),
-    data_hint="--data_path/--data_name", options=OPTIONS, default_recipe="_region",
+    data_hint="--data_path/--data_name", options=DECLARED.options, default_recipe="_region",
     logit_scale=False, head_lr_option="learning_rate",
     build_encoders=build_encoders, text_tokens=bert_text_tokens, text_positions=text_positions,
     caption_encoder=caption_encoder,

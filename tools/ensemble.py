@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoints.atomic import atomic_save_npy, write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
-from config.parsers import Parser  # noqa: E402
+from config.parsers import Parser, add_schema_options  # noqa: E402
 from errors import UserError  # noqa: E402
 from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
 from evaluation.protocol import protocol_report  # noqa: E402
@@ -46,7 +46,7 @@ def check_members(paths: list[str], unverified: bool) -> list[dict]:
 def main(argv=None) -> dict:
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("matrices", nargs="+", help="score matrices (.npy) of the same split, same item order")
-    parser.add_argument("--weights", type=float, nargs="+", default=None, help="one per matrix [equal]")
+    add_schema_options(parser, parser, ("weights",), weights={"help": "one per matrix, normalised to sum 1 [equal]"})
     parser.add_argument("--coco_5fold", action="store_true", help="COCO testall: 5-fold 1K and full 5K")
     parser.add_argument("--save", default=None, help="write the ensemble matrix here (.npy, with its .json)")
     parser.add_argument("--overwrite", action="store_true", help="replace --save and its .json if they exist")

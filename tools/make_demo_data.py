@@ -15,8 +15,8 @@ from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
 from demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
-from config.parsers import Parser  # noqa: E402
-from demo.__main__ import check_counts  # noqa: E402
+from config.parsers import Parser, add_schema_options  # noqa: E402
+from demo.__main__ import check_output  # noqa: E402
 from errors import ConfigError  # noqa: E402
 
 PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
@@ -25,13 +25,11 @@ PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
 def main(argv=None) -> None:
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output")
-    parser.add_argument("--train_images", type=int, default=2000)
-    parser.add_argument("--test_images", type=int, default=100)
-    parser.add_argument("--region_dim", type=int, default=256, help="BUTD features are 2048-d")
-    parser.add_argument("--seed", type=int, default=0)
+    add_schema_options(parser, parser, ("train_images", "test_images", "region_dim", "seed"),
+                       seed={"help": "everything generated is a function of it"})
     parser.add_argument("--overwrite", action="store_true", help="replace the data sets already in OUTPUT")
     args = parser.parse_args(argv)
-    check_counts(args, ("train_images", "test_images", "region_dim"))
+    check_output(args)
     present = [part for part in PARTS if os.path.exists(os.path.join(args.output, part))]
     if present and not args.overwrite:
         raise ConfigError(f"{args.output} already holds {', '.join(present)}; give --overwrite to replace them, or "

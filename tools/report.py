@@ -223,7 +223,7 @@ def two_stage_results(loaded, split_data, shortlister, args, device, options):
 def main(argv=None) -> str:
     from checkpoints.loading import load_model, read_checkpoint_config
     from cli.outputs import FolderLock, Outputs
-    from config.parsers import Parser, data_parser
+    from config.parsers import Parser, add_schema_options, data_parser
     from devices import resolve_device
     from evaluation.protocol import compute_split_scores
     from pairs import load_eval_split
@@ -235,24 +235,14 @@ def main(argv=None) -> str:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True, help="folder for index.html and the PNG figures")
     parser.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
-    parser.add_argument("--queries", type=int, default=8, help="sampled queries of each kind")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--eval_batch_size", type=int, default=128)
-    parser.add_argument("--eval_mem_gb", type=float, default=None)
-    parser.add_argument("--rerank_k", type=int, default=None,
-                        help="show two-stage retrieval: the model's global embeddings (or --shortlist's) shortlist K "
-                             "items per query, the head re-ranks them")
+    add_schema_options(parser, parser, ("queries", "seed", "device", "workers", "eval_batch_size", "eval_mem_gb",
+                                        "rerank_k"),
+                       seed={"help": "seed of the sampled queries"}, workers={"default": 0},
+                       rerank_k={"help": "show two-stage retrieval: the model's global embeddings (or --shortlist's) "
+                                         "shortlist K items per query, the head re-ranks them"})
     parser.add_argument("--shortlist", default=None, help="--rerank_k: the checkpoint whose embeddings shortlist")
     data_parser(parser)
     args = parser.parse_args(argv)
-    for option, value, low in (("--queries", args.queries, 1), ("--eval_batch_size", args.eval_batch_size, 1),
-                               ("--workers", args.workers, 0), ("--rerank_k", args.rerank_k or 1, 1)):
-        if value < low:
-            raise ConfigError(f"{option} must be at least {low} (got {value})")
-    if args.eval_mem_gb is not None and not args.eval_mem_gb > 0:
-        raise ConfigError(f"--eval_mem_gb must be greater than 0 (got {args.eval_mem_gb})")
     if args.rerank_k and args.sims or args.shortlist and not args.rerank_k:
         raise ConfigError("--sims shows exhaustive scores and --rerank_k (with an optional --shortlist) two-stage "
                           "ones: give one of them")

@@ -19,7 +19,7 @@ from checkpoints.atomic import write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import FolderLock, Outputs  # noqa: E402
-from config.parsers import Parser, data_parser  # noqa: E402
+from config.parsers import Parser, add_schema_options, data_parser  # noqa: E402
 from errors import ConfigError  # noqa: E402
 
 SWEEP = (10, 20, 50, 100, 200, 500)
@@ -29,18 +29,13 @@ def main(argv=None) -> list[dict]:
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--k", type=int, nargs="+", default=list(SWEEP), help="shortlist sizes")
+    add_schema_options(parser, parser, ("k",), k={"default": list(SWEEP)})
     parser.add_argument("--compare_sims", default=None, help="the exhaustive scores (test.py --save_sims)")
     parser.add_argument("--out", required=True, help="folder for sweep.json and rerank_sweep.png")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--eval_batch_size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0)
+    add_schema_options(parser, parser, ("device", "eval_batch_size", "workers"), workers={"default": 0})
     data_parser(parser)
     args = parser.parse_args(argv)
-    if min(args.k) < 1 or args.eval_batch_size < 1 or args.workers < 0:
-        raise ConfigError(f"--k values and --eval_batch_size must be at least 1 and --workers at least 0 (got "
-                          f"{' '.join(map(str, args.k))}, {args.eval_batch_size}, {args.workers})")
     outputs = Outputs(args.overwrite)
     outputs.folder_of(args.out, ("sweep.json", "rerank_sweep.png"))
     outputs.reads(args.checkpoint, "--checkpoint")

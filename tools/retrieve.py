@@ -33,7 +33,7 @@ from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
-from config.parsers import Parser  # noqa: E402
+from config.parsers import Parser, add_schema_options  # noqa: E402
 from datasets.batching import CaptionSet, Collate  # noqa: E402
 from datasets.precomp import read_captions  # noqa: E402
 from devices import resolve_device  # noqa: E402
@@ -236,12 +236,13 @@ def main(argv=None):
     text = sub.add_parser("text", help="top-k images of the index for text queries")
     text.add_argument("--index", required=True)
     text.add_argument("--query", action="append", required=True, help="a caption; repeat for several")
-    text.add_argument("--rerank_k", type=int, default=100, help="images shortlisted per query for the head")
+    add_schema_options(text, text, ("rerank_k",), rerank_k={"default": 100, "help": "images shortlisted per query "
+                                                                                  "for the head"})
     text.add_argument("--exhaustive", action="store_true", help="score every image with the head (no shortlist)")
     image = sub.add_parser("image", help="top-k captions of a file for an image of the index")
     image.add_argument("--index", required=True)
     image.add_argument("--captions", required=True, help="one caption a line")
-    image.add_argument("--item", type=int, required=True, help="position of the image in the index")
+    add_schema_options(image, image, ("item",), required=("item",))
     export = sub.add_parser("export", help="write the encoded features (.npz)")
     export.add_argument("--index", required=True)
     export.add_argument("--captions", help="also encode these captions")
@@ -251,15 +252,11 @@ def main(argv=None):
                              help="the index's checkpoint, if it has moved (its content must be the same)")
         command.add_argument("--shortlist", default=None, help="the index's --shortlist checkpoint, if it has moved")
     for command in (index, text, image, export):
-        command.add_argument("--top", type=int, default=5)
-        command.add_argument("--batch_size", type=int, default=128)
-        command.add_argument("--device", default="auto")
+        add_schema_options(command, command, ("top", "batch_size", "device"),
+                           batch_size={"default": 128, "help": "items per encoder batch"})
     for command in (index, export):
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    for option in ("top", "batch_size", "rerank_k"):
-        if getattr(args, option, 1) < 1:
-            raise ConfigError(f"--{option} must be at least 1 (got {getattr(args, option)})")
     if any(not query.strip() for query in getattr(args, "query", None) or []):
         raise ConfigError("--query must be a caption (got an empty one)")
     setup_logging()

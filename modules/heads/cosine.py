@@ -2,12 +2,9 @@
 
 import torch
 
-from config.schema import MODEL, Option
+from config.catalogue import HEADS as DECLARED
 from ..common import l2norm, lengths_to_mask
 from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
-
-POOL = Option("cosine_pool", str, "mean", "pooling of local features for --sim_head cosine", MODEL,
-              choices=("mean", "max"))
 
 
 class CosineHead(SimilarityHead):
@@ -42,6 +39,6 @@ class CosineHead(SimilarityHead):
         return images @ captions.t()
 
 
-HEAD_SPEC = HeadSpec("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)",
-                     feature_kinds=(LOCAL, GLOBAL), options=(POOL,),
+HEAD_SPEC = HeadSpec(DECLARED["cosine"].name, DECLARED["cosine"].summary,
+                     feature_kinds=(LOCAL, GLOBAL), options=DECLARED["cosine"].options,
                      build=lambda cfg, feature_kind: CosineHead(cfg.cosine_pool))

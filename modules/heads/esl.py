@@ -1,15 +1,11 @@
 """The ESL heads (`esl_h` heuristic, `esl_a` adaptive): the region form on word/region features,
 the CLIP form on global embeddings."""
 
-from config.schema import MODEL, Option
+from config.catalogue import HEADS as DECLARED
 from ..levels import resolve_num_levels
 from .base import GLOBAL, LOCAL, HeadSpec
 from .esl_clip import ESLClipHead
 from .esl_region import ESLRegionHead
-
-KERNEL_SIZE = Option("kernel_size", int, 2, "ESL measure-unit size k", MODEL)
-LEVELS = Option("esl_levels", int, None, "ESL levels above the input [8, fewer when embed_size is not divisible "
-                                         "by k**8]", MODEL)
 
 
 def _resolve(values: dict) -> None:
@@ -23,7 +19,7 @@ def _builder(strategy: str):
     return build
 
 
-H_SPEC = HeadSpec("esl_h", "ESL, heuristic dimensional selective masks", feature_kinds=(LOCAL, GLOBAL),
-             build=_builder("heuristic"), options=(KERNEL_SIZE, LEVELS), resolve=_resolve)
-A_SPEC = HeadSpec("esl_a", "ESL, adaptive dimensional selective masks", feature_kinds=(LOCAL, GLOBAL),
-             build=_builder("adaptive"), options=(KERNEL_SIZE, LEVELS), resolve=_resolve)
+H_SPEC = HeadSpec(DECLARED["esl_h"].name, DECLARED["esl_h"].summary, feature_kinds=(LOCAL, GLOBAL),
+                  build=_builder("heuristic"), options=DECLARED["esl_h"].options, resolve=_resolve)
+A_SPEC = HeadSpec(DECLARED["esl_a"].name, DECLARED["esl_a"].summary, feature_kinds=(LOCAL, GLOBAL),
+                  build=_builder("adaptive"), options=DECLARED["esl_a"].options, resolve=_resolve)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from config.catalogue import HEADS as DECLARED
 from ..common import l2norm, lengths_to_mask
 from .base import LOCAL, HeadSpec, SimilarityHead
 
@@ -172,5 +173,5 @@ class WordScores(torch.autograd.Function):
         return grad_context, grad_words, grad_diagonal, grad_gram
 
 
-HEAD_SPEC = HeadSpec("xdim", "X-Dim: sparse cross-dimensional dependency weights", feature_kinds=(LOCAL,),
+HEAD_SPEC = HeadSpec(DECLARED["xdim"].name, DECLARED["xdim"].summary, feature_kinds=(LOCAL,),
                 build=lambda cfg, feature_kind: XDimHead(cfg.embed_size), embed_size=1024)
