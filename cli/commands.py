@@ -17,8 +17,8 @@ from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
 from .logs import attach_log_file, setup_logging
 from .main import evaluate, train  # noqa: F401  (the entry points, for callers that pass an argv)
-from .outputs import (FolderLock, Outputs, check_output_dir, discard_previous_run, restore_previous_run,
-                      set_aside_previous_run)
+from .outputs import (FolderLock, Outputs, check_output_dir, claim_run, discard_previous_run, holds_run,
+                      remove_partial_files, restore_previous_run, set_aside_previous_run)
 
 logger = logging.getLogger("dimmatch")
 
@@ -44,8 +44,9 @@ def run_train(given: dict) -> dict:
     if print_only:
         print(cfg.to_json())
         return {"config": cfg}
-    # --resume auto in a folder whose run never wrote a checkpoint starts that run again
-    restart = bool(given.get("resume")) and resume is None
+    # --resume auto in a folder whose run of ours never wrote a checkpoint starts that run again; in a
+    # folder without a run of ours (a new one, as batch scripts pass it on every start) it starts one
+    restart = bool(given.get("resume")) and resume is None and holds_run(cfg.output_dir)
     continued = resume is not None or restart
     check_output_dir(cfg.output_dir, continued, cfg.overwrite, {"--init_from": cfg.init_from})
     device = resolve_device(cfg.device)
@@ -60,11 +61,13 @@ def run_train(given: dict) -> dict:
         if main:
             # checked again under the lock: another run may have started here since the first check
             check_output_dir(cfg.output_dir, continued, cfg.overwrite, {"--init_from": cfg.init_from})
+            remove_partial_files(cfg.output_dir)
         trainer = Trainer(cfg, device, init, resume)
         if main:
             if cfg.overwrite or restart:
                 aside = set_aside_previous_run(cfg.output_dir)
                 trainer.state.on_first_save = lambda: discard_previous_run(aside)
+            claim_run(cfg.output_dir)
             attach_log_file(os.path.join(cfg.output_dir, "train.log"))
             if restart:
                 logger.info("--resume auto: no checkpoint in %s yet, starting its run again", cfg.output_dir)

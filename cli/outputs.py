@@ -1,21 +1,26 @@
 """Where the programs write, checked before any work starts: no output may replace an input or
 another output of the same command, an existing file is replaced only with --overwrite, a used run
-folder only with --resume or --overwrite, and a folder being written is held by one process."""
+folder only with --resume or --overwrite, only what a run wrote (its manifest, cli.manifest) is
+ever replaced, and a folder being written is held by one process."""
 
 import fcntl
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
 
 from errors import ConfigError
+from . import manifest
 
 logger = logging.getLogger("dimmatch")
 
 # what train.py writes into --output_dir (and --overwrite replaces)
 RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
 RUN_FOLDERS = ("tensorboard",)
+PROGRAM = "train.py"           # the writer of a run folder, in its manifest
 LOCK = ".lock"
 PREVIOUS = ".previous-run"     # an --overwrite'n run, kept until the new one's first checkpoint
 
@@ -106,43 +111,84 @@ class Outputs:
 
 
 def check_output_dir(output_dir: str, continued: bool, overwrite: bool, inputs: dict | None = None) -> None:
-    """A used run folder is continued only with --resume, replaced only with --overwrite, and never
-    while it holds an input of the run (`inputs`: option -> path) that --overwrite would remove."""
+    """A run folder of ours is continued only with --resume, replaced only with --overwrite, and
+    never while it holds an input of the run (`inputs`: option -> path) that --overwrite would
+    remove; a file under a name a run writes that no run of ours wrote is never replaced."""
     if os.path.isfile(output_dir):
         raise ConfigError(f"--output_dir {output_dir} is a file; give a folder for the run")
     _check_writable_folder(output_dir, "--output_dir", output_dir)
-    if run_folder_used(output_dir) and not continued and not overwrite:
+    mine = run_entries(output_dir)
+    if holds_run(output_dir, mine) and not continued and not overwrite:
         raise ConfigError(f"--output_dir {output_dir} already holds a run; continue it with --resume auto, "
                           "replace it with --overwrite, or choose another folder")
+    others = manifest.foreign(output_dir, RUN_FILES + RUN_FOLDERS, mine)
+    if others:
+        raise ConfigError(f"--output_dir {output_dir} holds {', '.join(others)}, which no run of train.py wrote "
+                          f"(see {manifest.MANIFEST}), and a run would replace {'them' if len(others) > 1 else 'it'}; "
+                          "choose another folder")
     if overwrite:
-        replaced = {_same(os.path.join(output_dir, name)) for name in RUN_FILES}
-        folders = [_same(os.path.join(output_dir, name)) + os.sep for name in RUN_FOLDERS]
+        replaced = {_same(os.path.join(output_dir, name)) for name in mine}
         for option, path in (inputs or {}).items():
-            if path and (_same(path) in replaced or _same(path).startswith(tuple(folders))):
+            if path and _same(path) in replaced:
                 raise ConfigError(f"{option} {path} is a file of the run in --output_dir {output_dir}, which "
                                   "--overwrite replaces; copy it elsewhere first, or choose another folder")
 
 
-def run_folder_used(output_dir: str) -> bool:
-    return os.path.isdir(output_dir) and any(name not in (LOCK, PREVIOUS) for name in os.listdir(output_dir))
+def run_entries(output_dir: str) -> set[str]:
+    """What runs of train.py wrote into `output_dir` (relative paths): its manifest's entries. A run
+    from before the manifests is recognised by its config.json, a training config of ours."""
+    if not os.path.isdir(output_dir):
+        return set()
+    if os.path.exists(os.path.join(output_dir, manifest.MANIFEST)):
+        return manifest.owned(output_dir, PROGRAM)
+    try:
+        with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(saved, dict) or not {"encoders", "sim_head", "output_dir"} <= set(saved):
+        return set()
+    entries = {name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))}
+    if os.path.isdir(os.path.join(output_dir, "tensorboard")):
+        entries |= {"tensorboard"} | {name for name in manifest.foreign_inside(output_dir, "tensorboard", set())
+                                      if os.path.basename(name).startswith("events.out.tfevents.")}
+    return entries
+
+
+def holds_run(output_dir: str, entries: set[str] | None = None) -> bool:
+    """Whether a run of ours has written anything into `output_dir` (a claim alone is not a run)."""
+    entries = run_entries(output_dir) if entries is None else entries
+    return any(os.path.isfile(os.path.join(output_dir, name)) for name in entries)
+
+
+def claim_run(output_dir: str) -> None:
+    """Record the run's files in the folder's manifest before writing them."""
+    manifest.claim(output_dir, PROGRAM, RUN_FILES + RUN_FOLDERS)
+
+
+def remove_partial_files(output_dir: str) -> None:
+    """The half-written temporary files of run files (NAME.tmp-PID) that a killed process left;
+    called by the process that holds the folder, so that no writer owns them any more."""
+    pattern = re.compile("^(" + "|".join(map(re.escape, RUN_FILES)) + r")\.tmp-\d+$")
+    for name in os.listdir(output_dir):
+        if pattern.match(name) and os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
+            logger.info("%s: removed %s, left half-written by a process that was killed", output_dir, name)
 
 
 def set_aside_previous_run(output_dir: str) -> str | None:
-    """--overwrite (and a restarted run): move what an earlier run wrote there (and nothing else)
-    into OUTPUT_DIR/.previous-run, to be discarded at the new run's first checkpoint or restored if
-    it fails before. A .previous-run left by an interrupted --overwrite is the older run: it is kept,
-    and the interrupted attempt's files are removed."""
+    """--overwrite (and a restarted run): move what an earlier run wrote there (its manifest's
+    files, nothing else) into OUTPUT_DIR/.previous-run, to be discarded at the new run's first
+    checkpoint or restored if it fails before. A .previous-run left by an interrupted --overwrite
+    is the older run: it is kept, and the interrupted attempt's files are removed."""
     aside = os.path.join(output_dir, PREVIOUS)
     keep = not os.path.isdir(aside)
-    names = [name for name in RUN_FILES + RUN_FOLDERS if os.path.exists(os.path.join(output_dir, name))]
-    if keep and names:
-        os.makedirs(aside)
+    names = sorted(name for name in run_entries(output_dir) if os.path.isfile(os.path.join(output_dir, name)))
     for name in names:
         path = os.path.join(output_dir, name)
         if keep:
+            os.makedirs(os.path.dirname(os.path.join(aside, name)), exist_ok=True)
             os.replace(path, os.path.join(aside, name))
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
         else:
             os.remove(path)
     if os.path.isdir(aside):
@@ -154,15 +200,15 @@ def set_aside_previous_run(output_dir: str) -> str | None:
 
 def restore_previous_run(output_dir: str, aside: str) -> None:
     """A run that failed before its first checkpoint gives the folder back to the run it replaced."""
-    for name in RUN_FILES + RUN_FOLDERS:
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-    for name in os.listdir(aside):
-        os.replace(os.path.join(aside, name), os.path.join(output_dir, name))
-    os.rmdir(aside)
+    for name in run_entries(output_dir):
+        if os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
+    for where, _, files in os.walk(aside):
+        for file in files:
+            name = os.path.relpath(os.path.join(where, file), aside)
+            os.makedirs(os.path.dirname(os.path.join(output_dir, name)), exist_ok=True)
+            os.replace(os.path.join(where, file), os.path.join(output_dir, name))
+    shutil.rmtree(aside)
 
 
 def discard_previous_run(aside: str | None) -> None:

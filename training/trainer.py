@@ -158,9 +158,16 @@ class Trainer:
         except ImportError:
             logger.warning("tensorboard is not installed; scalars go to train.log only")
             return None
+        from cli import manifest
+        from cli.outputs import PROGRAM
+        folder = os.path.join(self.cfg.output_dir, "tensorboard")
+        before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         # a resumed run replaces only what was logged after its checkpoint (steps > global_step)
-        return SummaryWriter(os.path.join(self.cfg.output_dir, "tensorboard"),
-                             purge_step=self.state.global_step + 1 if self.state.global_step else None)
+        writer = SummaryWriter(folder, purge_step=self.state.global_step + 1 if self.state.global_step else None)
+        # the event file the writer just opened is the run's: --overwrite may set it aside, never another's
+        manifest.claim(self.cfg.output_dir, PROGRAM,
+                       [os.path.join("tensorboard", name) for name in set(os.listdir(folder)) - before])
+        return writer
 
     def _scalar(self, name: str, value: float) -> None:
         if self.writer is not None:

@@ -1,0 +1,72 @@
+"""What our programs wrote into a folder, so that they delete or replace only that.
+
+Every writer (train.py's run folder, the demo and its data, tools/make_demo_data.py, the index,
+report and sweep folders) records in FOLDER/.dimmatch-manifest.json each entry it creates (a
+relative path, with the program that wrote it) before creating it, and checks an entry is recorded
+there before removing or replacing it. A file a user or another tool put in the folder is never
+recorded, so it is never touched; a folder holding such a file under a name the program would write
+is refused in one line.
+"""
+
+import json
+import os
+
+from errors import ConfigError
+
+MANIFEST = ".dimmatch-manifest.json"
+
+
+def read(folder: str) -> dict[str, str]:
+    """{relative path: program} of what our programs wrote into `folder` ({} without a manifest)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            entries = json.load(handle)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a readable manifest ({exc}); it lists what our programs wrote into "
+                          f"{folder}: restore it, or choose another folder") from exc
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path} is not a readable manifest (its 'files' is not an object); restore it, or "
+                          "choose another folder")
+    return entries
+
+
+def claim(folder: str, program: str, names) -> None:
+    """Record `names` (relative paths) as written by `program`, before they are written: a process
+    killed in between leaves a claim on a name that does not exist, never a file without its claim."""
+    entries = read(folder)
+    new = {name: program for name in names if entries.get(name) != program}
+    if not new:
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, MANIFEST)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"files": {**entries, **new}}, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def owned(folder: str, program: str | None = None) -> set[str]:
+    """The entries recorded for `program` (any of ours with None)."""
+    return {name for name, writer in read(folder).items() if program is None or writer == program}
+
+
+def foreign(folder: str, names, mine: set[str]) -> list[str]:
+    """Those of `names` (relative paths) that exist in `folder` without being in `mine`; a folder
+    among them counts as foreign when it is not in `mine` itself (anything inside it may then be
+    someone else's)."""
+    return [name for name in names if os.path.lexists(os.path.join(folder, name)) and name not in mine]
+
+
+def foreign_inside(folder: str, name: str, mine: set[str]) -> list[str]:
+    """The files inside the sub-folder `name` that are not in `mine` (relative to `folder`)."""
+    found = []
+    root = os.path.join(folder, name)
+    for where, _, files in os.walk(root):
+        for file in files:
+            relative = os.path.relpath(os.path.join(where, file), folder)
+            if relative not in mine:
+                found.append(relative)
+    return sorted(found)
