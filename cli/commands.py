@@ -191,7 +191,7 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
             outputs.reads(path, f"the data of split {args.split}")
     outputs.check()
     if args.rerank_k:
-        return evaluate_two_stage(args, members[0], shortlister, device, coco_testall, say)
+        return evaluate_two_stage(args, members[0], shortlister, device, coco_testall, say, outputs)
     mean, reports = RunningMean(), []
     for member in members:
         scored = score_member(member, args, device, say)
@@ -218,7 +218,7 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
     provenance = record("scores", [member.identity for member in members],
                         data_identity(*members[0].split_data, args.split), weights=weights,
                         protocol="coco_5fold" if coco_testall else "single", amp=args.amp)
-    write_outputs(args, sims, report, reports, provenance, say)
+    write_outputs(args, outputs, sims, report, reports, provenance, say)
     return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
 
@@ -236,7 +236,7 @@ def check_evaluation_options(args, members: list) -> None:
                                   f"{members[0].path} is a {pair_of(members[0].read.cfg).name} model")
 
 
-def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, say) -> dict:
+def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, say, outputs: Outputs) -> dict:
     """Two-stage retrieval of one checkpoint: its global embeddings (or --shortlist's) shortlist
     --rerank_k items per query, its head re-ranks them; the report gives the cost next to Recall@K,
     and with --compare_sims what it loses against the exhaustive scores."""
@@ -281,6 +281,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
                         rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index, amp=args.amp)
     if args.save_ranks:
         from evaluation.metrics import shortlist_results
+        outputs.claim()
         write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
     return {"report": report, "provenance": provenance}
@@ -309,7 +310,7 @@ def read_again(member: Member, args):
 def plan_outputs(args) -> Outputs:
     """--save_sims (with its .json) and --save_ranks, against each other and the inputs; checked
     again, with the data files read, before any scoring."""
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "testall.py" if args.split == "testall" else "test.py")
     outputs.file(args.save_sims, "--save_sims", ".npy", side=(".json",))
     outputs.file(args.save_ranks, "--save_ranks", ".json")
     for path in args.checkpoint:
@@ -355,9 +356,10 @@ def score_member(member: Member, args, device, say) -> Scored:
     return Scored(sims, info)
 
 
-def write_outputs(args, sims, report: dict, members: list, provenance: dict, say) -> None:
+def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, provenance: dict, say) -> None:
     """--save_ranks and --save_sims (+ .json), each with the provenance record of the scores."""
     from evaluation.metrics import per_query_results
+    outputs.claim()
     if args.save_ranks:
         write_json({"provenance": provenance, **per_query_results(sims)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")

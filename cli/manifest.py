@@ -35,9 +35,10 @@ def read(folder: str) -> dict[str, str]:
 
 def claim(folder: str, program: str, names) -> None:
     """Record `names` (relative paths) as written by `program`, before they are written: a process
-    killed in between leaves a claim on a name that does not exist, never a file without its claim."""
+    killed in between leaves a claim on a name that does not exist, never a file without its claim.
+    A name already recorded keeps its first writer."""
     entries = read(folder)
-    new = {name: program for name in names if entries.get(name) != program}
+    new = {name: program for name in names if name not in entries}
     if not new:
         return
     os.makedirs(folder, exist_ok=True)

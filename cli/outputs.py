@@ -48,11 +48,12 @@ class Outputs:
     """The files one command writes and the files it reads, checked against each other at once.
 
     `file` declares an output (with the side files it comes with, e.g. the .json of a score matrix);
-    `reads` declares inputs; `check` refuses an output that is also an input or another output, and
-    an existing output without --overwrite."""
+    `reads` declares inputs; `check` refuses an output that is also an input or another output, an
+    existing output without --overwrite, and with it one that no command of ours wrote; `claim`
+    records the outputs in their folders' manifests just before they are written."""
 
-    def __init__(self, overwrite: bool = False):
-        self.overwrite = overwrite
+    def __init__(self, overwrite: bool = False, program: str = ""):
+        self.overwrite, self.program = overwrite, program
         self.outputs: dict[str, str] = {}
         self.folders: dict[str, str] = {}
         self.inputs: dict[str, str] = {}
@@ -103,11 +104,25 @@ class Outputs:
                                   "elsewhere")
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
+            if os.path.isfile(target) and os.path.basename(target) not in manifest.owned(folder):
+                raise ConfigError(f"{label} exists and no command of ours wrote it (it is not in "
+                                  f"{os.path.join(folder, manifest.MANIFEST)}); --overwrite replaces only our own "
+                                  "outputs: move it away, or give another name")
         for folder, label in self.folders.items():     # written whole: nothing read may lie inside
             for source, source_label in self.inputs.items():
                 if source.startswith(folder + os.sep) and os.path.exists(source):
                     raise ConfigError(f"{source_label} lies inside {label}, which this command writes whole; "
                                       "move it out first, or write elsewhere")
+
+    def claim(self) -> None:
+        """Record the output files (not the folders written whole, which hold their own manifest)
+        as this program's, in the manifest of each one's folder, before any is written."""
+        by_folder: dict[str, list[str]] = {}
+        for target in self.outputs:
+            if target not in self.folders:
+                by_folder.setdefault(os.path.dirname(target), []).append(os.path.basename(target))
+        for folder, names in by_folder.items():
+            manifest.claim(folder, self.program, names)
 
 
 def check_output_dir(output_dir: str, continued: bool, overwrite: bool, inputs: dict | None = None) -> None:
@@ -216,7 +231,8 @@ def discard_previous_run(aside: str | None) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` (of this host) still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -256,7 +272,7 @@ class FolderLock:
         previous = handle.read().split()
         if previous and previous[0].startswith("pid=") and f"host={socket.gethostname()}" in previous:
             pid = int(previous[0][4:])
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not alive(pid):
                 logger.warning("%s %s: taking over the lock of process %d, which has ended", self.option,
                                self.folder, pid)
         handle.seek(0)

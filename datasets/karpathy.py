@@ -213,10 +213,12 @@ class KarpathyTrainDataset(Dataset):
 
 
 class ImageFileSet(Dataset):
-    """Each evaluation image once; an unreadable image is an error (it would change the metrics)."""
+    """Each evaluation image once; an unreadable image is an error (it would change the metrics).
+    `what` names the images in that error (an index build says it is indexing)."""
 
-    def __init__(self, paths: list[str], image_size: int = 224, truncated: str = "refuse"):
-        self.paths = paths
+    def __init__(self, paths: list[str], image_size: int = 224, truncated: str = "refuse",
+                 what: str = "evaluation image"):
+        self.paths, self.what = paths, what
         self.image_size = image_size
         self.truncated = truncated
 
@@ -230,7 +232,7 @@ class ImageFileSet(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, problem = read_image(self.paths[index], self.truncated)
         if image is None:
-            raise DataError(f"evaluation image {self.paths[index]} {problem}")
+            raise DataError(f"{self.what} {self.paths[index]} {problem}")
         return {"image": clip_preprocess(image, self.image_size), "index": index}
 
 

@@ -12,15 +12,14 @@ from errors import ConfigError, UserError
 
 def ensemble_weights(weights: list[float] | None, members: int, what: tuple = ("checkpoints", "checkpoint")) \
         -> list[float]:
-    """Per-member weights normalised to sum 1; equal weights by default."""
+    """Per-member weights normalised to sum 1; equal weights by default (each weight is in the
+    schema's range, positive and bounded, so that the sum neither vanishes nor overflows)."""
     if weights is None:
         return [1.0 / members] * members
     if len(weights) != members:
         raise ConfigError(f"--weights has {len(weights)} values for {members} {what[0]}; give one per {what[1]}")
     if members == 1:
         raise ConfigError(f"--weights weighs the members of an ensemble; give two {what[0]} or more, or no --weights")
-    if not all(weight > 0 for weight in weights):
-        raise ConfigError(f"--weights must all be positive (got {' '.join(map(str, weights))})")
     total = sum(weights)
     return [weight / total for weight in weights]
 

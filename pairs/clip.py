@@ -91,7 +91,12 @@ def collection(cfg, path: str):
     names = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
     if not names:
         raise DataError(f"--images {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return ImageFileSet([os.path.join(path, name) for name in names], cfg.image_size, cfg.truncated_images), names
+    broken = [name for name in names if "\n" in name or "\r" in name]
+    if broken:
+        raise DataError(f"--images {path}: the file name {broken[0]!r} holds a line break, which an index cannot "
+                        "record (one name a line); rename it and index again")
+    return ImageFileSet([os.path.join(path, name) for name in names], cfg.image_size, cfg.truncated_images,
+                        what=f"indexing --images {path} stopped: image"), names
 
 
 PAIR = EncoderPair(

@@ -110,11 +110,12 @@ def check_same_data(first: dict, second: dict, first_name: str, second_name: str
                         f"differ: split {second.get('split')!r} vs {first.get('split')!r})")
 
 
-def check_checkpoint(saved: dict, path: str, where: str) -> None:
-    """The checkpoint file at `path` is the one `saved` (a checkpoint identity) was made with."""
+def check_checkpoint(saved: dict, path: str, where: str, option: str = "--checkpoint") -> None:
+    """The checkpoint file at `path` is the one `saved` (a checkpoint identity) was made with;
+    `option` is the one that gives its new place."""
     if not os.path.isfile(path):
         raise UserError(f"{where} was made with checkpoint {saved['file']}, which is not at {path} any more; give "
-                        "its new place with --checkpoint")
+                        f"its new place with {option}")
     found = file_sha256(path)
     if found != saved["sha256"]:
         if os.path.abspath(path) == saved["file"]:

@@ -11,11 +11,15 @@ The index is a folder:
     global.faiss  the FAISS index over them (flat, ivf or hnsw)
 
 It is written in chunks into a temporary folder next to the target and renamed into place when
-complete, so a reader never sees half an index and an interrupted build leaves nothing behind.
+complete, so a reader never sees half an index and an interrupted build leaves nothing behind (a
+build killed outright leaves its temporary folder, which the next build into the same place
+removes). Its manifest (cli.manifest) lists these files: --overwrite replaces an index folder only
+when it holds nothing else.
 """
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -24,6 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cli import manifest
+from cli.outputs import alive
 from datasets.batching import Collate
 from errors import ConfigError, DataError, first_line
 from evaluation.scoring import EncodedItems
@@ -36,18 +42,34 @@ FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss")
 
 
 def check_replaceable(folder: str, option: str = "--out") -> None:
-    """An existing folder that --overwrite may replace: an index of ours, holding nothing else."""
+    """An existing folder that --overwrite may replace: an index of ours (its manifest, or the
+    index.json of an index from before manifests), holding nothing else."""
+    recorded = manifest.owned(folder, PROGRAM)
     try:
         with open(os.path.join(folder, "index.json"), encoding="utf-8") as handle:
-            ours = json.load(handle).get("format") == FORMAT
+            ours = bool(recorded) or json.load(handle).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         ours = False
-    others = sorted(set(os.listdir(folder)) - set(FILES))
+    others = sorted(set(os.listdir(folder)) - (recorded or set(FILES)) - {manifest.MANIFEST})
     if not ours or others:
         what = f"holds {others[0]}, which is not part of an index" if ours else "is not an index written by this tool"
         raise ConfigError(f"{option} {folder} {what}; --overwrite replaces only an index folder whole; "
                           "write elsewhere")
+
+
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
+PROGRAM = "retrieve.py"
+
+
+def remove_abandoned(folder: str) -> None:
+    """The temporary folders (FOLDER.tmp-PID, FOLDER.old-PID) of builds into `folder` whose process
+    has ended without cleaning up (killed outright)."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    pattern = re.compile(re.escape(base) + r"\.(tmp|old)-(\d+)$")
+    for name in os.listdir(parent):
+        found = pattern.match(name)
+        if found and not alive(int(found.group(2))) and os.path.isdir(os.path.join(parent, name)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def build(folder: str, chunks, count: int, names: list[str], provenance: dict, *, dtype: str = "fp16",
@@ -56,8 +78,9 @@ def build(folder: str, chunks, count: int, names: list[str], provenance: dict, *
     global vectors) for consecutive items, `count` in all (see `encoded_chunks`). With `replace`,
     an index already there is replaced once the new one is complete."""
     partial, previous = f"{folder}.tmp-{os.getpid()}", f"{folder}.old-{os.getpid()}"
-    os.makedirs(partial)
+    remove_abandoned(folder)
     try:
+        manifest.claim(partial, PROGRAM, FILES)
         meta = _write(partial, chunks, count, names, provenance, dtype, kind, first_stage, progress)
         if os.path.exists(folder):
             if not replace:

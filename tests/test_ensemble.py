@@ -84,7 +84,7 @@ def test_weights_must_match_the_checkpoints(region_model, region_data, capsys):
                              "--data_path", region_data[0]], capsys) == \
         "--weights has 1 values for 2 checkpoints; give one per checkpoint"
     assert error_line(TEST, ["--checkpoint", str(region_model), str(region_model), "--weights", "-1", "1",
-                             "--data_path", region_data[0]], capsys) == "--weights must all be positive (got -1.0 1.0)"
+                             "--data_path", region_data[0]], capsys) == "--weights must be greater than 0 (got -1.0)"
     assert error_line(TEST, ["--checkpoint", str(region_model), "--weights", "2", "--data_path", region_data[0]],
                       capsys) == ("--weights weighs the members of an ensemble; give two checkpoints or more, or no "
                                   "--weights")

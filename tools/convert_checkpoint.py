@@ -31,10 +31,11 @@ def main(argv=None) -> str:
                                                           f"files will do (default: {options['clip_path'].default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "convert_checkpoint.py")
     outputs.file(args.output, "output", ".pth")
     outputs.reads(args.input, "input")
     outputs.check()
+    outputs.claim()
     source = convert(args.input, args.output, args)
     print(f"{source} {args.input} -> {args.output}")
     return source

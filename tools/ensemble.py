@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
                         help="accept matrices without their .json record (nothing is then checked but shapes)")
     args = parser.parse_args(argv)
     weights = ensemble_weights(args.weights, len(args.matrices), ("matrices", "matrix"))
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "ensemble.py")
     outputs.file(args.save, "--save", ".npy", side=(".json",))
     for path in args.matrices:
         outputs.reads(path, "matrix")
@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
                                      for path, weight, member in zip(args.matrices, weights, records)],
                             protocol="coco_5fold" if args.coco_5fold else "single",
                             matrix_sha256=array_sha256(mean.total), verified=not args.unverified)
+        outputs.claim()
         atomic_save_npy(mean.total, args.save, args.overwrite)
         write_json({"metrics": report, "provenance": provenance}, os.path.splitext(args.save)[0] + ".json",
                    args.overwrite)

@@ -246,7 +246,7 @@ def main(argv=None) -> str:
     if args.rerank_k and args.sims or args.shortlist and not args.rerank_k:
         raise ConfigError("--sims shows exhaustive scores and --rerank_k (with an optional --shortlist) two-stage "
                           "ones: give one of them")
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "report.py")
     outputs.folder_of(args.out, REPORT_FILES)
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.sims, "--sims")
@@ -274,6 +274,7 @@ def main(argv=None) -> str:
         results, metrics, title_note = per_query_results(sims), retrieval_metrics(sims), ""
     lock = FolderLock(args.out, "--out").acquire()
     try:
+        outputs.claim()
         paths = getattr(image_set, "paths", None)
         curve = recall_curve(plt, results, os.path.join(args.out, "recall_at_k.png"))
         dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))

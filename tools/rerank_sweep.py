@@ -36,7 +36,7 @@ def main(argv=None) -> list[dict]:
     add_schema_options(parser, parser, ("device", "eval_batch_size", "workers"), workers={"default": 0})
     data_parser(parser)
     args = parser.parse_args(argv)
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "rerank_sweep.py")
     outputs.folder_of(args.out, ("sweep.json", "rerank_sweep.png"))
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.compare_sims, "--compare_sims")
@@ -46,7 +46,7 @@ def main(argv=None) -> list[dict]:
     setup_logging()
     lock = FolderLock(args.out, "--out").acquire()      # before any work: one sweep writes a folder
     try:
-        rows = sweep(args, plt)
+        rows = sweep(args, plt, outputs)
     except BaseException:
         lock.release(undo=True)
         raise
@@ -54,7 +54,7 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
-def sweep(args, plt) -> list[dict]:
+def sweep(args, plt, outputs) -> list[dict]:
     from checkpoints.loading import load_model, read_checkpoint_config
     from devices import resolve_device
     from evaluation.metrics import retrieval_metrics, two_stage_metrics
@@ -91,6 +91,7 @@ def sweep(args, plt) -> list[dict]:
     if exhaustive:
         print(f"exhaustive: i2t R@1 {exhaustive['i2t']['r1']:.1f}, t2i R@1 {exhaustive['t2i']['r1']:.1f}, "
               f"{len(images) * len(captions):,} pairs")
+    outputs.claim()
     figure(plt, rows, exhaustive, os.path.join(args.out, "rerank_sweep.png"))
     write_json({"provenance": record("rerank_sweep", [identity], data), "sweep": rows, "exhaustive": exhaustive},
                os.path.join(args.out, "sweep.json"))

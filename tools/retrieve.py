@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoints.atomic import publish  # noqa: E402
 from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
-from cli.guard import run_guarded  # noqa: E402
+from cli.guard import run_guarded, stop_signals_unwind  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
@@ -67,7 +67,7 @@ def encode_captions(model, encoder, captions, device, batch_size, vectors: list 
 
 
 def command_index(args, device) -> dict:
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "retrieve.py")
     outputs.file(args.out, "--out", ".index", folder=True)
     for option in ("checkpoint", "shortlist", "regions", "images"):
         outputs.reads(getattr(args, option), f"--{option}")
@@ -88,8 +88,9 @@ def command_index(args, device) -> dict:
     provenance = record("index", checkpoints, {"images": len(names), "images_id": image_identity(dataset)},
                         dtype=args.dtype)
     chunks = collection.encoded_chunks(model, dataset, shortlist_model, args.batch_size, device)
-    meta = collection.build(args.out.rstrip("/"), chunks, len(dataset), names, provenance, dtype=args.dtype,
-                            kind=args.index_type, first_stage=first_stage, replace=args.overwrite)
+    with stop_signals_unwind(f"index {args.out}"):
+        meta = collection.build(args.out.rstrip("/"), chunks, len(dataset), names, provenance, dtype=args.dtype,
+                                kind=args.index_type, first_stage=first_stage, replace=args.overwrite)
     print(f"indexed {len(names)} images -> {args.out} ({args.dtype} features, {args.index_type} index; "
           f"{meta['build_seconds']['features']:.1f}s encoding, {meta['build_seconds']['index']:.1f}s indexing)")
     return meta
@@ -99,13 +100,17 @@ def open_index(args, device, index=None):
     """The index and its models (from --checkpoint / --shortlist or where they were), checked."""
     index = index or collection.CollectionIndex(args.index)
     saved = index.provenance["checkpoints"]
+    if len(saved) == 1 and getattr(args, "shortlist", None):
+        raise ConfigError(f"--shortlist {args.shortlist}: index {args.index} was built without a shortlist checkpoint "
+                          f"(its first stage: {index.meta.get('first_stage', 'the model')}); drop --shortlist, or "
+                          "index again with it")
     path = args.checkpoint or saved[0]["file"]
     check_checkpoint(saved[0], path, f"index {args.index}")
     model, _, encoder = load(path, device)
     shortlister = None
     if len(saved) > 1:
         other = getattr(args, "shortlist", None) or saved[1]["file"]
-        check_checkpoint(saved[1], other, f"index {args.index}")
+        check_checkpoint(saved[1], other, f"index {args.index}", "--shortlist")
         shortlister = load(other, device)
     return index, (model, encoder), shortlister
 
@@ -190,7 +195,7 @@ def command_export(args, device) -> None:
     if args.checkpoint and not args.captions:
         raise ConfigError("--checkpoint is used by export only to encode --captions; the index's features are "
                           "exported as they are")
-    outputs = Outputs(args.overwrite)
+    outputs = Outputs(args.overwrite, "retrieve.py")
     outputs.file(args.out, "--out", ".npz")
     outputs.reads(args.captions, "--captions")
     outputs.check()
@@ -213,6 +218,7 @@ def command_export(args, device) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {args.out}: cannot create its folder ({exc.strerror or exc})") from exc
+    outputs.claim()
     np.savez(tmp, **arrays)
     publish(tmp, args.out, args.overwrite)
     print(f"features -> {args.out} ({', '.join(arrays)})")
