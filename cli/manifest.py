@@ -10,6 +10,7 @@ is refused in one line.
 
 import json
 import os
+import shutil
 
 from errors import ConfigError
 
@@ -71,3 +72,23 @@ def foreign_inside(folder: str, name: str, mine: set[str]) -> list[str]:
             if relative not in mine:
                 found.append(relative)
     return sorted(found)
+
+
+def make_way(folder: str, program: str, parts: tuple, overwrite: bool, option: str) -> None:
+    """Before `program` writes the sub-folders `parts` of `folder` whole: one that no command of
+    ours wrote is refused (even with `overwrite`), one of ours is removed with `overwrite` and
+    refused without; then the parts are claimed."""
+    mine = owned(folder)
+    others = foreign(folder, parts, mine)
+    if others:
+        raise ConfigError(f"{option} {folder} holds {', '.join(others)}, which no command of ours wrote (see "
+                          f"{MANIFEST}); {program} never replaces {'them' if len(others) > 1 else 'it'}: choose "
+                          "another folder")
+    present = [part for part in parts if os.path.lexists(os.path.join(folder, part))]
+    if present and not overwrite:
+        raise ConfigError(f"{folder} already holds {', '.join(present)}; give --overwrite to replace "
+                          f"{'them' if len(present) > 1 else 'it'}, or another folder")
+    for part in present:
+        path = os.path.join(folder, part)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    claim(folder, program, parts)

@@ -15,6 +15,8 @@ import time
 
 from cli.main import evaluate, train
 from cli.guard import run_guarded
+from cli.manifest import make_way
+from cli.outputs import check_output_dir
 from config.parsers import Parser, add_schema_options
 from errors import ConfigError
 from .data import write_image_dataset, write_region_dataset
@@ -47,7 +49,11 @@ def run_folder(args) -> str:
 
 
 def prepare(args) -> list[str]:
-    """Data and backbone in args.output; returns the train.py arguments."""
+    """Data and backbone in args.output (replacing only what the demo, or make_demo_data, wrote
+    there before); returns the train.py arguments."""
+    backbone = ("tiny_clip",) if args.system == "clip" else ("tiny_bert",) if args.text_model == "tiny" else ()
+    check_output_dir(run_folder(args), continued=False, overwrite=True)
+    make_way(args.output, "demo", ("data", *backbone), True, "--output")
     data = os.path.join(args.output, "data")
     if args.system == "clip":
         sizes = {"train": args.train_images, "val": args.test_images, "test": args.test_images}

@@ -90,3 +90,106 @@ def test_a_half_written_checkpoint_of_a_killed_run_is_removed_at_the_next_start(
     (out / "mine.tmp-1").write_text("not a run file")
     assert run_cli(train, args(region_data, tiny_bert, out, "--resume", "auto", "--max_steps", "3")) == 0
     assert not partial.exists() and (out / "mine.tmp-1").exists()
+
+
+# ----------------------------------------------------------------------------- the tools and the demo
+
+def test_make_demo_data_never_replaces_a_users_data(tmp_path, capsys):
+    from tools.make_demo_data import main
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "holiday.jpg").write_bytes(b"a photo")
+    before = tree_state(folder)
+    small = ["--train_images", "4", "--test_images", "2", "--region_dim", "8"]
+    assert error_line(main, [str(folder), *small, "--overwrite"], capsys) == (
+        f"output {folder} holds images, which no command of ours wrote (see {MANIFEST}); tools/make_demo_data.py "
+        "never replaces it: choose another folder")
+    assert tree_state(folder) == before
+    other = tmp_path / "demo_data"
+    assert run_cli(main, [str(other), *small]) == 0
+    assert error_line(main, [str(other), *small], capsys).startswith(f"{other} already holds regions, images")
+    (other / "notes.txt").write_text("mine")
+    assert run_cli(main, [str(other), *small, "--overwrite", "--seed", "1"]) == 0
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_the_demo_never_replaces_a_users_data_or_run(tmp_path, capsys):
+    from demo.__main__ import main
+    out = tmp_path / "mine"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "thesis.tex").write_text("years of work")
+    before = tree_state(out)
+    assert error_line(main, ["--output", str(out), "--train_images", "4", "--test_images", "2"], capsys) == (
+        f"--output {out} holds data, which no command of ours wrote (see {MANIFEST}); demo never replaces it: "
+        "choose another folder")
+    assert tree_state(out) == before
+    os.rename(out / "data", out / "run_xdim")
+    (out / "run_xdim" / "config.json").write_text("{}")
+    line = error_line(main, ["--output", str(out), "--train_images", "4", "--test_images", "2"], capsys)
+    assert line.startswith(f"--output_dir {out / 'run_xdim'} holds config.json, which no run of train.py wrote")
+    assert not (out / "data").exists()
+
+
+def test_overwrite_never_replaces_a_file_no_command_of_ours_wrote(short_region_checkpoint, region_data, tmp_path,
+                                                                   capsys):
+    from cli.main import evaluate
+    sims = tmp_path / "sims.npy"
+    sims.write_bytes(b"the user's own array")
+    base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0"]
+    assert error_line(evaluate, base + ["--save_sims", str(sims), "--overwrite"], capsys) == (
+        f"--save_sims {sims} exists and no command of ours wrote it (it is not in {tmp_path / MANIFEST}); "
+        "--overwrite replaces only our own outputs: move it away, or give another name")
+    assert sims.read_bytes() == b"the user's own array"
+    ours = tmp_path / "ours.npy"
+    assert run_cli(evaluate, base + ["--save_sims", str(ours)]) == 0
+    assert run_cli(evaluate, base + ["--save_sims", str(ours), "--overwrite"]) == 0
+    assert json.loads((tmp_path / MANIFEST).read_text())["files"] == {"ours.npy": "test.py", "ours.json": "test.py"}
+
+
+def test_an_index_build_stopped_by_sigterm_or_killed_leaves_nothing(tmp_path):
+    import signal
+
+    import numpy as np
+
+    from cli.guard import stop_signals_unwind
+    from errors import Stopped
+    from retrieval import collection
+    target = str(tmp_path / "photos.index")
+    abandoned = tmp_path / "photos.index.tmp-999999"      # a build killed outright
+    abandoned.mkdir()
+
+    def chunks():
+        yield np.ones((2, 4), np.float32), np.ones((2, 4), np.float32)
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield np.ones((2, 4), np.float32), np.ones((2, 4), np.float32)
+
+    with pytest.raises(Stopped), stop_signals_unwind(f"index {target}"):
+        collection.build(target, chunks(), 4, list("abcd"), {}, first_stage="test", progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_image_name_with_a_line_break_is_refused_at_indexing(tmp_path):
+    from types import SimpleNamespace
+
+    from errors import DataError
+    from pairs.clip import collection
+    (tmp_path / "a\nb.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="holds a line break, which an index cannot record"):
+        collection(SimpleNamespace(image_size=64, truncated_images="refuse"), str(tmp_path))
+
+
+def test_a_shortlist_the_index_was_built_without_is_refused(short_region_checkpoint, region_data, tmp_path, capsys):
+    from tools.retrieve import main
+    index = tmp_path / "x.index"
+    assert run_cli(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
+                          f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--device", "cpu"]) == 0
+    assert json.loads((index / MANIFEST).read_text())["files"].keys() == {
+        "index.json", "names.txt", "local.npy", "global.npy", "global.faiss"}
+    line = error_line(main, ["text", "--index", str(index), "--query", "a dog", "--shortlist",
+                             str(short_region_checkpoint)], capsys)
+    assert line.startswith(f"--shortlist {short_region_checkpoint}: index {index} was built without a shortlist "
+                           "checkpoint (its first stage: ")
+    (index / "notes.txt").write_text("mine")
+    assert error_line(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
+                             f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--overwrite"],
+                      capsys).startswith(f"--out {index} holds notes.txt, which is not part of an index")

@@ -6,7 +6,6 @@
 """
 
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +16,7 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from demo.__main__ import check_output  # noqa: E402
-from errors import ConfigError  # noqa: E402
+from cli.manifest import make_way  # noqa: E402
 
 PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
 
@@ -27,15 +26,11 @@ def main(argv=None) -> None:
     parser.add_argument("output")
     add_schema_options(parser, parser, ("train_images", "test_images", "region_dim", "seed"),
                        seed={"help": "everything generated is a function of it"})
-    parser.add_argument("--overwrite", action="store_true", help="replace the data sets already in OUTPUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace the data sets this tool (or the demo) "
+                                                                 "wrote into OUTPUT before; nothing else is touched")
     args = parser.parse_args(argv)
     check_output(args)
-    present = [part for part in PARTS if os.path.exists(os.path.join(args.output, part))]
-    if present and not args.overwrite:
-        raise ConfigError(f"{args.output} already holds {', '.join(present)}; give --overwrite to replace them, or "
-                          "another folder")
-    for part in present:
-        shutil.rmtree(os.path.join(args.output, part))
+    make_way(args.output, "tools/make_demo_data.py", PARTS, args.overwrite, "output")
     setup_logging()
     region_captions = write_region_dataset(
         os.path.join(args.output, "regions"),
