@@ -75,3 +75,22 @@ def test_a_user_error_under_torchrun_is_one_line_from_rank_zero_only():
     result = subprocess.run([sys.executable, "train.py", "--seed", "-1"], cwd=ROOT, capture_output=True, text=True,
                             env={**env, "RANK": "0"}, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == "error: --seed must be at least 0 (got -1)"
+
+
+@pytest.mark.parametrize("script", ["train_region_f30k.sh", "train_region_coco.sh", "train_clip_based_f30k.sh",
+                                    "train_clip_based_coco.sh"])
+def test_the_training_scripts_run_from_any_folder(script, tmp_path):
+    """From another folder the script finds train.py (a mistake is still train.py's one line)."""
+    result = subprocess.run(["sh", os.path.join(ROOT, script), "--print_config", "--bach_size", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 2 and result.stderr == "error: unrecognized arguments: --bach_size 1\n"
+
+
+def test_a_scripts_relative_paths_are_taken_from_where_the_user_stands(tmp_path):
+    (tmp_path / "data" / "Flickr30K").mkdir(parents=True)
+    result = subprocess.run(["sh", os.path.join(ROOT, "train_region_f30k.sh"), "--print_config"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["data_path"] == str(tmp_path / "data" / "Flickr30K")
+    assert config["output_dir"] == "runs/f30k_region_xdim" and not (tmp_path / "runs").exists()

@@ -259,7 +259,9 @@ class Trainer:
             self.state.save_last(metrics)
         if limit or signum:
             self.halted = True
-            logger.info("stopped after step %d; continue with --resume auto", self.state.global_step)
+            # a run stopped by --max_steps keeps that limit when resumed: the hint must raise it
+            hint = "--resume auto" if signum else "--resume auto --max_steps N (a larger N, or 0 for no limit)"
+            logger.info("stopped after step %d; continue with %s", self.state.global_step, hint)
 
     def _log_progress(self, loss: float) -> None:
         state, cfg = self.state, self.cfg
