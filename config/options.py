@@ -7,8 +7,10 @@ or the head (config.resolve).
 """
 
 import os
+import sys
 
-from config.catalogue import HEADS, PAIRS, VALIDATION_PROTOCOLS
+from config import catalogue
+from config.catalogue import VALIDATION_PROTOCOLS
 from config.schema import COMMAND, MODEL, RUNTIME, Config, Option
 
 # Upper bounds: far above any real run, low enough that a mistyped value is one line, not a
@@ -134,20 +136,32 @@ LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer
                  "last_batch": "drop", "val_protocol": "first_1k", "global_loss_weight": 0.0}
 
 
+def registries() -> tuple[dict, dict]:
+    """(encoder pairs, heads) by name: the registries once the model code is imported (a pair or
+    head registered at run time included); before that, their declarations in config.catalogue,
+    which agree with them (tests/test_cli_startup.py), so that a command line is parsed without
+    importing torch."""
+    pairs = getattr(sys.modules.get("pairs"), "PAIRS", None)
+    heads = getattr(sys.modules.get("modules.heads"), "HEADS", None)
+    return pairs or catalogue.PAIRS, heads or catalogue.HEADS
+
+
 def model_choices() -> tuple[Option, Option]:
-    """--encoders and --sim_head, whose choices are the registries (their declarations)."""
-    return (Option("encoders", str, "region_bert", "; ".join(f"{name}: {pair.summary}" for name, pair in PAIRS.items()),
-                   MODEL, choices=tuple(PAIRS)),
-            Option("sim_head", str, None, "; ".join(f"{name}: {head.summary}" for name, head in HEADS.items())
-                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(HEADS)))
+    """--encoders and --sim_head, whose choices are the registries."""
+    pairs, heads = registries()
+    return (Option("encoders", str, "region_bert", "; ".join(f"{name}: {pair.summary}" for name, pair in pairs.items()),
+                   MODEL, choices=tuple(pairs)),
+            Option("sim_head", str, None, "; ".join(f"{name}: {head.summary}" for name, head in heads.items())
+                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(heads)))
 
 
 def owned_options() -> list[tuple[str, tuple]]:
     """(title, options) of every encoder pair and head, for the parsers' groups; heads that share
     their options (esl_h, esl_a) share a group."""
-    groups = [(f"{name} encoders ({pair.summary})", pair.options) for name, pair in PAIRS.items()]
+    pairs, heads = registries()
+    groups = [(f"{name} encoders ({pair.summary})", pair.options) for name, pair in pairs.items()]
     shared: dict[tuple, list[str]] = {}
-    for name, head in HEADS.items():
+    for name, head in heads.items():
         if head.options:
             shared.setdefault(head.options, []).append(name)
     groups += [(f"{', '.join(names)} head{'s' if len(names) > 1 else ''}", options)
