@@ -81,9 +81,9 @@ def make_way(folder: str, program: str, parts: tuple, overwrite: bool, option: s
     mine = owned(folder)
     others = foreign(folder, parts, mine)
     if others:
-        raise ConfigError(f"{option} {folder} holds {', '.join(others)}, which no command of ours wrote (see "
-                          f"{MANIFEST}); {program} never replaces {'them' if len(others) > 1 else 'it'}: choose "
-                          "another folder")
+        them = "them" if len(others) > 1 else "it"
+        raise ConfigError(f"{option} {folder} holds {', '.join(others)}, which no command of ours wrote (no "
+                          f"{MANIFEST} records {them}); {program} never replaces {them}: choose another folder")
     present = [part for part in parts if os.path.lexists(os.path.join(folder, part))]
     if present and not overwrite:
         raise ConfigError(f"{folder} already holds {', '.join(present)}; give --overwrite to replace "

@@ -105,9 +105,9 @@ class Outputs:
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
             if os.path.isfile(target) and os.path.basename(target) not in manifest.owned(folder):
-                raise ConfigError(f"{label} exists and no command of ours wrote it (it is not in "
-                                  f"{os.path.join(folder, manifest.MANIFEST)}); --overwrite replaces only our own "
-                                  "outputs: move it away, or give another name")
+                raise ConfigError(f"{label} exists and no command of ours wrote it (no "
+                                  f"{os.path.join(folder, manifest.MANIFEST)} records it); --overwrite replaces only "
+                                  "our own outputs: move it away, or give another name")
         for folder, label in self.folders.items():     # written whole: nothing read may lie inside
             for source, source_label in self.inputs.items():
                 if source.startswith(folder + os.sep) and os.path.exists(source):
@@ -138,9 +138,10 @@ def check_output_dir(output_dir: str, continued: bool, overwrite: bool, inputs: 
                           "replace it with --overwrite, or choose another folder")
     others = manifest.foreign(output_dir, RUN_FILES + RUN_FOLDERS, mine)
     if others:
+        them = "them" if len(others) > 1 else "it"
         raise ConfigError(f"--output_dir {output_dir} holds {', '.join(others)}, which no run of train.py wrote "
-                          f"(see {manifest.MANIFEST}), and a run would replace {'them' if len(others) > 1 else 'it'}; "
-                          "choose another folder")
+                          f"(no {manifest.MANIFEST} records {them}), and a run would replace {them}; choose another "
+                          "folder")
     if overwrite:
         replaced = {_same(os.path.join(output_dir, name)) for name in mine}
         for option, path in (inputs or {}).items():

@@ -42,8 +42,8 @@ def test_a_folder_without_a_run_of_ours_is_never_replaced(tmp_path, region_data,
     out = tmp_path / "hf_model"
     before = foreign_folder(out)
     assert error_line(train, args(region_data, tiny_bert, out, *extra), capsys) == (
-        f"--output_dir {out} holds config.json, tensorboard, which no run of train.py wrote (see {MANIFEST}), and a "
-        "run would replace them; choose another folder")
+        f"--output_dir {out} holds config.json, tensorboard, which no run of train.py wrote (no {MANIFEST} records "
+        "them), and a run would replace them; choose another folder")
     assert tree_state(out) == before
 
 
@@ -73,9 +73,8 @@ def test_users_files_beside_a_run_are_kept(tmp_path, region_data, tiny_bert, cap
     (out / "notes.txt").write_text("mine")
     assert run_cli(train, args(region_data, tiny_bert, out)) == 0
     (out / "tensorboard" / "my_plot.png").write_bytes(b"mine too")
-    assert error_line(train, args(region_data, tiny_bert, out), capsys).endswith("already holds a run; continue it "
-                                                                                 "with --resume auto, replace it with "
-                                                                                 "--overwrite, or choose another folder")
+    assert error_line(train, args(region_data, tiny_bert, out), capsys).endswith(
+        "already holds a run; continue it with --resume auto, replace it with --overwrite, or choose another folder")
     assert run_cli(train, args(region_data, tiny_bert, out, "--overwrite")) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "tensorboard" / "my_plot.png").read_bytes() == b"mine too"
@@ -102,8 +101,8 @@ def test_make_demo_data_never_replaces_a_users_data(tmp_path, capsys):
     before = tree_state(folder)
     small = ["--train_images", "4", "--test_images", "2", "--region_dim", "8"]
     assert error_line(main, [str(folder), *small, "--overwrite"], capsys) == (
-        f"output {folder} holds images, which no command of ours wrote (see {MANIFEST}); tools/make_demo_data.py "
-        "never replaces it: choose another folder")
+        f"output {folder} holds images, which no command of ours wrote (no {MANIFEST} records it); "
+        "tools/make_demo_data.py never replaces it: choose another folder")
     assert tree_state(folder) == before
     other = tmp_path / "demo_data"
     assert run_cli(main, [str(other), *small]) == 0
@@ -120,8 +119,8 @@ def test_the_demo_never_replaces_a_users_data_or_run(tmp_path, capsys):
     (out / "data" / "thesis.tex").write_text("years of work")
     before = tree_state(out)
     assert error_line(main, ["--output", str(out), "--train_images", "4", "--test_images", "2"], capsys) == (
-        f"--output {out} holds data, which no command of ours wrote (see {MANIFEST}); demo never replaces it: "
-        "choose another folder")
+        f"--output {out} holds data, which no command of ours wrote (no {MANIFEST} records it); demo never replaces "
+        "it: choose another folder")
     assert tree_state(out) == before
     os.rename(out / "data", out / "run_xdim")
     (out / "run_xdim" / "config.json").write_text("{}")
@@ -137,7 +136,7 @@ def test_overwrite_never_replaces_a_file_no_command_of_ours_wrote(short_region_c
     sims.write_bytes(b"the user's own array")
     base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0"]
     assert error_line(evaluate, base + ["--save_sims", str(sims), "--overwrite"], capsys) == (
-        f"--save_sims {sims} exists and no command of ours wrote it (it is not in {tmp_path / MANIFEST}); "
+        f"--save_sims {sims} exists and no command of ours wrote it (no {tmp_path / MANIFEST} records it); "
         "--overwrite replaces only our own outputs: move it away, or give another name")
     assert sims.read_bytes() == b"the user's own array"
     ours = tmp_path / "ours.npy"
