@@ -27,10 +27,11 @@ def read(folder: str) -> dict[str, str]:
             entries = json.load(handle)["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a readable manifest ({exc}); it lists what our programs wrote into "
-                          f"{folder}: restore it, or choose another folder") from exc
+                          f"{folder}: restore it, or delete it (our commands then take nothing there for "
+                          "theirs)") from exc
     if not isinstance(entries, dict):
         raise ConfigError(f"{path} is not a readable manifest (its 'files' is not an object); restore it, or "
-                          "choose another folder")
+                          "delete it (our commands then take nothing there for theirs)")
     return entries
 
 

@@ -65,6 +65,8 @@ def remove_abandoned(folder: str) -> None:
     """The temporary folders (FOLDER.tmp-PID, FOLDER.old-PID) of builds into `folder` whose process
     has ended without cleaning up (killed outright)."""
     parent, base = os.path.split(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        return
     pattern = re.compile(re.escape(base) + r"\.(tmp|old)-(\d+)$")
     for name in os.listdir(parent):
         found = pattern.match(name)

@@ -165,6 +165,10 @@ def test_an_index_build_stopped_by_sigterm_or_killed_leaves_nothing(tmp_path):
     with pytest.raises(Stopped), stop_signals_unwind(f"index {target}"):
         collection.build(target, chunks(), 4, list("abcd"), {}, first_stage="test", progress=False)
     assert os.listdir(tmp_path) == []
+    deeper = str(tmp_path / "new" / "folder" / "photos.index")     # a folder that does not exist yet
+    collection.build(deeper, iter([(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))]), 4, list("abcd"), {},
+                     first_stage="test", progress=False)
+    assert sorted(os.listdir(deeper)) == sorted([MANIFEST, *collection.FILES])
 
 
 def test_an_image_name_with_a_line_break_is_refused_at_indexing(tmp_path):
