@@ -16,7 +16,7 @@ import time
 from cli.main import evaluate, train
 from cli.guard import run_guarded
 from cli.manifest import make_way
-from cli.outputs import check_output_dir
+from cli.outputs import FolderLock, check_output_dir
 from config.parsers import Parser, add_schema_options
 from errors import ConfigError
 from .data import write_image_dataset, write_region_dataset
@@ -99,12 +99,19 @@ def main(argv=None) -> dict:
         args.epochs = 10 if args.system == "clip" else 4
 
     started = time.time()
-    train_argv = prepare(args)
-    print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
-    train(train_argv)
-    checkpoint = os.path.join(run_folder(args), "model_best.pth")
-    print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
-    result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
+    # one demo at a time in a folder: a second would replace the data the first is training on
+    lock = FolderLock(args.output, "--output").acquire()
+    try:
+        train_argv = prepare(args)
+        print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
+        train(train_argv)
+        checkpoint = os.path.join(run_folder(args), "model_best.pth")
+        print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
+        result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
+    except BaseException:
+        lock.release(undo=True)
+        raise
+    lock.release()
     summary = {"rsum": result["report"]["rsum"], "chance_rsum": chance_rsum(args.test_images),
                "seconds": time.time() - started, "checkpoint": checkpoint}
     print(f"\nchance level rSum for {args.test_images} images: {summary['chance_rsum']:.1f}; "

@@ -196,3 +196,16 @@ def test_a_shortlist_the_index_was_built_without_is_refused(short_region_checkpo
     assert error_line(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
                              f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--overwrite"],
                       capsys).startswith(f"--out {index} holds notes.txt, which is not part of an index")
+
+
+def test_two_demo_data_writers_into_one_folder_at_once(tmp_path, capsys):
+    """The second would replace the data the first is writing: it stops in one line instead."""
+    from cli.outputs import FolderLock
+    from tools.make_demo_data import main
+    folder = tmp_path / "data"
+    held = FolderLock(str(folder), "output").acquire()
+    try:
+        assert error_line(main, [str(folder), "--train_images", "4", "--test_images", "2"], capsys).startswith(
+            f"output {folder} is being written by pid={os.getpid()} ")
+    finally:
+        held.release()

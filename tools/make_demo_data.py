@@ -17,6 +17,7 @@ from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from demo.__main__ import check_output  # noqa: E402
 from cli.manifest import make_way  # noqa: E402
+from cli.outputs import FolderLock  # noqa: E402
 
 PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
 
@@ -30,7 +31,21 @@ def main(argv=None) -> None:
                                                                  "wrote into OUTPUT before; nothing else is touched")
     args = parser.parse_args(argv)
     check_output(args)
-    make_way(args.output, "tools/make_demo_data.py", PARTS, args.overwrite, "output")
+    # one writer at a time: a second would replace the data the first is writing
+    lock = FolderLock(args.output, "output").acquire()
+    try:
+        make_way(args.output, "tools/make_demo_data.py", PARTS, args.overwrite, "output")
+        write_all(args)
+    except BaseException:
+        lock.release(undo=True)
+        raise
+    lock.release()
+    print(f"wrote {args.output}/regions/f30k_precomp, {args.output}/images (Karpathy JSON + JPEGs), "
+          f"{args.output}/tiny_bert, {args.output}/tiny_clip")
+
+
+def write_all(args) -> None:
+    """The four parts, each a function of --seed."""
     setup_logging()
     region_captions = write_region_dataset(
         os.path.join(args.output, "regions"),
@@ -42,8 +57,6 @@ def main(argv=None) -> None:
     write_tiny_bert(os.path.join(args.output, "tiny_bert"), region_captions, hidden=64, seed=args.seed)
     write_tiny_clip(os.path.join(args.output, "tiny_clip"), image_captions, image_size=64, projection_dim=64,
                     seed=args.seed)
-    print(f"wrote {args.output}/regions/f30k_precomp, {args.output}/images (Karpathy JSON + JPEGs), "
-          f"{args.output}/tiny_bert, {args.output}/tiny_clip")
 
 
 if __name__ == "__main__":
