@@ -3,8 +3,6 @@
 import json
 import os
 
-import torch
-
 from errors import ConfigError
 
 
@@ -28,6 +26,7 @@ def publish(tmp: str, path: str, replace: bool) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
+    import torch    # here, not above: the tools' command lines import this module before torch
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -19,8 +19,6 @@ from cli.manifest import make_way
 from cli.outputs import FolderLock, check_output_dir
 from config.parsers import Parser, add_schema_options
 from errors import ConfigError
-from .data import write_image_dataset, write_region_dataset
-from .tiny_models import write_tiny_bert, write_tiny_clip
 
 REGION_DIM = 256
 
@@ -51,6 +49,9 @@ def run_folder(args) -> str:
 def prepare(args) -> list[str]:
     """Data and backbone in args.output (replacing only what the demo, or make_demo_data, wrote
     there before); returns the train.py arguments."""
+    # the data writers import torch and transformers: only once the command line holds
+    from .data import write_image_dataset, write_region_dataset
+    from .tiny_models import write_tiny_bert, write_tiny_clip
     backbone = ("tiny_clip",) if args.system == "clip" else ("tiny_bert",) if args.text_model == "tiny" else ()
     check_output_dir(run_folder(args), continued=False, overwrite=True)
     make_way(args.output, "demo", ("data", *backbone), True, "--output")

@@ -44,6 +44,13 @@ def run_light(*argv):
     (["test.py", "--checkpoint", "x.pth", "--weights", "1e308", "1e308"], 2),
     (["testall.py", "--checkpoint", "x.pth", "--eval_mem_gb", "inf"], 2),
     (["test.py", "--checkpoint", "x.pth", "--shortlist", "y.pth"], 2),
+    (["tools/ensemble.py", "a.npy", "b.npy", "--weights", "0", "1"], 2),
+    (["tools/report.py", "--checkpoint", "x.pth", "--out", "r", "--seed", "-1"], 2),
+    (["tools/rerank_sweep.py", "--checkpoint", "x.pth", "--out", "o", "--k", "0"], 2),
+    (["tools/make_demo_data.py", "d", "--train_images", "0"], 2),
+    (["tools/convert_checkpoint.py", "a.pth", "b.pth", "--bogus"], 2),
+    (["demo/__main__.py", "--epochs", "0"], 2),
+    (["tools/make_demo_data.py", "--help"], 0),
 ])
 def test_answers_without_the_heavy_imports(argv, code):
     report, out, errors = run_light(*argv)

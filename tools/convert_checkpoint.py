@@ -13,7 +13,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoints.released import convert  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
 from config.options import all_options  # noqa: E402
@@ -36,6 +35,7 @@ def main(argv=None) -> str:
     outputs.reads(args.input, "input")
     outputs.check()
     outputs.claim()
+    from checkpoints.released import convert   # torch and the model code: only once the command line holds
     source = convert(args.input, args.output, args)
     print(f"{source} {args.input} -> {args.output}")
     return source

@@ -21,7 +21,6 @@ from cli.outputs import Outputs  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from errors import UserError  # noqa: E402
 from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
-from evaluation.protocol import protocol_report  # noqa: E402
 from provenance import array_sha256, check_same_data, read_matrix, record, side_record  # noqa: E402
 
 
@@ -60,6 +59,7 @@ def main(argv=None) -> dict:
         outputs.reads(path, "matrix")
         outputs.reads(os.path.splitext(path)[0] + ".json", "record")
     outputs.check()
+    from evaluation.protocol import protocol_report   # torch: only once the command line holds
     records = check_members(args.matrices, args.unverified)
     mean = RunningMean()
     for path, weight in zip(args.matrices, weights):

@@ -10,8 +10,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
-from demo.tiny_models import write_tiny_bert, write_tiny_clip  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
@@ -46,6 +44,9 @@ def main(argv=None) -> None:
 
 def write_all(args) -> None:
     """The four parts, each a function of --seed."""
+    # torch and transformers (the tiny backbones): only once the command line holds
+    from demo.data import write_image_dataset, write_region_dataset
+    from demo.tiny_models import write_tiny_bert, write_tiny_clip
     setup_logging()
     region_captions = write_region_dataset(
         os.path.join(args.output, "regions"),

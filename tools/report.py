@@ -19,7 +19,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,7 +27,6 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from evaluation.ensemble import check_same_captions  # noqa: E402
-from evaluation.metrics import per_query_results, retrieval_metrics  # noqa: E402
 
 THUMBNAIL = 96
 
@@ -71,6 +69,7 @@ def recall_curve(plt, results: dict, path: str) -> str:
 
 def dimension_figure(plt, head, path: str) -> tuple[str, str]:
     """(data URI, caption) of what the head learned about dimensions."""
+    import torch    # here, not above: the command line is checked before torch is imported
     with torch.no_grad():
         if hasattr(head, "dependency"):
             dependency, _ = head.dependency()
@@ -221,13 +220,8 @@ def two_stage_results(loaded, split_data, shortlister, args, device, options):
 
 
 def main(argv=None) -> str:
-    from checkpoints.loading import load_model, read_checkpoint_config
     from cli.outputs import FolderLock, Outputs
     from config.parsers import Parser, add_schema_options, data_parser
-    from devices import resolve_device
-    from evaluation.protocol import compute_split_scores
-    from pairs import load_eval_split
-    from provenance import checkpoint_identity, data_identity, read_scores, record
 
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -252,6 +246,13 @@ def main(argv=None) -> str:
     outputs.reads(args.sims, "--sims")
     outputs.reads(args.shortlist, "--shortlist")
     outputs.check()
+    # torch, transformers and the model code: only once the command line holds
+    from checkpoints.loading import load_model, read_checkpoint_config
+    from devices import resolve_device
+    from evaluation.metrics import per_query_results, retrieval_metrics
+    from evaluation.protocol import compute_split_scores
+    from pairs import load_eval_split
+    from provenance import checkpoint_identity, data_identity, read_scores, record
     plt = pyplot()
     setup_logging()
     read = read_checkpoint_config(args.checkpoint, args)
