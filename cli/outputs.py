@@ -94,7 +94,9 @@ class Outputs:
         for name in names:
             self.file(os.path.join(folder, name), option, os.path.splitext(name)[1])
 
-    def check(self) -> None:
+    def check(self, ownership: bool = True) -> None:
+        """Without `ownership`, an existing output's writer is not asked yet (a first check, before
+        every input is declared: an output that is an input must be refused as that)."""
         for target, label in self.outputs.items():
             if target in self.inputs:
                 raise ConfigError(f"{label} is an input ({self.inputs[target]}); write it elsewhere")
@@ -104,7 +106,7 @@ class Outputs:
                                   "elsewhere")
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
-            if os.path.isfile(target) and os.path.basename(target) not in manifest.owned(folder):
+            if ownership and os.path.isfile(target) and os.path.basename(target) not in manifest.owned(folder):
                 raise ConfigError(f"{label} exists and no command of ours wrote it (no "
                                   f"{os.path.join(folder, manifest.MANIFEST)} records it); --overwrite replaces only "
                                   "our own outputs: move it away, or give another name")
@@ -200,6 +202,10 @@ def set_aside_previous_run(output_dir: str) -> str | None:
     aside = os.path.join(output_dir, PREVIOUS)
     keep = not os.path.isdir(aside)
     names = sorted(name for name in run_entries(output_dir) if os.path.isfile(os.path.join(output_dir, name)))
+    if keep and names and os.path.isfile(os.path.join(output_dir, manifest.MANIFEST)):
+        # a copy: the new run adds its files to the manifest, a restored run gets its own back
+        os.makedirs(aside)
+        shutil.copy2(os.path.join(output_dir, manifest.MANIFEST), os.path.join(aside, manifest.MANIFEST))
     for name in names:
         path = os.path.join(output_dir, name)
         if keep:

@@ -93,8 +93,9 @@ def test_a_run_that_never_checkpointed_starts_again_with_resume_auto(tmp_path, r
     """Killed (or failed) before its first checkpoint: the folder holds config.json and train.log
     only, and --resume auto (what a requeued job runs) starts it afresh; a model_best without a
     checkpoint_last is refused, and files of the user's are left alone."""
+    from cli.outputs import claim_run
     out = tmp_path / "run"
-    out.mkdir()
+    claim_run(str(out))             # a run records its files in the folder's manifest before writing them
     (out / "config.json").write_text("{}")
     (out / "train.log").write_text("an earlier start\n")
     (out / "notes.txt").write_text("mine")
@@ -210,7 +211,8 @@ def test_make_demo_data_checks_its_options_and_keeps_what_is_there(tmp_path, cap
     assert error_line(main, [str(tmp_path / "d"), "--train_image", "10"], capsys).startswith("unrecognized arguments")
     (tmp_path / "d" / "regions").mkdir(parents=True)
     assert error_line(main, [str(tmp_path / "d"), "--train_images", "10", "--test_images", "5"], capsys) == (
-        f"{tmp_path / 'd'} already holds regions; give --overwrite to replace them, or another folder")
+        f"output {tmp_path / 'd'} holds regions, which no command of ours wrote (no .dimmatch-manifest.json records "
+        "it); tools/make_demo_data.py never replaces it: choose another folder")
     assert not os.listdir(tmp_path / "d" / "regions")
 
 
