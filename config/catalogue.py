@@ -60,8 +60,8 @@ CLIP = Declared("clip", "CLIP image and text towers", (
     Option("clip_text_cleaning", str, "released", "released = ftfy and HTML unescaping first, as the released "
                                                   "tokeniser; tokenizer = the tokenizer's own normalisation only",
            TRAINING, choices=CLIP_TEXT_CLEANINGS, evaluation=True),
-    Option("clip_lr", float, 1e-6, "lr of the CLIP towers", TRAINING, low=0, high=1, closed="(]"),
-    Option("noclip_lr", float, 3e-5, "lr of the head", TRAINING, low=0, high=1, closed="(]"),
+    Option("clip_lr", float, 1e-6, "lr of the CLIP towers", TRAINING, low=0, high=1e6, closed="(]"),
+    Option("noclip_lr", float, 3e-5, "lr of the head", TRAINING, low=0, high=1e6, closed="(]"),
     Option("image_size", int, None, "input image size, from the CLIP config", MODEL, flag=False),
 ))
 

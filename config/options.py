@@ -24,7 +24,7 @@ TRAIN = (
                                     "clip: its projection size]", MODEL, low=1, high=1 << 16),
     Option("num_epochs", int, None, "epochs [region: 30; clip: 15]", low=1, high=MANY),
     Option("batch_size", int, None, "global batch [region: 128; clip: 64]", low=1, high=1 << 20),
-    Option("learning_rate", float, 5e-4, "region systems' base lr", low=0, high=1, closed="(]"),
+    Option("learning_rate", float, 5e-4, "region systems' base lr", low=0, high=1e6, closed="(]"),
     Option("lr_update", int, 15, "step schedule: lr x0.1 from this epoch on", low=0, high=MANY),
     Option("schedule", str, None, "step (x0.1 at lr_update) or cosine (linear warm-up, then half a cosine) "
                                   "[region: step; clip: cosine]", choices=("step", "cosine")),

@@ -58,7 +58,7 @@ def test_the_tools_take_their_numbers_from_the_schema(module, monkeypatch):
     (["--eval_batch_size", str(10**20)], "--eval_batch_size must be in [1, 1048576]"),
     (["--eval_mem_gb", "inf"], "--eval_mem_gb must be a finite number (got inf)"),
     (["--num_epochs", str(10**12)], "--num_epochs must be in [1, 100000]"),
-    (["--learning_rate", "1e300"], "--learning_rate must be in (0, 1]"),
+    (["--learning_rate", "1e300"], "--learning_rate must be in (0, 1000000.0]"),
 ])
 def test_train_refuses_numbers_out_of_range(argv, expected, capsys):
     assert error_line(train, argv, capsys).startswith(expected)
