@@ -1,9 +1,8 @@
 """The core options of train.py / test.py / testall.py, and the schema of every option.
 
-Options that belong to an encoder pair (its data, backbone, augmentation) are declared in its spec
-under `pairs/`, a head's hyper-parameters in its module under `modules/heads/`; `all_options`
-gathers them with the core ones below. A default of None is decided by the recipe, the encoder pair
-or the head (config.resolve).
+Options that belong to an encoder pair (its data, backbone, augmentation) or to a head are declared
+in `config.catalogue`, which their specs read; `all_options` gathers them with the core ones below.
+A default of None is decided by the recipe, the encoder pair or the head (config.resolve).
 """
 
 import os

@@ -1,7 +1,8 @@
 """The typed schema of an option (type, default, range or choices, role) and the resolved Config.
 
-Options are declared once, where they belong: the core ones in `config.options`, an encoder pair's in
-its spec under `pairs/`, a head's in its module under `modules/heads/`; `config.options.all_options`
+Options are declared once: the core ones and the tools' in `config.options`, an encoder pair's and a
+head's in `config.catalogue` (light, so that a command line is parsed before torch is imported; the
+specs under `pairs/` and `modules/heads/` take them from there); `config.options.all_options`
 gathers them. The parsers, the recipe files, resolution, `--help` and the resume and `--init_from`
 checks all read these declarations. This module imports nothing of the project but the error
 classes, so that any layer may declare options.
