@@ -3,7 +3,6 @@ command lines (`train` and `evaluate` are re-exported for the callers that pass 
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np

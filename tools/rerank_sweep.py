@@ -20,7 +20,6 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import FolderLock, Outputs  # noqa: E402
 from config.parsers import Parser, add_schema_options, data_parser  # noqa: E402
-from errors import ConfigError  # noqa: E402
 
 SWEEP = (10, 20, 50, 100, 200, 500)
 
