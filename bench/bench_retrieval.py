@@ -87,7 +87,7 @@ def queries(count: int, seed: int = 1) -> list[str]:
 def query_process(args) -> None:
     """Run in a fresh process: open an index, answer queries, print latencies and peak RSS (JSON)."""
     from retrieval.collection import CollectionIndex
-    from tools.retrieve import query_vectors, rank_text
+    from retrieval.commands import query_vectors, rank_text
     from pairs import pair_of
     torch.set_num_threads(args.threads)
     model, cfg = xdim_model(args.bert), xdim_config(args.bert)

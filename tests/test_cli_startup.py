@@ -51,6 +51,8 @@ def run_light(*argv):
     (["tools/convert_checkpoint.py", "a.pth", "b.pth", "--bogus"], 2),
     (["demo/__main__.py", "--epochs", "0"], 2),
     (["tools/make_demo_data.py", "--help"], 0),
+    (["tools/retrieve.py", "text", "--index", "x", "--query", "a", "--top", "0"], 2),
+    (["tools/retrieve.py", "index", "--help"], 0),
 ])
 def test_answers_without_the_heavy_imports(argv, code):
     report, out, errors = run_light(*argv)
@@ -101,3 +103,9 @@ def test_a_scripts_relative_paths_are_taken_from_where_the_user_stands(tmp_path)
     config = json.loads(result.stdout)
     assert config["data_path"] == str(tmp_path / "data" / "Flickr30K")
     assert config["output_dir"] == "runs/f30k_region_xdim" and not (tmp_path / "runs").exists()
+
+
+def test_retrieve_offers_the_dtypes_the_index_writes():
+    from retrieval.collection import DTYPES
+    from tools import retrieve
+    assert retrieve.DTYPES == tuple(DTYPES)

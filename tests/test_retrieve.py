@@ -84,7 +84,7 @@ def test_a_shortlisted_query_is_exhaustive_scoring_restricted_to_its_shortlist(s
     short = retrieve(query + ["--rerank_k", "4"])[0]
     assert len(short) == 4 and all(abs(score - every[row]) < 1e-5 for row, score in short)
     assert [score for _, score in short] == sorted((score for _, score in short), reverse=True)
-    from tools.retrieve import load
+    from retrieval.commands import load
     model, _, encoder = load(str(short_region_checkpoint), torch.device("cpu"))
     ids = torch.tensor([encoder("a red dog at the beach")])
     with torch.no_grad():
