@@ -5,25 +5,23 @@
 #   bash bench/gpu_check.sh [OUTDIR] [--budget SECONDS] [--sections a,b,...]
 #   bash bench/gpu_check.sh --dry-run OUTDIR        # tiny sizes on the CPU (tests/test_gpu_check.py)
 #
-# OUTDIR defaults to $OUT. It receives gpu_check.json, gpu_check.md, gpu_check.log,
+# OUTDIR defaults to $OUT, else ./gpu_check. It receives gpu_check.json, gpu_check.md, gpu_check.log,
 # nvidia-smi.txt and pytest_cuda.txt (5 files, a few hundred kB). --budget (default 440 s) bounds
 # the whole check: each section has its own time limit inside it, and a section that no longer
 # fits is skipped and marked so in the table. --sections runs a subset (e.g. a rerun of
 # scoring_coco with --budget 300). Sections: env pytest_cuda scoring_f30k encoding training
 # eval_mem scoring_coco.
 #
-# On the lent GPU machine (device tool), from the repository root:
-#   run  command="bash bench/gpu_check.sh"  timeout_s=520  carry=[".whl"]   (carry only if prepared)
-# The machine has torch 2.11 (CUDA 13) and transformers 5.17 but no ftfy/wcwidth: the check
-# itself never needs them (it feeds token ids, not text), but carried wheels are installed first
-# if .whl/ holds any, so that ESL-CLIP's released text cleaning works there too. Prepare them
-# here once (.whl/ is git-ignored):
+# On any machine with a GPU, from the repository root: bash bench/gpu_check.sh
+# The check itself never needs ftfy/wcwidth (it feeds token ids, not text); wheels in .whl/ are
+# installed first if it holds any, so that ESL-CLIP's released text cleaning works on a machine
+# without them. Prepare them once (.whl/ is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl ftfy==6.3.1 wcwidth==0.9.4
 set -u
 dry=""
-out="${OUT:-}"
+out="${OUT:-gpu_check}"
 budget=440
 sections=""
 while [ $# -gt 0 ]; do
@@ -31,7 +29,7 @@ while [ $# -gt 0 ]; do
         --dry-run) dry="--dry-run" ;;
         --budget) budget="${2:?--budget needs seconds}"; shift ;;
         --sections) sections="${2:?--sections needs names}"; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
         *) out="$1" ;;
     esac

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from checkpoints.atomic import atomic_save_npy, write_json
+from checkpoints.hub import resolve as resolve_checkpoint
 from config.parsers import eval_parser, train_parser
 from config.recipes import describe, recipe_names
 from config.resolve import check_command, check_device_options, resolve_train_config, resumed_config
@@ -37,6 +38,7 @@ def train(argv=None) -> dict:
         return {}
     print_only = given.pop("print_config", False)
     check_command(given)
+    given["init_from"] = resolve_checkpoint(given.get("init_from"), "--init_from")
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
         cfg = resumed_config(given, resume[1]["config"], resume[0])
@@ -105,6 +107,7 @@ def resume_checkpoint(given: dict):
     """(path, payload) of the checkpoint --resume continues, or None for --resume auto in a
     folder without checkpoint_last (a run that never wrote one, or none at all)."""
     from checkpoints import native
+    from checkpoints.loading import read_payload
     from training.state import BEST, LAST
     path = given.get("resume")
     if not path:
@@ -113,11 +116,16 @@ def resume_checkpoint(given: dict):
         folder = given.get("output_dir", "runs/exp")
         path = os.path.join(folder, LAST)
         if not os.path.isfile(path):
-            if os.path.isfile(os.path.join(folder, BEST)):
-                raise ConfigError(f"--resume auto: {folder} holds {BEST} but no {LAST}, so there is nothing to "
+            best = [name for name in (BEST, BEST + ".pth") if os.path.exists(os.path.join(folder, name))]
+            if best:
+                raise ConfigError(f"--resume auto: {folder} holds {best[0]} but no {LAST}, so there is nothing to "
                                   "resume; keep the run and start elsewhere, or replace it with --overwrite")
             return None
-    payload = native.load_native(path)
+    payload, _ = read_payload(path, training_state=True)
+    if not native.is_native(payload):
+        raise ConfigError(f"{path} is an authors' released checkpoint: it cannot be resumed; start from its weights "
+                          "with --init_from")
+    native.check_version(payload, path)
     if not all(key in payload for key in ("optimizer", "progress", "rng", "config")):
         raise ConfigError(f"{path} holds weights only (like {BEST} or a converted checkpoint): it cannot be "
                           f"resumed; resume from the run's {LAST}, or start from these weights with --init_from")
@@ -172,6 +180,8 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
                    else "Recall@K evaluation of one split (Flickr30K 1K test by default)")
     args = eval_parser(description, default_split).parse_args(argv)
+    args.checkpoint = [resolve_checkpoint(path) for path in args.checkpoint]
+    args.shortlist = resolve_checkpoint(args.shortlist, "--shortlist")
     weights = ensemble_weights(args.weights, len(args.checkpoint))
     check_two_stage_options(args)
     outputs = plan_outputs(args)

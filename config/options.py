@@ -77,7 +77,8 @@ RUNTIME_OPTIONS = (
 )
 
 EVAL = (
-    Option("checkpoint", str, None, "our checkpoint (model_best.pth, checkpoint_last.pth) or an authors' released "
+    Option("checkpoint", str, None, "a model folder (runs/x/model_best), a hub name found in the HuggingFace cache "
+                                    "(ORG/NAME or ORG/NAME@REVISION), checkpoint_last.pth or an authors' released "
                                     "file; several: an ensemble, whose score matrices are averaged",
            COMMAND, nargs="+"),
     Option("weights", float, None, "ensemble weights, one per checkpoint (normalised to sum 1) [equal]", COMMAND,

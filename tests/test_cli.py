@@ -21,7 +21,8 @@ def region_train_args(region_data, tiny_bert, output_dir, *extra):
 def test_train_then_test_region_xdim(tmp_path, region_data, tiny_bert, capsys):
     out = tmp_path / "run"
     assert run_cli(train, region_train_args(region_data, tiny_bert, out, "--embed_size", "32")) == 0
-    for name in ("config.json", "checkpoint_last.pth", "model_best.pth", "train.log", "best_metrics.json"):
+    for name in ("config.json", "checkpoint_last.pth", "model_best/model.safetensors", "train.log",
+                 "best_metrics.json"):
         assert (out / name).is_file(), name
     assert any((out / "tensorboard").iterdir())
     config = json.loads((out / "config.json").read_text())
@@ -29,7 +30,7 @@ def test_train_then_test_region_xdim(tmp_path, region_data, tiny_bert, capsys):
     capsys.readouterr()
     sims_path = tmp_path / "sims.npy"
     assert run_cli(lambda argv: evaluate(argv, "test"),
-                   ["--checkpoint", str(out / "model_best.pth"), "--data_path", region_data[0],
+                   ["--checkpoint", str(out / "model_best"), "--data_path", region_data[0],
                     "--workers", "0", "--save_sims", str(sims_path)]) == 0
     printed = capsys.readouterr().out
     assert "Image to text: R@1" in printed and "rSum" in printed
@@ -61,7 +62,7 @@ def test_clip_train_then_test(tmp_path, image_data, tiny_clip, capsys):
     assert (config["sim_head"], config["embed_size"], config["evals_per_epoch"], config["schedule"]) == \
         ("esl_h", 32, 4, "cosine")
     capsys.readouterr()
-    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(out / "model_best.pth"),
+    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(out / "model_best"),
                                                          "--workers", "0"]) == 0
     assert "test: 10 images, 50 captions" in capsys.readouterr().out
 

@@ -103,9 +103,9 @@ def test_a_run_that_never_checkpointed_starts_again_with_resume_auto(tmp_path, r
     assert "an earlier start" not in (out / "train.log").read_text() and (out / "notes.txt").read_text() == "mine"
     assert not (out / ".previous-run").exists()
     os.remove(out / "checkpoint_last.pth")
-    shutil.copy(out / "config.json", out / "model_best.pth")
+    (out / "model_best").mkdir()
     assert error_line(train, train_args(region_data[0], tiny_bert, out, "--resume", "auto"), capsys) == (
-        f"--resume auto: {out} holds model_best.pth but no checkpoint_last.pth, so there is nothing to resume; keep "
+        f"--resume auto: {out} holds model_best but no checkpoint_last.pth, so there is nothing to resume; keep "
         "the run and start elsewhere, or replace it with --overwrite")
 
 

@@ -49,7 +49,7 @@ def trained(tmp_path_factory, region_data, tiny_bert):
     shutil.copytree(tiny_bert, bert)
     out = root / "run"
     assert run_cli(train, train_args(region_data[0], bert, out)) == 0
-    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", region_data[0], "--workers", "0"])
+    result = evaluate(["--checkpoint", str(out / "model_best"), "--data_path", region_data[0], "--workers", "0"])
     shutil.rmtree(bert)
     return out, region_data[0], result["report"]["rsum"]
 
@@ -62,7 +62,7 @@ def test_a_checkpoint_evaluates_from_any_folder_offline_without_its_bert_folder(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--checkpoint",
-                             os.path.relpath(out / "model_best.pth", elsewhere), "--data_path",
+                             os.path.relpath(out / "model_best", elsewhere), "--data_path",
                              os.path.relpath(data, elsewhere), "--workers", "0"],
                             cwd=elsewhere, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
@@ -73,7 +73,7 @@ def test_a_checkpoint_evaluates_from_any_folder_offline_without_its_bert_folder(
 def test_a_tokenizer_that_does_not_fit_fails_before_scoring(trained, tmp_path, capsys):
     out, data, _ = trained
     other = write_tiny_bert(str(tmp_path / "other_bert"), ["completely different words here"], hidden=32, layers=1)
-    args = ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0", "--bert_path", other]
+    args = ["--checkpoint", str(out / "model_best"), "--data_path", data, "--workers", "0", "--bert_path", other]
     ours = len(open(os.path.join(other, "vocab.txt"), encoding="utf-8").read().split())
     message = error_line(TEST, args, capsys)
     assert message.startswith(f"the tokenizer of --bert_path {other} has {ours} tokens but the model's embedding "
@@ -87,7 +87,7 @@ def test_a_tokenizer_of_the_right_size_but_other_ids_fails(trained, tmp_path, ti
     vocab = (swapped / "vocab.txt").read_text(encoding="utf-8").split("\n")
     vocab[10], vocab[11] = vocab[11], vocab[10]
     (swapped / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
-    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
+    message = error_line(TEST, ["--checkpoint", str(out / "model_best"), "--data_path", data, "--workers", "0",
                                 "--bert_path", str(swapped)], capsys)
     total = len([token for token in vocab if token])
     assert message == (f"the tokenizer of --bert_path {swapped} maps 2 of {total} tokens to other ids than the "
@@ -96,7 +96,7 @@ def test_a_tokenizer_of_the_right_size_but_other_ids_fails(trained, tmp_path, ti
 
 def test_an_old_checkpoint_without_tokenizer_names_what_is_missing(trained, tmp_path, capsys):
     out, data, _ = trained
-    payload = torch.load(out / "model_best.pth", weights_only=True)
+    payload = torch.load(out / "checkpoint_last.pth", weights_only=True)
     del payload["tokenizer"]
     payload["version"] = 1
     payload["config"]["bert_path"] = "runs/tiny_bert"
@@ -179,7 +179,7 @@ def test_a_used_run_folder_needs_resume_or_overwrite(trained, tmp_path, region_d
     (out / "notes.txt").write_text("mine")
     assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--overwrite", "--max_steps", "2")) == 0
     assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
-    assert not (out / "model_best.pth").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "model_best").exists() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_resume_changes_nothing(trained, tmp_path, region_data, tiny_bert, capsys):
@@ -207,7 +207,7 @@ def test_save_sims_is_checked_before_scoring(trained, tmp_path, capsys, target, 
     (tmp_path / "folder.npy").mkdir()
     (tmp_path / "afile").write_text("")
     path = tmp_path / target
-    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
+    message = error_line(TEST, ["--checkpoint", str(out / "model_best"), "--data_path", data, "--workers", "0",
                                 "--save_sims", str(path)], capsys)
     assert message == expected.format(p=path, t=tmp_path)
 
@@ -223,7 +223,7 @@ def test_testall_fold_sizes_are_checked_before_encoding(trained, tmp_path, capsy
     out = trained[0]
     data = tmp_path / "data"
     write_region_dataset(str(data), {"test": 12}, regions=8, dim=REGION_DIM, seed=3)
-    message = error_line(TESTALL, ["--checkpoint", str(out / "model_best.pth"), "--data_path", str(data),
+    message = error_line(TESTALL, ["--checkpoint", str(out / "model_best"), "--data_path", str(data),
                                    "--split", "test", "--workers", "0"], capsys)
     assert message == (f"{data / 'f30k_precomp' / 'test_caps.txt'} has 12 images, which do not split into 5 equal "
                        "folds (COCO testall has 5,000); use test.py for a single split")
@@ -232,7 +232,7 @@ def test_testall_fold_sizes_are_checked_before_encoding(trained, tmp_path, capsy
 def test_folders_where_files_are_expected(trained, tmp_path, region_data, tiny_bert, capsys):
     out, data, _ = trained
     assert error_line(TEST, ["--checkpoint", str(out), "--data_path", data], capsys) == \
-        f"checkpoint {out} is a folder; give the checkpoint file (e.g. {out}/model_best.pth)"
+        f"checkpoint {out} is a training run's folder; give the checkpoint in it ({out / 'model_best'})"
     copy = tmp_path / "data"
     shutil.copytree(region_data[0], copy)
     caps = copy / "f30k_precomp" / "train_caps.txt"
@@ -276,7 +276,7 @@ def test_captions_longer_than_the_text_encoder_are_cut_and_said_once(trained, tm
     lines = caps.read_text().splitlines()
     lines[0] = lines[1] = " ".join(["dog"] * 300)  # the tiny BERT has 128 positions
     caps.write_text("\n".join(lines) + "\n")
-    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", str(copy), "--workers", "0"])
+    result = evaluate(["--checkpoint", str(out / "model_best"), "--data_path", str(copy), "--workers", "0"])
     assert 0 <= result["report"]["rsum"] <= 600
     notes = [r.message for r in caplog.records if "longer than" in r.message]
     assert len(notes) == 1 and "longer than the text encoder's 128 positions are cut to 128 tokens ([CLS] and " \

@@ -1,11 +1,15 @@
-"""Convert an authors' released checkpoint (X-Dim, ESL-region H/A, ESL-CLIP H/A) to our format.
+"""Convert an authors' released checkpoint (X-Dim, ESL-region H/A, ESL-CLIP H/A), or a .pth of ours,
+to a model folder (--format hub) or to our .pth format (--format pth, the default).
 
-    python tools/convert_checkpoint.py checkpoint_24.pth_528.2.tar xdim_f30k.pth
+    python tools/convert_checkpoint.py checkpoint_24.pth_528.2.tar xdim_f30k --format hub
+    python tools/convert_checkpoint.py runs/xdim/checkpoint_last.pth xdim_f30k --format hub
     python tools/convert_checkpoint.py model_best_heuristic_coco_clip_based.pth esl_clip_h_coco.pth
 
 It reads every file test.py reads. The output holds the config, the backbone architecture, the
-tokenizer and the mapped weights, like model_best.pth of our own runs, and loads with test.py /
-testall.py without --bert_path or --clip_path.
+tokenizer and the mapped weights, like model_best of our own runs, and loads with test.py /
+testall.py without --bert_path or --clip_path. A model folder (config.json, model.safetensors, the
+tokenizer's files, README.md) holds no pickle and can be published as it is
+(huggingface-cli upload ORG/NAME FOLDER).
 """
 
 import os
@@ -13,7 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoints.released import convert  # noqa: E402
+from checkpoints.convert import FORMATS, convert  # noqa: E402
+from checkpoints.hub import resolve  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
 from config.options import all_options  # noqa: E402
@@ -23,8 +28,11 @@ from config.parsers import Parser  # noqa: E402
 def main(argv=None) -> str:
     options = all_options()
     parser = Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="released checkpoint")
-    parser.add_argument("output", help="where to write ours (.pth)")
+    parser.add_argument("input", help="released checkpoint, a .pth of ours, or a hub name (ORG/NAME)")
+    parser.add_argument("output", help="where to write it: a folder (--format hub) or a .pth file")
+    parser.add_argument("--format", choices=FORMATS, default="pth",
+                        help="hub: a model folder (config.json, model.safetensors, tokenizer, README.md); "
+                             "pth: one file of ours (default)")
     parser.add_argument("--bert_path", default=None, help="BERT architecture and tokenizer of the region systems "
                                                           f"(default: {options['bert_path'].default})")
     parser.add_argument("--clip_path", default=None, help="CLIP tokenizer to record for ESL-CLIP, a folder of its "
@@ -32,10 +40,14 @@ def main(argv=None) -> str:
     parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
     outputs = Outputs(args.overwrite)
-    outputs.file(args.output, "output", ".pth")
-    outputs.reads(args.input, "input")
+    if args.format == "hub":
+        outputs.file(args.output, "output", "", folder=True)
+    else:
+        outputs.file(args.output, "output", ".pth")
+    source_path = resolve(args.input, "input")
+    outputs.reads(source_path, "input")
     outputs.check()
-    source = convert(args.input, args.output, args)
+    source = convert(source_path, args.output, args, args.format, replace=args.overwrite)
     print(f"{source} {args.input} -> {args.output}")
     return source
 

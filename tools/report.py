@@ -1,7 +1,7 @@
 """A self-contained HTML page of what a model retrieves and what it learned about dimensions.
 
-    python tools/report.py --checkpoint model_best.pth --out report/             # scores the test split
-    python tools/report.py --checkpoint model_best.pth --sims sims.npy --out report/
+    python tools/report.py --checkpoint runs/x/model_best --out report/             # scores the test split
+    python tools/report.py --checkpoint runs/x/model_best --sims sims.npy --out report/
     python tools/report.py --checkpoint X --dataset f30k --image_root ... --ann_path ... --split test --out report/
 
 For sampled caption queries, the top-5 images (thumbnails for raw-image datasets; for region
@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoints.atomic import atomic_write_text, write_json  # noqa: E402
+from checkpoints.hub import resolve as resolve_checkpoint  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from errors import ConfigError  # noqa: E402
@@ -247,6 +248,8 @@ def main(argv=None) -> str:
     parser.add_argument("--shortlist", default=None, help="--rerank_k: the checkpoint whose embeddings shortlist")
     data_parser(parser)
     args = parser.parse_args(argv)
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")   # a folder, a file or ORG/NAME
+    args.shortlist = resolve_checkpoint(getattr(args, "shortlist", None), "--shortlist")
     for option, value, low in (("--queries", args.queries, 1), ("--eval_batch_size", args.eval_batch_size, 1),
                                ("--workers", args.workers, 0), ("--rerank_k", args.rerank_k or 1, 1)):
         if value < low:

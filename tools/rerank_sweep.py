@@ -16,6 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoints.atomic import write_json  # noqa: E402
+from checkpoints.hub import resolve as resolve_checkpoint  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import FolderLock, Outputs  # noqa: E402
@@ -38,6 +39,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=0)
     data_parser(parser)
     args = parser.parse_args(argv)
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")   # a folder, a file or ORG/NAME
     if min(args.k) < 1 or args.eval_batch_size < 1 or args.workers < 0:
         raise ConfigError(f"--k values and --eval_batch_size must be at least 1 and --workers at least 0 (got "
                           f"{' '.join(map(str, args.k))}, {args.eval_batch_size}, {args.workers})")

@@ -1,6 +1,6 @@
 """Retrieval with a trained model on your own collection: index it once, then query it in two stages.
 
-    python tools/retrieve.py index --checkpoint model_best.pth --images photos/ --out photos.index
+    python tools/retrieve.py index --checkpoint runs/x/model_best --images photos/ --out photos.index
     python tools/retrieve.py index --checkpoint xdim.pth --regions feats.npy --out feats.index [--shortlist cos.pth]
     python tools/retrieve.py text --index photos.index --query "a dog on a beach" --query "two cyclists" --top 5
     python tools/retrieve.py image --index photos.index --captions captions.txt --item 3 --top 5
@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoints.atomic import publish  # noqa: E402
 from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
+from checkpoints.hub import resolve as resolve_checkpoint  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
@@ -257,6 +258,8 @@ def main(argv=None):
     for command in (index, export):
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")   # a folder, a file or ORG/NAME
+    args.shortlist = resolve_checkpoint(getattr(args, "shortlist", None), "--shortlist")
     for option in ("top", "batch_size", "rerank_k"):
         if getattr(args, option, 1) < 1:
             raise ConfigError(f"--{option} must be at least 1 (got {getattr(args, option)})")
