@@ -10,6 +10,8 @@ PAPERS = {
              "Kun Zhang, Lei Zhang, Bo Hu, Mengxiao Zhu, Zhendong Mao", "Proceedings of the 31st ACM International "
              "Conference on Multimedia", 2023, "zhang2023xdim", "CrossmodalGroup/X-Dim"),
 }
+from evaluation.metrics import RECALL_AT, RECALL_KEYS
+
 DATA_NAMES = {"f30k_precomp": "Flickr30K (BUTD regions)", "coco_precomp": "MS-COCO (BUTD regions)",
               "f30k": "Flickr30K (images, Karpathy splits)", "coco": "MS-COCO (images, Karpathy splits)"}
 
@@ -33,10 +35,10 @@ def _dataset(cfg) -> str | None:
 
 
 def _metrics_table(metrics: dict) -> list[str]:
-    lines = ["| direction | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
+    lines = ["| direction | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " |", "|---" * (1 + len(RECALL_AT)) + "|"]
     for direction, label in (("i2t", "image to text"), ("t2i", "text to image")):
         values = metrics.get(direction) or {}
-        lines.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.1f}" for k in ("r1", "r5", "r10"))
+        lines.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.1f}" for k in RECALL_KEYS)
                      + " |")
     return lines + ["", f"rSum {metrics['rsum']:.1f}"]
 

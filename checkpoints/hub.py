@@ -23,7 +23,11 @@ import re
 import shutil
 import tempfile
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from errors import CheckpointError, ConfigError, first_line
+from modules.backbones import hub_snapshot
 from provenance import FOLDER_FILES, content_sha256, file_sha256
 from . import native
 
@@ -46,7 +50,6 @@ def resolve(name: str, option: str = "--checkpoint", revision: str | None = None
     if name is None or os.path.exists(os.path.expanduser(name)) or not HUB_NAME.match(name):
         return name if name is None else os.path.expanduser(name)   # a path: its reader says what is wrong
     repo_id, _, at = name.partition("@")
-    from modules.backbones import hub_snapshot
     folder = hub_snapshot(repo_id, option, revision=revision or at or None, local_files_only=local_files_only,
                           what="a file or folder", how="give a local folder or file")
     if not is_folder(folder):
@@ -59,7 +62,6 @@ def save_folder(folder: str, payload: dict, card: str | None = None, replace: bo
     """Write `payload` (checkpoints.native's schema, without optimiser state) as a model folder,
     atomically: the folder is built beside its place and moved in whole, so a reader sees the old
     folder or the complete new one. Returns the folder's content hash."""
-    from safetensors.torch import save_file
     folder = os.path.abspath(folder.rstrip("/"))
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
@@ -166,8 +168,6 @@ def _verified(folder: str, name: str, recorded: str | None) -> str:
 def read_folder(folder: str) -> dict:
     """The payload of a model folder, every file checked against the hashes its config.json records;
     the weights are read into memory (safetensors: no code is ever run)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     meta = read_meta(folder)
     weights = meta.get("weights") or {}
     path = _verified(folder, weights.get("file", WEIGHTS), weights.get("sha256"))
@@ -202,7 +202,7 @@ def push_to_hub(folder: str, repo_id: str, private: bool = False, token: str | N
     """Upload a model folder to the HuggingFace Hub as model repository `repo_id` (created if
     needed); the folder is checked first, so a damaged one is never published. Returns the URL."""
     read_folder(folder)
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi   # publishing only: the network client is loaded when it is used
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=commit_message)

@@ -12,7 +12,8 @@ from config.options import all_options, config_from_saved
 from config.schema import Config
 from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
 from errors import CheckpointError, ConfigError
-from pairs import build_model, pair_of
+from modules.backbones import weights_from_checkpoint
+from pairs import PAIRS, build_model, pair_of
 from . import hub, native as checkpoint
 from .released import (RELEASED_NAMES, build_released, read_checkpoint, region_backbone_config, released_config,
                        released_history)
@@ -29,7 +30,6 @@ def apply_overrides(cfg: Config, args) -> Config:
 
 def check_data_options(cfg: Config, path: str) -> None:
     """The checkpoint's encoder pair has all its data options, and none of another pair's alone."""
-    from pairs import PAIRS
     pair = pair_of(cfg)
     if not all(getattr(cfg, name, None) for name in pair.data_options):
         for other in PAIRS.values():
@@ -133,7 +133,6 @@ def _file_state(path: str) -> tuple:
 
 def load_model(read: CheckpointConfig) -> LoadedModel:
     """The model of a checkpoint read by `read_checkpoint_config`, with its weights, in eval mode."""
-    from modules.backbones import weights_from_checkpoint
     with weights_from_checkpoint():
         if read.kind == "native":
             model = build_model(read.cfg, backbone_config=read.backbone_config)
@@ -192,7 +191,6 @@ def _clear_foreign_data(cfg: Config, args) -> Config:
     """Data options of only one encoder pair given on the command line clear the saved ones of the
     others, so a saved data_name cannot linger next to a --dataset the user gave. With the options
     of several pairs given (an ensemble of region and CLIP models) each model keeps what it needs."""
-    from pairs import PAIRS
     given = [pair for pair in PAIRS.values() if any(getattr(args, name, None) is not None
                                                      for name in pair.data_options)]
     if len(given) == 1:

@@ -14,6 +14,7 @@ from config.recipes import describe, recipe_names
 from config.resolve import check_command, check_device_options, resolve_train_config, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
+from evaluation.metrics import DIRECTIONS, RECALL_KEYS
 from pairs import pair_of
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
@@ -38,7 +39,8 @@ def train(argv=None) -> dict:
         return {}
     print_only = given.pop("print_config", False)
     check_command(given)
-    given["init_from"] = resolve_checkpoint(given.get("init_from"), "--init_from")
+    if given.get("init_from"):
+        given["init_from"] = resolve_checkpoint(given["init_from"], "--init_from")
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
         cfg = resumed_config(given, resume[1]["config"], resume[0])
@@ -281,7 +283,8 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     import time
 
     from checkpoints.loading import load_model
-    from evaluation.protocol import encode_split, protocol_report, two_stage_report
+    from evaluation.protocol import encode_split, protocol_report
+    from retrieval.two_stage import two_stage_report
     from provenance import read_scores
     data = data_identity(*member.split_data, args.split)
     exhaustive = read_scores(args.compare_sims, member.path, data) if args.compare_sims else None
@@ -314,7 +317,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
         report["exhaustive"], report["lost"] = full, recall_lost(full, report)
         say("recall lost against exhaustive scoring: " + ", ".join(
             f"{direction} R@{k[1:]} {report['lost']['full_5k' if coco_testall else 'split'][direction][k]:.2f}"
-            for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")))
+            for direction in DIRECTIONS for k in RECALL_KEYS))
     provenance = record("two_stage", [member.identity] + ([shortlister.identity] if shortlister else []), data,
                         rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index, amp=args.amp)
     if args.save_ranks:
@@ -330,8 +333,7 @@ def recall_lost(exhaustive: dict, two_stage: dict) -> dict:
     lost = {}
     for block in blocks:
         first, second = (exhaustive, two_stage) if block is None else (exhaustive[block], two_stage[block])
-        lost[block or "split"] = {d: {k: first[d][k] - second[d][k] for k in ("r1", "r5", "r10")}
-                                  for d in ("i2t", "t2i")}
+        lost[block or "split"] = {d: {k: first[d][k] - second[d][k] for k in RECALL_KEYS} for d in DIRECTIONS}
     return lost
 
 

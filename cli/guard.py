@@ -5,17 +5,7 @@ import signal
 import sys
 
 from devices import distributed
-from errors import Stopped, UserError
-
-
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error (DataLoader workers wrap it in their traceback)."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    last = lines[-1].strip()
-    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else (lines[0] if len(lines) == 1 else last)
+from errors import Stopped, UserError, first_line
 
 
 def run_guarded(main, argv=None) -> int:
@@ -23,7 +13,7 @@ def run_guarded(main, argv=None) -> int:
     try:
         main(argv)
     except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except Stopped as exc:
         if distributed.is_main_process():      # under torchrun, one line for the run, not one per rank

@@ -9,7 +9,11 @@ or the head (config.resolve).
 import os
 
 from config.schema import COMMAND, MODEL, RUNTIME, Config, Option
-from evaluation.protocol import VALIDATION_PROTOCOLS
+
+# Model selection during training (evaluation.protocol.validation_metrics): the first 1,000 images of
+# the validation split (the released region code, VSE-infinity's dev loader), or the whole split in 5
+# folds with the last fold's rSum (what the released ESL-CLIP COCO trainer returns) or their mean rSum.
+VALIDATION_PROTOCOLS = ("first_1k", "last_fold", "mean_5fold")
 
 TRAIN = (
     Option("embed_size", int, None, "joint space size [the head's on region features (xdim 1024, others 512); "
@@ -27,8 +31,6 @@ TRAIN = (
     Option("weight_decay", float, None, "AdamW decay [region: 1e-4; clip: 0.2]", low=0),
     Option("adam_eps", float, None, "AdamW eps [region: 1e-8; clip: 1e-6]", low=0, closed="()"),
     Option("grad_clip", float, None, "grad-norm clip, 0 for none [region: 2.0; clip: 1.0]", low=0),
-    Option("loss", str, None, "hinge (VSE++ after the warm-up epochs) or infonce with CLIP's logit scale "
-                              "[region: hinge; clip: infonce]", choices=("hinge", "infonce")),
     Option("margin", float, 0.2, "hinge margin", low=0),
     Option("global_loss_weight", float, 0.0, "W > 0 adds W times the loss of the cosine of pooled region and word "
                                              "features, training a global stage for two-stage retrieval "
@@ -110,14 +112,17 @@ LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer
                  "last_batch": "drop", "val_protocol": "first_1k", "global_loss_weight": 0.0}
 
 
-def model_choices() -> tuple[Option, Option]:
-    """--encoders and --sim_head, whose choices are the registries."""
+def model_choices() -> tuple[Option, Option, Option]:
+    """--encoders, --sim_head and --loss, whose choices are the registries."""
     from modules.heads import HEADS
+    from modules.losses import LOSSES
     from pairs import PAIRS
     return (Option("encoders", str, "region_bert", "; ".join(f"{name}: {pair.summary}" for name, pair in PAIRS.items()),
                    MODEL, choices=tuple(PAIRS)),
             Option("sim_head", str, None, "; ".join(f"{name}: {head.summary}" for name, head in HEADS.items())
-                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(HEADS)))
+                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(HEADS)),
+            Option("loss", str, None, " or ".join(spec.summary for spec in LOSSES.values())
+                   + " [the encoder pair's recipe: region hinge, clip infonce]", choices=tuple(LOSSES)))
 
 
 def owned_options() -> list[tuple[str, tuple]]:
@@ -151,9 +156,3 @@ def config_from_saved(saved: dict, legacy: bool = True) -> Config:
     checkpoints had (LEGACY_VALUES, for our older checkpoints), then the schema's defaults."""
     values = {name: option.default for name, option in all_options().items()}
     return Config(**{**values, **(LEGACY_VALUES if legacy else {}), **saved})
-
-
-def check_values(values: dict, options: dict) -> None:
-    for name, value in values.items():
-        if name in options:
-            options[name].check(value)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_config
-from checkpoints.released import read_checkpoint
+from checkpoints.loading import read_payload
 from datasets.captions import tokenizer_from_snapshot
 from datasets.karpathy import ImageFileSet, load_karpathy_split
 from datasets.precomp import PrecompSplit
@@ -54,7 +54,7 @@ def test_chance_level():
 def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",
                     "--output", str(tmp_path)])
-    payload = read_checkpoint(summary["checkpoint"])
+    payload, _ = read_payload(summary["checkpoint"])
     cfg = make_config(**payload["config"])
     torch.manual_seed(123)
     untrained = build_model(cfg, backbone_config=payload["backbone_config"])

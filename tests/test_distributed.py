@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from config.resolve import train_config
+from configs import train_config
 from training.trainer import Trainer
 from global_batch import global_batch
 

@@ -184,3 +184,58 @@ def test_convert_a_released_esl_clip_file_to_a_folder_with_the_same_scores(tmp_p
     meta = json.loads((folder / "config.json").read_text())
     assert meta["config"]["encoders"] == "clip" and meta["tokenizer"]["kind"] == "clip"
     assert "# ESL-CLIP A" in (folder / "README.md").read_text()
+
+
+def test_push_to_hub_uploads_the_checked_folder(run, tmp_path, monkeypatch):
+    """push_to_hub goes through huggingface_hub's API (faked here: no network in tests); a folder
+    whose files do not match its record is refused before anything is uploaded."""
+    import huggingface_hub
+    from errors import CheckpointError
+    from checkpoints.hub import push_to_hub
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **options):
+            calls.append(("create", repo_id, options["repo_type"]))
+
+        def upload_folder(self, folder_path, repo_id, **options):
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+            return "https://huggingface.co/someone/xdim-tiny/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = run / "model_best"
+    assert push_to_hub(str(folder), "someone/xdim-tiny").endswith("/commit/1")
+    assert calls == [("create", "someone/xdim-tiny", "model"),
+                     ("upload", "someone/xdim-tiny", sorted(os.listdir(folder)))]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    (damaged / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CheckpointError):
+        push_to_hub(str(damaged), "someone/xdim-tiny")
+    assert len(calls) == 2
+
+
+def test_an_interrupted_folder_write_leaves_the_old_folder_and_is_cleaned_up(run, tmp_path, monkeypatch, capsys):
+    """A write killed half-way leaves the previous folder whole; the next write removes its leftovers.
+    A folder name that looks like a file is refused before any work."""
+    import checkpoints.hub as hub
+    from tools.convert_checkpoint import main
+    folder = tmp_path / "model"
+    convert(run / "checkpoint_last.pth", folder)
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hub, "_write_text", killed)
+    assert run_cli(main, [str(run / "checkpoint_last.pth"), str(folder), "--format", "hub", "--overwrite"]) == 130
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+    monkeypatch.undo()
+    (tmp_path / ".model.tmp-left").mkdir()            # what a SIGKILL would leave
+    convert(run / "checkpoint_last.pth", folder, "--overwrite")
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert error_line(main, [str(run / "checkpoint_last.pth"), str(tmp_path / "x.pth"), "--format", "hub"],
+                      capsys) == (f"output {tmp_path / 'x.pth'}: --format hub writes a model folder; give a folder "
+                                  "name (without .pth), or --format pth for one file")

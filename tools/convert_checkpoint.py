@@ -23,6 +23,7 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
 from config.options import all_options  # noqa: E402
 from config.parsers import Parser  # noqa: E402
+from errors import ConfigError  # noqa: E402
 
 
 def main(argv=None) -> str:
@@ -41,8 +42,13 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     outputs = Outputs(args.overwrite)
     if args.format == "hub":
+        if args.output.rstrip("/").endswith((".pth", ".tar", ".pt", ".bin")):
+            raise ConfigError(f"output {args.output}: --format hub writes a model folder; give a folder name "
+                              "(without .pth), or --format pth for one file")
         outputs.file(args.output, "output", "", folder=True)
     else:
+        if os.path.isdir(args.output) or not args.output.endswith(".pth"):
+            raise ConfigError(f"output {args.output} must end in .pth (--format hub writes a model folder)")
         outputs.file(args.output, "output", ".pth")
     source_path = resolve(args.input, "input")
     outputs.reads(source_path, "input")

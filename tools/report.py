@@ -204,7 +204,8 @@ def two_stage_results(loaded, split_data, shortlister, args, device, options):
     """(per-query results, metrics, title note) of two-stage retrieval on the split."""
     from checkpoints.loading import load_model
     from evaluation.metrics import shortlist_results
-    from evaluation.protocol import encode_split, two_stage_report
+    from evaluation.protocol import encode_split
+    from retrieval.two_stage import two_stage_report
     model = loaded.model.to(device)
     encoded = encode_split(model, split_data, loaded.caption_encoder(), device, global_vectors=shortlister is None,
                            **options)
@@ -248,7 +249,8 @@ def main(argv=None) -> str:
     parser.add_argument("--shortlist", default=None, help="--rerank_k: the checkpoint whose embeddings shortlist")
     data_parser(parser)
     args = parser.parse_args(argv)
-    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")   # a folder, a file or ORG/NAME
+    # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")
     args.shortlist = resolve_checkpoint(getattr(args, "shortlist", None), "--shortlist")
     for option, value, low in (("--queries", args.queries, 1), ("--eval_batch_size", args.eval_batch_size, 1),
                                ("--workers", args.workers, 0), ("--rerank_k", args.rerank_k or 1, 1)):

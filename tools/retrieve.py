@@ -258,7 +258,8 @@ def main(argv=None):
     for command in (index, export):
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")   # a folder, a file or ORG/NAME
+    # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")
     args.shortlist = resolve_checkpoint(getattr(args, "shortlist", None), "--shortlist")
     for option in ("top", "batch_size", "rerank_k"):
         if getattr(args, option, 1) < 1:
