@@ -1,5 +1,7 @@
 """Conversions between checkpoint forms: an authors' released file or a `.pth` of ours to a model
-folder (`--format hub`), or a released file to a `.pth` of ours (`--format pth`)."""
+folder (`--format hub`), or a released file or a model folder to a `.pth` of ours (`--format pth`)."""
+
+import os
 
 from datasets.captions import tokenizer_snapshot
 from errors import CheckpointError
@@ -14,9 +16,9 @@ def convert(path: str, out_path: str, args, form: str = "pth", replace: bool = F
     """Write the checkpoint `path` (released or ours) as `form`; weights only, like model_best.
     Returns what was read, for the report."""
     read = read_checkpoint_config(path, args, require_data=False)
-    if read.kind == "native" and form == "pth":
-        raise CheckpointError(f"{path} is already a dimmatch checkpoint ({read.source}); test.py and testall.py "
-                              "read it as it is (--format hub turns it into a model folder)")
+    if read.kind == "native" and form == "pth" and not os.path.isdir(path):
+        raise CheckpointError(f"{path} is already a .pth of ours ({read.cfg.encoders} + {read.cfg.sim_head}); test.py "
+                              "and testall.py read it as it is (--format hub turns it into a model folder)")
     loaded = load_model(read)
     if read.kind == "native":
         # ours: the payload as it was (progress, metrics and data identities kept), without the training state

@@ -8,8 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REGION_DIM, ROOT, run_cli
+from conftest import REGION_DIM, ROOT, error_line, run_cli
 from cli.commands import evaluate, train
+
+TEST = (lambda argv: evaluate(argv, "test"))
+TESTALL = (lambda argv: evaluate(argv, "testall", coco_testall=True))
 
 
 def region_train_args(region_data, tiny_bert, output_dir, *extra):
@@ -73,3 +76,23 @@ def test_entry_point_scripts_print_one_line_errors(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"
+
+
+def test_options_that_do_not_apply_are_refused(short_region_checkpoint, region_data, tmp_path, capsys):
+    base = ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0"]
+    assert error_line(TEST, base + ["--ids_file", str(tmp_path / "ids.txt")], capsys) == \
+        "--ids_file names the COCO ids of the rows for --extended: give --extended too"
+    assert error_line(TEST, base + ["--clip_truncation", "keep_eot"], capsys) == (
+        f"--clip_truncation applies to clip models (CLIP image and text towers); {short_region_checkpoint} is a "
+        "region_bert model")
+    message = error_line(TESTALL, base + ["--split", "test", "--extended"], capsys)
+    assert message.startswith("--extended adds ECCV Caption and CxC, which annotate MS-COCO's 5K test images")
+    assert error_line(TEST, base + ["--eval_batch_size", "0"], capsys) == "--eval_batch_size must be at least 1 (got 0)"
+    assert error_line(TEST, base + ["--workers", "-2"], capsys) == "--workers must be at least 0 (got -2)"
+
+
+def test_small_folds_are_said_to_be_no_coco_1k(short_region_checkpoint, region_data, capsys):
+    capsys.readouterr()
+    assert run_cli(TESTALL, ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0],
+                             "--workers", "0", "--split", "test"]) == 0
+    assert "note: folds of 2 images, not COCO's 1,000" in capsys.readouterr().out
