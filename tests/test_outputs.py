@@ -16,7 +16,7 @@ import torch
 
 from conftest import ROOT, error_line, run_cli
 from cli.commands import evaluate, train
-from test_trust import train_args, tree_state
+from conftest import train_args, tree_state
 
 TEST = (lambda argv: evaluate(argv, "test"))
 

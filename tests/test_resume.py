@@ -16,7 +16,7 @@ import torch
 
 from conftest import REGION_DIM, ROOT, error_line, run_cli
 from cli.commands import train
-from test_trust import train_args
+from conftest import train_args
 
 
 def args_for(region_data, tiny_bert, out, *extra):
