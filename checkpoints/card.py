@@ -11,27 +11,26 @@ PAPERS = {
              "Conference on Multimedia", 2023, "zhang2023xdim", "CrossmodalGroup/X-Dim"),
 }
 from evaluation.metrics import RECALL_AT, RECALL_KEYS
+from pairs import pair_of
 
 DATA_NAMES = {"f30k_precomp": "Flickr30K (BUTD regions)", "coco_precomp": "MS-COCO (BUTD regions)",
               "f30k": "Flickr30K (images, Karpathy splits)", "coco": "MS-COCO (images, Karpathy splits)"}
 
 
+# the published systems, by (encoder pair, head); any other combination is named by its parts
+SYSTEMS = {("clip", "esl_h"): ("ESL-CLIP H", "esl"), ("clip", "esl_a"): ("ESL-CLIP A", "esl"),
+           ("region_bert", "esl_h"): ("ESL-region H", "esl"), ("region_bert", "esl_a"): ("ESL-region A", "esl"),
+           ("region_bert", "xdim"): ("X-Dim", "xdim")}
+
+
 def system_of(cfg) -> tuple[str, str | None]:
     """(system name, paper key) of a config."""
-    variant = {"esl_h": "H", "esl_a": "A"}.get(cfg.sim_head)
-    if cfg.encoders == "clip":
-        if variant:
-            return f"ESL-CLIP {variant}", "esl"
-        return f"CLIP + {cfg.sim_head} head", None
-    if variant:
-        return f"ESL-region {variant}", "esl"
-    if cfg.sim_head == "xdim":
-        return "X-Dim", "xdim"
-    return f"{cfg.encoders} + {cfg.sim_head} head", None
+    return SYSTEMS.get((cfg.encoders, cfg.sim_head), (f"{cfg.encoders} encoders + {cfg.sim_head} head", None))
 
 
 def _dataset(cfg) -> str | None:
-    return getattr(cfg, "data_name", None) or getattr(cfg, "dataset", None)
+    names = [getattr(cfg, option, None) for option in pair_of(cfg).data_options]
+    return next((name for name in names if name in DATA_NAMES), None)
 
 
 def _metrics_table(metrics: dict) -> list[str]:
@@ -44,12 +43,11 @@ def _metrics_table(metrics: dict) -> list[str]:
 
 
 def evaluate_command(cfg, name: str) -> str:
-    dataset = _dataset(cfg) or ""
-    program = "testall.py" if dataset.startswith("coco") else "test.py"
-    if cfg.encoders == "clip":
-        data = f"--dataset {dataset or 'f30k'} --image_root IMAGES --ann_path ANNOTATIONS"
-    else:
-        data = f"--data_path DATA --data_name {dataset or 'f30k_precomp'}"
+    """test.py (testall.py for MS-COCO) with the pair's data options: names kept, folders to be given."""
+    pair = pair_of(cfg)
+    program = "testall.py" if pair.coco(cfg) else "test.py"
+    data = " ".join(f"--{option} {value if value in DATA_NAMES else option.upper()}"
+                    for option in pair.data_options for value in [getattr(cfg, option, None)])
     return f"python {program} --checkpoint {name} {data}"
 
 
@@ -57,8 +55,8 @@ def model_card(payload: dict, cfg, name: str = "FOLDER") -> str:
     """README.md of a model folder; `{content_sha256}` is left for the writer to fill."""
     system, paper = system_of(cfg)
     dataset = _dataset(cfg)
-    front = ["---", "library_name: dimmatch", "pipeline_tag: zero-shot-image-classification" if cfg.encoders == "clip"
-             else "pipeline_tag: feature-extraction", "tags:", "- image-text-matching", "- image-text-retrieval",
+    front = ["---", "library_name: dimmatch", "pipeline_tag: feature-extraction", "tags:", "- image-text-matching",
+             "- image-text-retrieval",
              f"- {cfg.sim_head}", f"- {cfg.encoders}", "---", ""]
     lines = [f"# {system} ({cfg.encoders} encoders, {cfg.sim_head} head)", ""]
     converted = payload.get("converted_from")
