@@ -35,6 +35,11 @@ class Stopped(BaseException):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The one line of an exception that a user sees: its message's first line (its type name if it
+    has none). An error re-raised by a DataLoader worker carries the worker's traceback as its
+    message; its line is then the original error's message, at the end of that traceback."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return lines[-1][len(prefix):] if len(lines) > 1 and lines[-1].startswith(prefix) else lines[0]

@@ -205,7 +205,7 @@ def quality(args) -> list[dict]:
     checkpoints = {}
     for name, extra in models.items():
         out = os.path.join(work, name.replace(" ", "_"))
-        checkpoints[name] = os.path.join(out, "model_best.pth")
+        checkpoints[name] = os.path.join(out, "model_best")
         if not os.path.exists(checkpoints[name]):
             with contextlib.redirect_stdout(io.StringIO()):
                 train(common + extra + ["--data_name", "f30k_precomp", "--output_dir", out, "--overwrite"])

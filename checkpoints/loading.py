@@ -12,8 +12,11 @@ from config.options import all_options, config_from_saved
 from config.schema import Config
 from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
 from errors import CheckpointError, ConfigError
-from pairs import build_model, pair_of
-from . import native as checkpoint
+from modules.backbones import weights_from_checkpoint
+from pairs import PAIRS, build_model, pair_of
+from . import hub, native as checkpoint
+from .released import (RELEASED_NAMES, build_released, read_checkpoint, region_backbone_config, released_config,
+                       released_history)
 
 
 def apply_overrides(cfg: Config, args) -> Config:
@@ -27,7 +30,6 @@ def apply_overrides(cfg: Config, args) -> Config:
 
 def check_data_options(cfg: Config, path: str) -> None:
     """The checkpoint's encoder pair has all its data options, and none of another pair's alone."""
-    from pairs import PAIRS
     pair = pair_of(cfg)
     if not all(getattr(cfg, name, None) for name in pair.data_options):
         for other in PAIRS.values():
@@ -67,14 +69,27 @@ class LoadedModel:
         return pair_of(self.cfg).caption_encoder(self.cfg, self.tokenizer, self.model.text_tokens()["positions"])
 
 
+def read_payload(path: str, training_state: bool = False) -> tuple[dict, tuple]:
+    """The one reader of checkpoints, for evaluation, --init_from and resume: (payload, file state)
+    of a model folder, a file of ours or an authors' released file. Nothing is unpickled but plain
+    tensors and values; a folder's files are checked against the hashes its config.json records.
+    With `training_state` (resume) the optimiser state is read into memory too."""
+    if os.path.isdir(path):
+        inside = [name for name in ("model_best", "model_best.pth", "checkpoint_last.pth")
+                  if os.path.exists(os.path.join(path, name))]
+        if inside:
+            raise CheckpointError(f"checkpoint {path} is a training run's folder; give the checkpoint in it "
+                                  f"({os.path.join(path, inside[0])})")
+        state = hub.file_state(path) if hub.is_folder(path) else ()
+        return hub.read_folder(path), state
+    file_state = _file_state(path) if os.path.isfile(path) else ()
+    return _weights_in_memory(read_checkpoint(path), training_state), file_state
+
+
 def read_checkpoint_config(path: str, args, require_data: bool = True) -> CheckpointConfig:
     """Read a checkpoint's config and tokenizer (the weights are not mapped yet). Without
     `require_data` (--init_from, tools on own collections) its data options may be absent."""
-    from .released import RELEASED_NAMES, read_checkpoint, region_backbone_config, released_config, released_history
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path}/model_best.pth)")
-    file_state = _file_state(path) if os.path.isfile(path) else ()
-    payload = _weights_in_memory(read_checkpoint(path))
+    payload, file_state = read_payload(path)
     if checkpoint.is_native(payload):
         checkpoint.check_version(payload, path)
         cfg = apply_overrides(_clear_foreign_data(config_from_saved(payload["config"]), args), args)
@@ -91,7 +106,7 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
     return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts, file_state)
 
 
-def _weights_in_memory(payload):
+def _weights_in_memory(payload, training_state: bool = False):
     """The payload with its weights copied out of the mapped file at once: a file cut short later
     (a `cp` over it) can then only be refused, never fault the process in the middle of loading.
     A training checkpoint's optimiser state stays mapped and is never read."""
@@ -104,19 +119,20 @@ def _weights_in_memory(payload):
             return type(value)(copied(item) for item in value)
         return value
     if checkpoint.is_native(payload):
-        return {key: value if key == "optimizer" else copied(value) for key, value in payload.items()}
+        return {key: value if key == "optimizer" and not training_state else copied(value)
+                for key, value in payload.items()}
     return copied(payload)
 
 
 def _file_state(path: str) -> tuple:
+    if os.path.isdir(path):
+        return hub.file_state(path) if hub.is_folder(path) else ()
     stat = os.stat(path)
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def load_model(read: CheckpointConfig) -> LoadedModel:
     """The model of a checkpoint read by `read_checkpoint_config`, with its weights, in eval mode."""
-    from modules.backbones import weights_from_checkpoint
-    from .released import build_released
     with weights_from_checkpoint():
         if read.kind == "native":
             model = build_model(read.cfg, backbone_config=read.backbone_config)
@@ -124,7 +140,7 @@ def load_model(read: CheckpointConfig) -> LoadedModel:
         else:
             model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
     # the file must still be the one read: its hash, taken since, is what records name these weights by
-    if not os.path.isfile(read.path) or _file_state(read.path) != read.file_state:
+    if not os.path.exists(read.path) or _file_state(read.path) != read.file_state:
         raise CheckpointError(f"checkpoint {read.path} was replaced or changed while it was being read; "
                               "run again once it is written")
     model.eval()
@@ -175,7 +191,6 @@ def _clear_foreign_data(cfg: Config, args) -> Config:
     """Data options of only one encoder pair given on the command line clear the saved ones of the
     others, so a saved data_name cannot linger next to a --dataset the user gave. With the options
     of several pairs given (an ensemble of region and CLIP models) each model keeps what it needs."""
-    from pairs import PAIRS
     given = [pair for pair in PAIRS.values() if any(getattr(args, name, None) is not None
                                                      for name in pair.data_options)]
     if len(given) == 1:

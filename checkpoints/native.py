@@ -15,6 +15,16 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
+def make_payload(cfg, model, tokenizer: dict | None, progress: dict | None = None, metrics: dict | None = None,
+                 data: dict | None = None, **extra) -> dict:
+    """What every checkpoint of ours holds (a training run's, a converted one's), in a file or a
+    model folder: the config that rebuilds the model, its backbone architecture, the tokenizer's
+    files, the weights, and what the run knew (progress, validation metrics, data identities).
+    checkpoint_last adds the optimiser, scaler and RNG states (training.state)."""
+    return {"config": cfg.to_dict(), "backbone_config": model.backbone_config(), "tokenizer": tokenizer,
+            "model": model.state_dict(), "progress": progress, "metrics": metrics, "data": data, **extra}
+
+
 def save(path: str, payload: dict) -> None:
     try:
         atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
@@ -51,16 +61,6 @@ def check_version(payload: dict, path: str) -> None:
     if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
-
-
-def load_native(path: str) -> dict:
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file")
-    payload = read_file(path)
-    if not is_native(payload) or not isinstance(payload.get("config"), dict):
-        raise CheckpointError(f"{path} is not a dimmatch checkpoint")
-    check_version(payload, path)
-    return payload
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:

@@ -24,8 +24,7 @@ import torch
 
 from . import native as checkpoint
 from config.options import config_from_saved
-from datasets.captions import tokenizer_snapshot
-from errors import CheckpointError
+from errors import CheckpointError, first_line
 from modules.backbones import resolve_backbone
 from modules.levels import resolve_num_levels
 from pairs import build_model
@@ -325,7 +324,7 @@ def region_backbone_config(cfg, path: str) -> dict:
         return BertConfig.from_pretrained(folder).to_dict()
     except OSError as exc:
         raise CheckpointError(f"the BERT architecture of {path} comes from --bert_path {cfg.bert_path}, "
-                              f"which cannot be loaded: {str(exc).splitlines()[0]}") from exc
+                              f"which cannot be loaded: {first_line(exc)}") from exc
 
 
 def build_released(path: str, kind: str, cfg, parts: list, backbone_config: dict):
@@ -350,18 +349,3 @@ def released_history(payload: dict) -> str:
     parts = [f"epoch {epoch}" if epoch is not None else None,
              f"best rSum {float(best):.1f} as recorded by the released training" if best is not None else None]
     return ", ".join(part for part in parts if part) or "no training record in the file"
-
-
-def convert(path: str, out_path: str, args) -> str:
-    """Write a released checkpoint in our format (weights only, like model_best.pth)."""
-    from checkpoints.loading import load_model, read_checkpoint_config
-    read = read_checkpoint_config(path, args, require_data=False)
-    if read.kind == "native":
-        raise CheckpointError(f"{path} is already a dimmatch checkpoint ({read.source}); test.py and testall.py "
-                              "read it as it is")
-    loaded = load_model(read)
-    checkpoint.save(out_path, {"config": read.cfg.to_dict(), "backbone_config": loaded.model.backbone_config(),
-                               "model": loaded.model.state_dict(),
-                               "tokenizer": tokenizer_snapshot(loaded.tokenizer, loaded.model.text_kind),
-                               "progress": None, "metrics": None, "converted_from": path})
-    return read.source

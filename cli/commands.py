@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from checkpoints.atomic import atomic_save_npy, write_json
+from checkpoints.hub import resolve as resolve_checkpoint
 from config.resolve import check_device_options, resolve_train_config, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
+from evaluation.metrics import DIRECTIONS, RECALL_KEYS
 from pairs import pair_of
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
@@ -30,6 +32,8 @@ def run_train(given: dict) -> dict:
     from training.trainer import Trainer
 
     print_only = given.pop("print_config", False)
+    if given.get("init_from"):
+        given["init_from"] = resolve_checkpoint(given["init_from"], "--init_from")
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
         cfg = resumed_config(given, resume[1]["config"], resume[0])
@@ -101,6 +105,7 @@ def resume_checkpoint(given: dict):
     """(path, payload) of the checkpoint --resume continues, or None for --resume auto in a
     folder without checkpoint_last (a run that never wrote one, or none at all)."""
     from checkpoints import native
+    from checkpoints.loading import read_payload
     from training.state import BEST, LAST
     path = given.get("resume")
     if not path:
@@ -109,11 +114,16 @@ def resume_checkpoint(given: dict):
         folder = given.get("output_dir", "runs/exp")
         path = os.path.join(folder, LAST)
         if not os.path.isfile(path):
-            if os.path.isfile(os.path.join(folder, BEST)):
-                raise ConfigError(f"--resume auto: {folder} holds {BEST} but no {LAST}, so there is nothing to "
+            best = [name for name in (BEST, BEST + ".pth") if os.path.exists(os.path.join(folder, name))]
+            if best:
+                raise ConfigError(f"--resume auto: {folder} holds {best[0]} but no {LAST}, so there is nothing to "
                                   "resume; keep the run and start elsewhere, or replace it with --overwrite")
             return None
-    payload = native.load_native(path)
+    payload, _ = read_payload(path, training_state=True)
+    if not native.is_native(payload):
+        raise ConfigError(f"{path} is an authors' released checkpoint: it cannot be resumed; start from its weights "
+                          "with --init_from")
+    native.check_version(payload, path)
     if not all(key in payload for key in ("optimizer", "progress", "rng", "config")):
         raise ConfigError(f"{path} holds weights only (like {BEST} or a converted checkpoint): it cannot be "
                           f"resumed; resume from the run's {LAST}, or start from these weights with --init_from")
@@ -165,6 +175,8 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
     from evaluation.extended import extended_metrics, format_extended, load_annotations
     from evaluation.protocol import protocol_report
 
+    args.checkpoint = [resolve_checkpoint(path) for path in args.checkpoint]
+    args.shortlist = resolve_checkpoint(args.shortlist, "--shortlist")
     outputs = plan_outputs(args)
     annotations = load_annotations() if args.extended else None
     check_device_options(args)
@@ -242,7 +254,8 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     import time
 
     from checkpoints.loading import load_model
-    from evaluation.protocol import encode_split, protocol_report, two_stage_report
+    from evaluation.protocol import encode_split, protocol_report
+    from retrieval.two_stage import two_stage_report
     from provenance import read_scores
     data = data_identity(*member.split_data, args.split)
     exhaustive = read_scores(args.compare_sims, member.path, data) if args.compare_sims else None
@@ -275,7 +288,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
         report["exhaustive"], report["lost"] = full, recall_lost(full, report)
         say("recall lost against exhaustive scoring: " + ", ".join(
             f"{direction} R@{k[1:]} {report['lost']['full_5k' if coco_testall else 'split'][direction][k]:.2f}"
-            for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")))
+            for direction in DIRECTIONS for k in RECALL_KEYS))
     provenance = record("two_stage", [member.identity] + ([shortlister.identity] if shortlister else []), data,
                         rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index, amp=args.amp)
     if args.save_ranks:
@@ -292,8 +305,7 @@ def recall_lost(exhaustive: dict, two_stage: dict) -> dict:
     lost = {}
     for block in blocks:
         first, second = (exhaustive, two_stage) if block is None else (exhaustive[block], two_stage[block])
-        lost[block or "split"] = {d: {k: first[d][k] - second[d][k] for k in ("r1", "r5", "r10")}
-                                  for d in ("i2t", "t2i")}
+        lost[block or "split"] = {d: {k: first[d][k] - second[d][k] for k in RECALL_KEYS} for d in DIRECTIONS}
     return lost
 
 

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from errors import Stopped, UserError
+from errors import Stopped, UserError, first_line
 
 
 def _main_process() -> bool:
@@ -22,23 +22,13 @@ def _cleanup() -> None:
         distributed.cleanup()
 
 
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error (DataLoader workers wrap it in their traceback)."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    last = lines[-1].strip()
-    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else (lines[0] if len(lines) == 1 else last)
-
-
 def run_guarded(main, argv=None) -> int:
     """Run `main`, turning user errors into `error: ...` on one line and exit status 2."""
     try:
         main(argv)
     except UserError as exc:
         if _main_process():                    # under torchrun, one line for the run, not one per rank
-            print(f"error: {one_line(exc)}", file=sys.stderr)
+            print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except Stopped as exc:
         if _main_process():

@@ -19,7 +19,7 @@ logger = logging.getLogger("dimmatch")
 
 # what train.py writes into --output_dir (and --overwrite replaces)
 RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
-RUN_FOLDERS = ("tensorboard",)
+RUN_FOLDERS = ("tensorboard", "model_best")   # model_best: a model folder (model_best.pth: earlier versions)
 PROGRAM = "train.py"           # the writer of a run folder, in its manifest
 LOCK = ".lock"
 PREVIOUS = ".previous-run"     # an --overwrite'n run, kept until the new one's first checkpoint

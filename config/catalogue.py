@@ -79,3 +79,8 @@ HEADS = {head.name: head for head in (
     Declared("esl_a", "ESL, adaptive dimensional selective masks", (KERNEL_SIZE, ESL_LEVELS)),
     Declared("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)", (COSINE_POOL,)),
 )}
+
+LOSSES = {loss.name: loss for loss in (
+    Declared("hinge", "hinge (VSE++ after the warm-up epochs)"),
+    Declared("infonce", "infonce with CLIP's logit scale"),
+)}

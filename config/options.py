@@ -34,8 +34,6 @@ TRAIN = (
     Option("weight_decay", float, None, "AdamW decay [region: 1e-4; clip: 0.2]", low=0, high=1),
     Option("adam_eps", float, None, "AdamW eps [region: 1e-8; clip: 1e-6]", low=0, high=1, closed="(]"),
     Option("grad_clip", float, None, "grad-norm clip, 0 for none [region: 2.0; clip: 1.0]", low=0, high=1e6),
-    Option("loss", str, None, "hinge (VSE++ after the warm-up epochs) or infonce with CLIP's logit scale "
-                              "[region: hinge; clip: infonce]", choices=("hinge", "infonce")),
     Option("margin", float, 0.2, "hinge margin", low=0, high=100),
     Option("global_loss_weight", float, 0.0, "W > 0 adds W times the loss of the cosine of pooled region and word "
                                              "features, training a global stage for two-stage retrieval "
@@ -87,7 +85,8 @@ RUNTIME_OPTIONS = (
 )
 
 EVAL = (
-    Option("checkpoint", str, None, "our checkpoint (model_best.pth, checkpoint_last.pth) or an authors' released "
+    Option("checkpoint", str, None, "a model folder (runs/x/model_best), a hub name found in the HuggingFace cache "
+                                    "(ORG/NAME or ORG/NAME@REVISION), checkpoint_last.pth or an authors' released "
                                     "file; several: an ensemble, whose score matrices are averaged",
            COMMAND, nargs="+"),
     Option("weights", float, None, "ensemble weights, one per checkpoint (normalised to sum 1) [equal]", COMMAND,
@@ -135,29 +134,32 @@ LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer
                  "last_batch": "drop", "val_protocol": "first_1k", "global_loss_weight": 0.0}
 
 
-def registries() -> tuple[dict, dict]:
-    """(encoder pairs, heads) by name: the registries once the model code is imported (a pair or
-    head registered at run time included); before that, their declarations in config.catalogue,
-    which agree with them (tests/test_cli_startup.py), so that a command line is parsed without
+def registries() -> tuple[dict, dict, dict]:
+    """(encoder pairs, heads, losses) by name: the registries once the model code is imported (one
+    registered at run time included); before that, their declarations in config.catalogue, which
+    agree with them (tests/test_cli_startup.py), so that a command line is parsed without
     importing torch."""
     pairs = getattr(sys.modules.get("pairs"), "PAIRS", None)
     heads = getattr(sys.modules.get("modules.heads"), "HEADS", None)
-    return pairs or catalogue.PAIRS, heads or catalogue.HEADS
+    losses = getattr(sys.modules.get("modules.losses"), "LOSSES", None)
+    return pairs or catalogue.PAIRS, heads or catalogue.HEADS, losses or catalogue.LOSSES
 
 
-def model_choices() -> tuple[Option, Option]:
-    """--encoders and --sim_head, whose choices are the registries."""
-    pairs, heads = registries()
+def model_choices() -> tuple[Option, Option, Option]:
+    """--encoders, --sim_head and --loss, whose choices are the registries."""
+    pairs, heads, losses = registries()
     return (Option("encoders", str, "region_bert", "; ".join(f"{name}: {pair.summary}" for name, pair in pairs.items()),
                    MODEL, choices=tuple(pairs)),
             Option("sim_head", str, None, "; ".join(f"{name}: {head.summary}" for name, head in heads.items())
-                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(heads)))
+                   + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(heads)),
+            Option("loss", str, None, " or ".join(spec.summary for spec in losses.values())
+                   + " [the encoder pair's recipe: region hinge, clip infonce]", choices=tuple(losses)))
 
 
 def owned_options() -> list[tuple[str, tuple]]:
     """(title, options) of every encoder pair and head, for the parsers' groups; heads that share
     their options (esl_h, esl_a) share a group."""
-    pairs, heads = registries()
+    pairs, heads, _ = registries()
     groups = [(f"{name} encoders ({pair.summary})", pair.options) for name, pair in pairs.items()]
     shared: dict[tuple, list[str]] = {}
     for name, head in heads.items():
@@ -184,9 +186,3 @@ def config_from_saved(saved: dict, legacy: bool = True) -> Config:
     checkpoints had (LEGACY_VALUES, for our older checkpoints), then the schema's defaults."""
     values = {name: option.default for name, option in all_options().items()}
     return Config(**{**values, **(LEGACY_VALUES if legacy else {}), **saved})
-
-
-def check_values(values: dict, options: dict) -> None:
-    for name, value in values.items():
-        if name in options:
-            options[name].check(value)

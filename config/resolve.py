@@ -68,6 +68,7 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     """The config of a new run from the options `given` on the command line (and, with
     --init_from, the config `init_cfg` of its checkpoint)."""
     from modules.heads import HEADS
+    from modules.losses import LOSSES
     from pairs import PAIRS
     options = all_options()
     values = {name: option.default for name, option in options.items()}
@@ -89,8 +90,9 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     if head.resolve is not None:
         head.resolve(values)
 
-    if values["loss"] == "infonce" and not pair.logit_scale:
-        raise ConfigError(f"--loss infonce needs CLIP's logit scale; use --loss hinge with {encoders} encoders")
+    if LOSSES[values["loss"]].needs_logit_scale and not pair.logit_scale:
+        raise ConfigError(f"--loss {values['loss']} needs CLIP's logit scale; use --loss hinge with {encoders} "
+                          "encoders")
     if values["val_split"] in ("test", "testall"):
         raise ConfigError(f"--val_split {values['val_split']}: the model would be selected on the test set, which "
                           "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
@@ -123,11 +125,3 @@ def check_device_options(cfg) -> None:
         raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
     if cfg.tf32 == "on" and not cuda:
         raise ConfigError("--tf32 on needs CUDA (TF32 is a mode of NVIDIA GPUs; the CPU computes in fp32)")
-
-
-def train_config(argv) -> Config:
-    """The config of a new run from train.py's arguments (no --resume, no --init_from)."""
-    from .parsers import train_parser
-    given = vars(train_parser().parse_args(argv))
-    check_command(given)
-    return resolve_train_config(given)

@@ -5,6 +5,7 @@ import html
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 from transformers import AutoTokenizer, BertTokenizer, CLIPTokenizer
@@ -15,9 +16,44 @@ from modules.backbones import resolve_backbone
 
 logger = logging.getLogger("dimmatch")
 
-TOKENIZER_FILES = {"bert": (("vocab.txt",), ("tokenizer.json",)),
-                   "clip": (("vocab.json", "merges.txt"), ("tokenizer.json",))}
-OPTION = {"bert": "--bert_path", "clip": "--clip_path"}
+@dataclass(frozen=True)
+class TokenizerFamily:
+    """A tokenizer family (an encoder pair's `text_kind`, the `kind` checkpoints record): the option
+    naming its folder, the file sets a folder must hold (any one of them), the tokenizer class, the
+    special tokens that must fit the model's embedding table, and whether the text tower masks by
+    the pad id (then the tokenizer's must equal it)."""
+
+    name: str
+    option: str
+    files: tuple
+    tokenizer_class: type
+    special_tokens: tuple
+    pad_masked: bool = False
+
+
+TOKENIZER_FAMILIES: dict[str, TokenizerFamily] = {}
+
+
+def register_tokenizer_family(family: TokenizerFamily) -> TokenizerFamily:
+    """The released families (BERT WordPiece, CLIP BPE) are registered below; a new one by the module
+    of the encoder pair that uses it, without a change here."""
+    if TOKENIZER_FAMILIES.get(family.name, family) != family:
+        raise ValueError(f"tokenizer family {family.name} is registered twice, differently")
+    TOKENIZER_FAMILIES[family.name] = family
+    return family
+
+
+def tokenizer_family(kind: str) -> TokenizerFamily:
+    if kind not in TOKENIZER_FAMILIES:
+        raise ConfigError(f"no tokenizer family {kind!r} is registered (known: {', '.join(TOKENIZER_FAMILIES)})")
+    return TOKENIZER_FAMILIES[kind]
+
+
+register_tokenizer_family(TokenizerFamily("bert", "--bert_path", (("vocab.txt",), ("tokenizer.json",)), BertTokenizer,
+                                          ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"),
+                                          pad_masked=True))
+register_tokenizer_family(TokenizerFamily("clip", "--clip_path", (("vocab.json", "merges.txt"), ("tokenizer.json",)),
+                                          CLIPTokenizer, ("bos_token", "eos_token", "pad_token")))
 
 
 def load_tokenizer(kind: str, path: str, need_config: bool = True):
@@ -26,12 +62,13 @@ def load_tokenizer(kind: str, path: str, need_config: bool = True):
 
     A folder without the tokenizer's files is an error: transformers would otherwise build a
     tokenizer of special tokens only and map every word to [UNK] without a word of warning."""
-    option = OPTION[kind]
+    family = tokenizer_family(kind)
+    option = family.option
     folder = resolve_backbone(path, option, need_config)
-    if not any(all(os.path.isfile(os.path.join(folder, name)) for name in files) for files in TOKENIZER_FILES[kind]):
-        wanted = " or ".join("+".join(files) for files in TOKENIZER_FILES[kind])
+    if not any(all(os.path.isfile(os.path.join(folder, name)) for name in files) for files in family.files):
+        wanted = " or ".join("+".join(files) for files in family.files)
         raise ConfigError(f"{option} {path} has no {kind.upper()} tokenizer files ({wanted})")
-    tokenizer_class = {"bert": BertTokenizer, "clip": CLIPTokenizer}[kind]
+    tokenizer_class = family.tokenizer_class
     try:
         tokenizer = tokenizer_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as first_error:
@@ -57,7 +94,7 @@ def tokenizer_snapshot(tokenizer, kind: str) -> dict:
 
 
 def tokenizer_from_snapshot(snapshot: dict):
-    tokenizer_class = {"bert": BertTokenizer, "clip": CLIPTokenizer}[snapshot["kind"]]
+    tokenizer_class = tokenizer_family(snapshot["kind"]).tokenizer_class
     with tempfile.TemporaryDirectory() as folder:
         for name, text in snapshot["files"].items():
             with open(os.path.join(folder, os.path.basename(name)), "w", encoding="utf-8") as handle:
@@ -189,10 +226,6 @@ def note_truncation(encoder, caption: str) -> None:
                        encoder.max_positions, encoder.truncation_note(), caption[:60] + "...")
 
 
-SPECIAL_TOKENS = {"bert": ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"),
-                  "clip": ("bos_token", "eos_token", "pad_token")}
-
-
 def check_tokenizer(tokenizer, kind: str, text_tokens: dict, source: str, reference=None) -> None:
     """Refuse a tokenizer that does not fit the model's embedding table (or, when the checkpoint
     carries its own tokenizer, differs from it): every caption would be encoded wrongly."""
@@ -201,7 +234,8 @@ def check_tokenizer(tokenizer, kind: str, text_tokens: dict, source: str, refere
     if vocabulary != rows:
         raise ConfigError(f"the tokenizer of {source} has {vocabulary} tokens but the model's embedding table has "
                           f"{rows} rows: it is not the tokenizer this model was trained with")
-    for name in SPECIAL_TOKENS[kind]:
+    family = tokenizer_family(kind)
+    for name in family.special_tokens:
         token_id = getattr(tokenizer, f"{name}_id", None)
         if token_id is None or not 0 <= token_id < rows:
             raise ConfigError(f"the tokenizer of {source} has no usable {name} (id {token_id}) for an embedding "
@@ -209,7 +243,7 @@ def check_tokenizer(tokenizer, kind: str, text_tokens: dict, source: str, refere
         if reference is not None and getattr(reference, f"{name}_id") != token_id:
             raise ConfigError(f"the tokenizer of {source} gives {name} the id {token_id}, the checkpoint's own "
                               f"tokenizer {getattr(reference, f'{name}_id')}")
-    if text_tokens.get("pad") is not None and kind == "bert" and tokenizer.pad_token_id != text_tokens["pad"]:
+    if text_tokens.get("pad") is not None and family.pad_masked and tokenizer.pad_token_id != text_tokens["pad"]:
         raise ConfigError(f"the tokenizer of {source} pads with id {tokenizer.pad_token_id}, the model masks id "
                           f"{text_tokens['pad']}")
     if text_tokens.get("eos") is not None and tokenizer.eos_token_id != text_tokens["eos"]:

@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
         train_argv = prepare(args)
         print(f"demo data and backbone in {args.output}; training: python train.py {' '.join(train_argv)}")
         train(train_argv)
-        checkpoint = os.path.join(run_folder(args), "model_best.pth")
+        checkpoint = os.path.join(run_folder(args), "model_best")
         print(f"\nevaluation: python test.py --checkpoint {checkpoint} --workers 0")
         result = evaluate(["--checkpoint", checkpoint, "--workers", "0"], "test")
     except BaseException:

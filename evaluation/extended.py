@@ -103,15 +103,6 @@ def row_ids(ids: np.ndarray, n_images: int, annotations: dict, source: str) -> t
     return np.asarray(image_ids, dtype=np.int64), np.asarray(caption_ids, dtype=np.int64)
 
 
-def precomp_ids(cfg, split: str) -> tuple[np.ndarray, str]:
-    """The ids SCAN ships next to precomputed features (<split>_ids.txt)."""
-    path = os.path.join(cfg.data_path, cfg.data_name, f"{split}_ids.txt")
-    if not os.path.isfile(path):
-        raise DataError(f"{path} is missing: --extended needs the COCO ids of the rows (SCAN's {split}_ids.txt, "
-                        "or a file of ids given with --ids_file)")
-    return read_ids(path), path
-
-
 def positive_positions(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """0-based positions of the positive columns in the ranking of `row`, best first, a negative
     tied with a positive ranking before it (ties count against the model)."""

@@ -71,29 +71,39 @@ def two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores) -> tuple[np.nd
     return i2t, t2i
 
 
+# The metric keys, declared once: validation, reports, two-stage comparisons, the sweep and the
+# model card read them from here. rSum is the sum of the recalls of both directions.
+DIRECTIONS = ("i2t", "t2i")
+RECALL_AT = (1, 5, 10)
+RECALL_KEYS = tuple(f"r{k}" for k in RECALL_AT)
+
+
+def rsum_of(i2t: dict, t2i: dict) -> float:
+    return round(sum(i2t[k] + t2i[k] for k in RECALL_KEYS), 10)
+
+
+def recall_line(metrics: dict, direction: str, width: int = 0, sep: str = "  ") -> str:
+    """'R@1 x  R@5 y  R@10 z' of one direction."""
+    return sep.join(f"R@{k} {metrics[direction][f'r{k}']:{width}.1f}" for k in RECALL_AT)
+
+
 def two_stage_metrics(i2t_items, i2t_scores, t2i_items, t2i_scores) -> dict:
     """Recall@K, MedR, MeanR and rSum of re-ranked shortlists."""
     i2t, t2i = (recall_summary(ranks) for ranks in two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores))
-    return {"i2t": i2t, "t2i": t2i, "rsum": round(sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10")), 10)}
+    return {"i2t": i2t, "t2i": t2i, "rsum": rsum_of(i2t, t2i)}
 
 
 def recall_summary(ranks: np.ndarray) -> dict:
     """Rounded to 10 decimals: 14.000000000000002 is 14 (the counts behind them are exact)."""
-    return {
-        "r1": round(100.0 * float(np.mean(ranks < 1)), 10),
-        "r5": round(100.0 * float(np.mean(ranks < 5)), 10),
-        "r10": round(100.0 * float(np.mean(ranks < 10)), 10),
-        "medr": float(np.floor(np.median(ranks)) + 1),
-        "meanr": round(float(ranks.mean() + 1), 10),
-    }
+    recalls = {f"r{k}": round(100.0 * float(np.mean(ranks < k)), 10) for k in RECALL_AT}
+    return {**recalls, "medr": float(np.floor(np.median(ranks)) + 1), "meanr": round(float(ranks.mean() + 1), 10)}
 
 
 def retrieval_metrics(sims) -> dict:
     """{'i2t': {...}, 't2i': {...}, 'rsum': float} of one score matrix."""
     i2t = recall_summary(i2t_ranks(sims))
     t2i = recall_summary(t2i_ranks(sims))
-    rsum = round(sum(i2t[k] + t2i[k] for k in ("r1", "r5", "r10")), 10)
-    return {"i2t": i2t, "t2i": t2i, "rsum": rsum}
+    return {"i2t": i2t, "t2i": t2i, "rsum": rsum_of(i2t, t2i)}
 
 
 def coco_five_fold(sims, folds: int = 5) -> dict:
@@ -116,7 +126,7 @@ def mean_metrics(results: list[dict]) -> dict:
     """The mean of several metrics dicts (COCO 1K: of the five folds), key by key."""
     mean = {
         direction: {key: float(np.mean([r[direction][key] for r in results])) for key in results[0][direction]}
-        for direction in ("i2t", "t2i")
+        for direction in DIRECTIONS
     }
     mean["rsum"] = float(np.mean([r["rsum"] for r in results]))
     return mean
@@ -126,10 +136,8 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     """A two-line Recall table."""
     i2t, t2i = metrics["i2t"], metrics["t2i"]
     header = f"{title}\n" if title else ""
-    return (f"{header}Image to text: R@1 {i2t['r1']:.1f}  R@5 {i2t['r5']:.1f}  R@10 {i2t['r10']:.1f}  "
-            f"MedR {i2t['medr']:.1f}  MeanR {i2t['meanr']:.1f}\n"
-            f"Text to image: R@1 {t2i['r1']:.1f}  R@5 {t2i['r5']:.1f}  R@10 {t2i['r10']:.1f}  "
-            f"MedR {t2i['medr']:.1f}  MeanR {t2i['meanr']:.1f}\n"
+    return (f"{header}Image to text: {recall_line(metrics, 'i2t')}  MedR {i2t['medr']:.1f}  MeanR {i2t['meanr']:.1f}\n"
+            f"Text to image: {recall_line(metrics, 't2i')}  MedR {t2i['medr']:.1f}  MeanR {t2i['meanr']:.1f}\n"
             f"rSum {metrics['rsum']:.1f}")
 
 

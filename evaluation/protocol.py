@@ -12,16 +12,13 @@ from torch.utils.data import DataLoader
 from datasets.batching import CaptionSet, Collate, ignore_stop_signals
 from devices import distributed
 from datasets.precomp import CAPTIONS_PER_IMAGE
-from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics, two_stage_metrics
+from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics
 from .scoring import encode_items, score_all
 
 logger = logging.getLogger("dimmatch")
 
 COCO_FOLDS = 5
-# Model selection during training (training.validation): the first 1,000 images of the validation
-# split (the released region code, VSE-infinity's dev loader), or the whole split in 5 folds with the
-# last fold's rSum (what the released ESL-CLIP COCO trainer returns) or their mean rSum selecting.
-VALIDATION_MAX_IMAGES = 1000
+VALIDATION_MAX_IMAGES = 1000      # first_1k (config.options.VALIDATION_PROTOCOLS)
 
 
 def _loader(dataset, batch_size: int, workers: int, pad_id: int) -> DataLoader:
@@ -74,40 +71,6 @@ def encode_split(model, split_data, caption_encoder, device: torch.device, *, am
     return images, caption_items, torch.cat(vectors[0]).numpy(), torch.cat(vectors[1]).numpy()
 
 
-def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall: bool, label: str,
-                     device: torch.device, mem_gb: float | None = None, amp: str = "off", progress: bool = True):
-    """(metrics, printed table, re-ranked shortlists of the whole split) of two-stage retrieval: the
-    first stage's global vectors (images, captions) shortlist K items per query, the head re-ranks.
-    COCO testall: each 1K fold on its own (its shortlists within the fold), and the whole 5K."""
-    from retrieval.two_stage import rerank, shortlist
-    images, captions = encoded
-    image_vectors, caption_vectors = first_stage
-    n_images = len(images)
-
-    def run(first: int, stop: int):
-        lists = shortlist(image_vectors[first:stop], caption_vectors[first * 5:stop * 5], k, kind)
-        result = rerank(head, images.subset(first, stop), captions.subset(first * 5, stop * 5), lists, device,
-                        mem_gb, amp, progress)
-        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
-        return {**metrics, "two_stage": result.cost(stop - first, 5 * (stop - first))}, result
-
-    full, whole = run(0, n_images)
-    cost = full["two_stage"]
-    line = (f"two-stage, K = {cost['k']} ({cost['index']} index): {cost['pairs_scored']:,} pairs scored by the head "
-            f"of {cost['exhaustive_pairs']:,} ({cost['exhaustive_pairs'] / max(1, cost['pairs_scored']):.1f}x fewer); "
-            f"shortlists {cost['shortlist_seconds']:.2f}s, re-ranking {cost['rerank_seconds']:.2f}s"
-            + (f"; the index holds {100 * cost['index_recall_vs_exact']:.1f}% of the exact shortlists"
-               if cost["index_recall_vs_exact"] is not None else ""))
-    if not coco_testall:
-        return full, format_metrics(full, f"{label}: {n_images} images, {5 * n_images} captions") + "\n" + line, whole
-    size = n_images // COCO_FOLDS
-    folds = [run(fold * size, (fold + 1) * size)[0] for fold in range(COCO_FOLDS)]
-    mean = mean_metrics(folds)
-    text = (format_metrics(mean, f"{label}: mean of 5 folds of {size} images") + "\n"
-            + format_metrics(full, f"{label}: full {n_images} images") + fold_note(size) + "\n" + line)
-    return {"five_fold_1k": mean, "full_5k": full, "folds": folds}, text, whole
-
-
 def evaluate_split(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
     sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
     return {"metrics": retrieval_metrics(sims), "info": info, "sims": sims}
@@ -149,7 +112,8 @@ def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:
     if coco_testall:
         folds = coco_five_fold(sims, COCO_FOLDS)
         full = retrieval_metrics(sims)
-        text = (format_metrics(folds["mean"], f"{label}: mean of 5 folds of {folds['fold_images']} images") + "\n"
+        mean_title = f"{label}: mean of {COCO_FOLDS} folds of {folds['fold_images']} images"
+        text = (format_metrics(folds["mean"], mean_title) + "\n"
                 + format_metrics(full, f"{label}: full {n_images} images") + fold_note(folds["fold_images"]))
         return {"five_fold_1k": folds["mean"], "full_5k": full, "folds": folds["folds"]}, text
     metrics = retrieval_metrics(sims)

@@ -51,24 +51,32 @@ def resolve_backbone(name: str, option: str, need_config: bool = True) -> str:
     if _looks_like_a_path(name):
         raise ConfigError(f"{option} {name}: no such folder (relative paths are read from {os.getcwd()})")
 
+    return hub_snapshot(name, option, allow_patterns=DOWNLOAD_PATTERNS,
+                        how=f"give a local copy ({option} DIR, a folder written by save_pretrained)")
+
+
+def hub_snapshot(repo_id: str, option: str, how: str, revision: str | None = None, local_files_only: bool = False,
+                 allow_patterns: list | None = None, what: str = "a folder") -> str:
+    """The local folder of hub repository `repo_id` at `revision`: from the HuggingFace cache, else
+    downloaded (unless offline or `local_files_only`); every failure is one line ending in `how`."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    shown = repo_id + (f"@{revision}" if revision else "")
     try:
-        return snapshot_download(name, local_files_only=True)
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         pass
-    how = f"give a local copy ({option} DIR, a folder written by save_pretrained)"
-    where = f"{option} {name} is neither a folder here ({os.getcwd()}) nor in the HuggingFace cache"
-    if constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"{where}, and HF_HUB_OFFLINE is set: {how}, or download it once online")
+    where = f"{option} {shown} is neither {what} here ({os.getcwd()}) nor in the HuggingFace cache"
+    if constants.HF_HUB_OFFLINE or local_files_only:
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "only local files are allowed"
+        raise ConfigError(f"{where}, and {reason}: {how}, or download it once online")
     reason = _hub_unreachable(constants.ENDPOINT)
     if reason is not None:
         raise ConfigError(f"{where}, and {constants.ENDPOINT} cannot be reached ({reason}): {how}")
     try:
-        return snapshot_download(name, allow_patterns=DOWNLOAD_PATTERNS)
+        return snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns)
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise ConfigError(f"{option} {name} could not be downloaded ({first}): {how}") from exc
+        raise ConfigError(f"{option} {shown} could not be downloaded ({first_line(exc)}): {how}") from exc
 
 
 @contextlib.contextmanager

@@ -66,10 +66,6 @@ class ESLLevels(nn.Module):
             self.masks = nn.ModuleList(
                 nn.Embedding(self.widths[level + 1], self.widths[level]) for level in range(num_levels))
 
-    @property
-    def out_width(self) -> int:
-        return sum(self.widths)
-
     def selective_masks(self) -> list[torch.Tensor]:
         """Adaptive strategy: the sparse (n_l x n_{l-1}) matrices actually applied."""
         matrices = []

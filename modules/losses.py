@@ -6,6 +6,9 @@ process the blocks are the whole matrix and its transpose; under DDP each rank p
 the rows and columns it owns, and the sum over ranks is the single-process loss.
 """
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,10 +19,16 @@ class HingeLoss(nn.Module):
 
     uses_logit_scale = False
 
-    def __init__(self, margin: float = 0.2, max_violation: bool = False):
+    def __init__(self, margin: float = 0.2, max_violation: bool = False, mean_warmup_epochs: int = 0):
         super().__init__()
         self.margin = margin
+        self.hardest_always = max_violation
         self.max_violation = max_violation
+        self.mean_warmup_epochs = mean_warmup_epochs
+
+    def start_epoch(self, epoch: int) -> None:
+        """Violations summed over all negatives during the warm-up epochs, the hardest one after (VSE++)."""
+        self.max_violation = self.hardest_always or epoch >= self.mean_warmup_epochs
 
     def query_costs(self, block: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         positive_scores = block.gather(1, positives[:, None])
@@ -36,6 +45,9 @@ class InfoNCELoss(nn.Module):
 
     uses_logit_scale = True
 
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
     def forward(self, rows, row_positives, columns, column_positives, batch_size):
         row_ce = F.cross_entropy(rows, row_positives, reduction="sum")
         column_ce = F.cross_entropy(columns, column_positives, reduction="sum")
@@ -46,3 +58,34 @@ def full_matrix_loss(criterion: nn.Module, scores: torch.Tensor) -> torch.Tensor
     """The loss of a square score matrix with diagonal positives (single process)."""
     positives = torch.arange(scores.shape[0], device=scores.device)
     return criterion(scores, positives, scores.t(), positives, scores.shape[0])
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered training loss (`--loss NAME`): `build(cfg)` makes the module (with `start_epoch`
+    and `uses_logit_scale`); `needs_logit_scale` losses train only encoder pairs that carry one."""
+
+    name: str
+    summary: str
+    build: Callable
+    needs_logit_scale: bool = False
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(spec: LossSpec) -> LossSpec:
+    if spec.name in LOSSES:
+        raise ValueError(f"loss {spec.name} is registered twice")
+    LOSSES[spec.name] = spec
+    return spec
+
+
+register_loss(LossSpec("hinge", "hinge (VSE++ after the warm-up epochs)",
+                       lambda cfg: HingeLoss(cfg.margin, cfg.max_violation, cfg.vse_mean_warmup_epochs)))
+register_loss(LossSpec("infonce", "infonce with CLIP's logit scale", lambda cfg: InfoNCELoss(),
+                       needs_logit_scale=True))
+
+
+def build_loss(cfg) -> nn.Module:
+    return LOSSES[cfg.loss].build(cfg)

@@ -7,7 +7,7 @@ from datasets.captions import ClipCaptionEncoder
 from datasets.karpathy import (ImageFileSet, KarpathyTrainDataset, annotation_file,
                                check_images_exist, evaluation_entries, load_karpathy_split)
 from datasets.karpathy import caption_ids as karpathy_caption_ids
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, first_line
 from modules.clip_encoder import ClipEncoders, build_clip, clip_text_tokens
 from modules.heads import GLOBAL
 from .base import EncoderPair
@@ -29,7 +29,7 @@ def _clip_config(clip_path: str):
     try:
         return CLIPConfig.from_pretrained(resolve_backbone(clip_path, "--clip_path"))
     except OSError as exc:
-        raise ConfigError(f"--clip_path {clip_path}: no CLIP config found ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"--clip_path {clip_path}: no CLIP config found ({first_line(exc)})") from exc
 
 
 def text_positions(cfg) -> int:

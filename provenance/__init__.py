@@ -3,8 +3,9 @@
 Every file a program writes from a model (score matrices, rank files, indexes, reports, exports)
 carries a provenance record, and every program that reads one back checks it against what it
 combines it with or queries it by, refusing a mismatch in one line. Identities are contents, not
-paths: a checkpoint by the SHA-256 of its file, a caption list by the SHA-256 of its text, images by
-their file names in order (raw images) or by a fingerprint of the feature file (regions).
+paths: a checkpoint by the SHA-256 of its file (a model folder by that of its config and weights), a
+caption list by the SHA-256 of its text, images by their file names in order (raw images) or by a
+fingerprint of the feature file (regions).
 """
 
 import hashlib
@@ -63,8 +64,21 @@ def array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(str((array.dtype.str, array.shape)).encode() + array.data).hexdigest()
 
 
+FOLDER_FILES = ("config.json", "model.safetensors")   # what identifies a model folder (checkpoints.hub)
+
+
+def content_sha256(path: str) -> str:
+    """A checkpoint's content hash: a file's SHA-256, or for a model folder the hash of its config
+    (which records the hash of every other file in it) and its weights."""
+    if not os.path.isdir(path):
+        return file_sha256(path)
+    parts = [f"{name}:{file_sha256(os.path.join(path, name))}" for name in FOLDER_FILES
+             if os.path.isfile(os.path.join(path, name))]
+    return "folder:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def checkpoint_identity(path: str) -> dict:
-    return {"sha256": file_sha256(path), "file": os.path.abspath(path)}
+    return {"sha256": content_sha256(path), "file": os.path.abspath(path)}
 
 
 def data_identity(image_set, captions: list[str], split: str) -> dict:
@@ -111,12 +125,12 @@ def check_same_data(first: dict, second: dict, first_name: str, second_name: str
 
 
 def check_checkpoint(saved: dict, path: str, where: str, option: str = "--checkpoint") -> None:
-    """The checkpoint file at `path` is the one `saved` (a checkpoint identity) was made with;
-    `option` is the one that gives its new place."""
-    if not os.path.isfile(path):
+    """The checkpoint (file or model folder) at `path` is the one `saved` (a checkpoint identity)
+    was made with; `option` is the one that gives its new place."""
+    if not os.path.exists(path):
         raise UserError(f"{where} was made with checkpoint {saved['file']}, which is not at {path} any more; give "
                         f"its new place with {option}")
-    found = file_sha256(path)
+    found = content_sha256(path)
     if found != saved["sha256"]:
         if os.path.abspath(path) == saved["file"]:
             raise UserError(f"{where} was made with another checkpoint than {path}: the file has changed since "

@@ -34,7 +34,7 @@ from datasets.batching import Collate
 from errors import ConfigError, DataError, first_line
 from evaluation.scoring import EncodedItems
 from provenance import read_record
-from .search import build_index, faiss
+from .search import build_index, faiss, search
 
 FORMAT = "dimmatch-index"
 VERSION = 3
@@ -200,5 +200,4 @@ class CollectionIndex:
             yield start, self.items(np.arange(start, min(len(self), start + size)))
 
     def search(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        from .search import search
         return search(self.index, vectors, k)[1]

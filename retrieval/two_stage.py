@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datasets.precomp import CAPTIONS_PER_IMAGE
 from devices import autocast_context
+from evaluation.metrics import format_metrics, mean_metrics, two_stage_metrics
+from evaluation.protocol import COCO_FOLDS, fold_note
 from .search import build_index, recall_against_exact, search
 
 CPU_BLOCK_BYTES = 32 * 2**20
@@ -118,3 +121,38 @@ def rerank(head, images, captions, lists: Shortlists, device: torch.device, mem_
     i2t = lookup(keys, scores, lists.i2t, len(captions), images_query=True)
     t2i = lookup(keys, scores, lists.t2i, len(captions), images_query=False)
     return Reranked(lists, i2t, t2i, len(keys), time.perf_counter() - started)
+
+
+def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall: bool, label: str,
+                     device: torch.device, mem_gb: float | None = None, amp: str = "off", progress: bool = True):
+    """(metrics, printed table, re-ranked shortlists of the whole split) of two-stage retrieval: the
+    first stage's global vectors (images, captions) shortlist K items per query, the head re-ranks.
+    COCO testall: each 1K fold on its own (its shortlists within the fold), and the whole 5K."""
+    images, captions = encoded
+    image_vectors, caption_vectors = first_stage
+    n_images = len(images)
+
+    def run(first: int, stop: int):
+        per = CAPTIONS_PER_IMAGE
+        lists = shortlist(image_vectors[first:stop], caption_vectors[first * per:stop * per], k, kind)
+        result = rerank(head, images.subset(first, stop), captions.subset(first * per, stop * per), lists, device,
+                        mem_gb, amp, progress)
+        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
+        return {**metrics, "two_stage": result.cost(stop - first, CAPTIONS_PER_IMAGE * (stop - first))}, result
+
+    full, whole = run(0, n_images)
+    cost = full["two_stage"]
+    line = (f"two-stage, K = {cost['k']} ({cost['index']} index): {cost['pairs_scored']:,} pairs scored by the head "
+            f"of {cost['exhaustive_pairs']:,} ({cost['exhaustive_pairs'] / max(1, cost['pairs_scored']):.1f}x fewer); "
+            f"shortlists {cost['shortlist_seconds']:.2f}s, re-ranking {cost['rerank_seconds']:.2f}s"
+            + (f"; the index holds {100 * cost['index_recall_vs_exact']:.1f}% of the exact shortlists"
+               if cost["index_recall_vs_exact"] is not None else ""))
+    if not coco_testall:
+        title = f"{label}: {n_images} images, {CAPTIONS_PER_IMAGE * n_images} captions"
+        return full, format_metrics(full, title) + "\n" + line, whole
+    size = n_images // COCO_FOLDS
+    folds = [run(fold * size, (fold + 1) * size)[0] for fold in range(COCO_FOLDS)]
+    mean = mean_metrics(folds)
+    text = (format_metrics(mean, f"{label}: mean of {COCO_FOLDS} folds of {size} images") + "\n"
+            + format_metrics(full, f"{label}: full {n_images} images") + fold_note(size) + "\n" + line)
+    return {"five_fold_1k": mean, "full_5k": full, "folds": folds}, text, whole

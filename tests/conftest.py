@@ -1,6 +1,8 @@
 """Shared fixtures: tiny backbones and small datasets written in the real on-disk formats."""
 
+import hashlib
 import os
+import shutil
 import sys
 
 import pytest
@@ -103,3 +105,36 @@ def make_config(**values):
     """A complete config: the schema's defaults with `values` (as a released checkpoint's config is built)."""
     from config.options import config_from_saved
     return config_from_saved(values, legacy=False)
+
+
+# ----------------------------------------------------------------------------- a finished run (test_inputs, test_tokenizers)
+
+def tree_state(folder) -> dict:
+    """Every file under `folder` with a hash of its content (empty when the folder is absent)."""
+    state = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as handle:
+                state[os.path.relpath(path, folder)] = hashlib.sha1(handle.read()).hexdigest()
+    return state
+
+
+def train_args(data_path, bert, out, *extra):
+    return ["--data_path", str(data_path), "--data_name", "f30k_precomp", "--bert_path", str(bert),
+            "--img_dim", str(REGION_DIM), "--batch_size", "16", "--num_epochs", "1", "--workers", "0",
+            "--embed_size", "16", "--sim_head", "esl_h", "--output_dir", str(out), "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, region_data, tiny_bert):
+    """A run trained with a BERT folder that is deleted afterwards: (run folder, data path, rSum)."""
+    root = tmp_path_factory.mktemp("trained")
+    bert = root / "bert_copy"
+    shutil.copytree(tiny_bert, bert)
+    out = root / "run"
+    from cli.commands import evaluate, train
+    assert run_cli(train, train_args(region_data[0], bert, out)) == 0
+    result = evaluate(["--checkpoint", str(out / "model_best"), "--data_path", region_data[0], "--workers", "0"])
+    shutil.rmtree(bert)
+    return out, region_data[0], result["report"]["rsum"]

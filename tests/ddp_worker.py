@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devices import distributed  # noqa: E402
-from config.resolve import train_config  # noqa: E402
+from configs import train_config  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 

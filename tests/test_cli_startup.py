@@ -65,14 +65,15 @@ def test_answers_without_the_heavy_imports(argv, code):
 
 
 def test_the_light_catalogue_agrees_with_the_registries():
-    """The declarations the parsers use are those of the encoder pairs and heads that build models."""
+    """The declarations the parsers use are those of the encoder pairs, heads and losses that build models."""
     from config import catalogue
     from modules.heads import HEADS
+    from modules.losses import LOSSES
     from pairs import PAIRS
-    assert list(catalogue.PAIRS) == list(PAIRS) and list(catalogue.HEADS) == list(HEADS)
-    for declared, registry in ((catalogue.PAIRS, PAIRS), (catalogue.HEADS, HEADS)):
+    for declared, registry in ((catalogue.PAIRS, PAIRS), (catalogue.HEADS, HEADS), (catalogue.LOSSES, LOSSES)):
+        assert list(declared) == list(registry)
         for name, spec in registry.items():
-            assert (spec.name, spec.summary, spec.options) == \
+            assert (spec.name, spec.summary, getattr(spec, "options", ())) == \
                    (declared[name].name, declared[name].summary, declared[name].options)
 
 

@@ -42,7 +42,7 @@ def test_cpu_and_cuda_scores_agree_and_cuda_checkpoints_load_on_cpu(cuda_run, re
     matrices = {}
     for device in ("cpu", "cuda"):
         path = tmp_path / f"{device}.npy"
-        assert run_cli(TEST, ["--checkpoint", str(cuda_run / "model_best.pth"), "--data_path", region_data[0],
+        assert run_cli(TEST, ["--checkpoint", str(cuda_run / "model_best"), "--data_path", region_data[0],
                               "--workers", "0", "--device", device, "--save_sims", str(path)]) == 0
         matrices[device] = np.load(path)
     scale = np.abs(matrices["cpu"]).max()

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from conftest import make_config
-from checkpoints.released import read_checkpoint
+from conftest import error_line, make_config
+from checkpoints.loading import read_payload
 from datasets.captions import tokenizer_from_snapshot
 from datasets.karpathy import ImageFileSet, load_karpathy_split
 from datasets.precomp import PrecompSplit
@@ -54,7 +54,7 @@ def test_chance_level():
 def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",
                     "--output", str(tmp_path)])
-    payload = read_checkpoint(summary["checkpoint"])
+    payload, _ = read_payload(summary["checkpoint"])
     cfg = make_config(**payload["config"])
     torch.manual_seed(123)
     untrained = build_model(cfg, backbone_config=payload["backbone_config"])
@@ -64,3 +64,17 @@ def test_short_demo_beats_a_random_model(tmp_path, system):
                                  progress=False)["metrics"]["rsum"]
     assert summary["rsum"] > random_rsum + 50, (summary["rsum"], random_rsum)
     assert summary["rsum"] > summary["chance_rsum"] + 50
+
+
+def test_make_demo_data_checks_its_options_and_keeps_what_is_there(tmp_path, capsys):
+    from tools.make_demo_data import main
+    assert error_line(main, [str(tmp_path / "d"), "--train_images", "-5"], capsys) == \
+        "--train_images must be at least 1 (got -5)"
+    (tmp_path / "afile").write_text("x")
+    assert error_line(main, [str(tmp_path / "afile")], capsys) == f"--output {tmp_path / 'afile'} is a file; give a folder"
+    assert error_line(main, [str(tmp_path / "d"), "--train_image", "10"], capsys).startswith("unrecognized arguments")
+    (tmp_path / "d" / "regions").mkdir(parents=True)
+    assert error_line(main, [str(tmp_path / "d"), "--train_images", "10", "--test_images", "5"], capsys) == (
+        f"output {tmp_path / 'd'} holds regions, which no command of ours wrote (no .dimmatch-manifest.json records "
+        "it); tools/make_demo_data.py never replaces it: choose another folder")
+    assert not os.listdir(tmp_path / "d" / "regions")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from config.resolve import train_config
+from configs import train_config
 from training.trainer import Trainer
 from global_batch import global_batch
 
@@ -78,7 +78,7 @@ def test_train_py_under_torchrun_writes_one_checkpoint(tmp_path, image_data, tin
     # 320 pairs in global batches of 18: 17 full ones and a kept last batch of 14, 7 on each rank
     torchrun(os.path.join(ROOT, "train.py"), *clip_args(image_data, tiny_clip, out), "--num_epochs", "1",
              "--batch_size", "18")
-    assert (out / "model_best.pth").is_file() and (out / "checkpoint_last.pth").is_file()
+    assert (out / "model_best" / "model.safetensors").is_file() and (out / "checkpoint_last.pth").is_file()
     assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 18
     assert not [name for name in os.listdir(out) if ".tmp-" in name]
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
 
 import gpu_check  # noqa: E402
 from gpu_check_report import cells  # noqa: E402
@@ -22,7 +22,7 @@ from gpu_plan import PLANNED  # noqa: E402
 
 def run_check(out, *args, env=None, script=False, status=0):
     command = (["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), *args, str(out)] if script else
-               [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--out", str(out), *args])
+               [sys.executable, os.path.join(ROOT, "bench", "gpu", "gpu_check.py"), "--out", str(out), *args])
     environment = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=240)
     assert result.returncode == status, result.stdout[-2000:] + result.stderr[-2000:]

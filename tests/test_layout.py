@@ -85,5 +85,5 @@ def test_checkpoints_name_no_code(tmp_path, region_data, tiny_bert):
                            "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
                            "--num_epochs", "1", "--workers", "0", "--device", "cpu",
                            "--output_dir", str(out)]) == 0
-    for name in ("checkpoint_last.pth", "model_best.pth"):
-        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(out / name)) == []
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(out / "checkpoint_last.pth")) == []
+    assert (out / "model_best" / "model.safetensors").is_file()      # a model folder: no pickle at all

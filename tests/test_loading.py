@@ -10,10 +10,14 @@ import pytest
 import torch
 from transformers import BertPreTrainedModel
 
+from conftest import error_line
 from checkpoints import native
 from checkpoints.loading import load_model, read_checkpoint_config
+from cli.commands import evaluate, train
 from errors import CheckpointError
 from pairs import build_model
+
+TEST = (lambda argv: evaluate(argv, "test"))
 
 
 def usual_model(path: str):
@@ -82,3 +86,12 @@ def test_a_checkpoint_changed_after_it_was_read_is_refused(short_region_checkpoi
         os.replace(tmp_path / "new.pth", path)
     with pytest.raises(CheckpointError, match="was replaced or changed while it was being read"):
         load_model(read)
+
+
+@pytest.mark.parametrize("content", [b"a caption\nanother\n", b"{\"a\": 1}", os.urandom(300)])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys, content):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    assert error_line(TEST, ["--checkpoint", str(path)], capsys).startswith(f"checkpoint {path} cannot be read")
+    message = error_line(train, ["--output_dir", str(tmp_path), "--resume", str(path)], capsys)
+    assert message.startswith(f"checkpoint {path} cannot be read") and "weights_only=False" not in message

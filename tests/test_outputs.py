@@ -16,7 +16,7 @@ import torch
 
 from conftest import ROOT, error_line, run_cli
 from cli.commands import evaluate, train
-from test_trust import train_args, tree_state
+from conftest import train_args, tree_state
 
 TEST = (lambda argv: evaluate(argv, "test"))
 
@@ -79,8 +79,7 @@ def test_convert_refuses_its_input_as_output_and_our_own_format(short_region_che
     shutil.copy(short_region_checkpoint, copy)
     assert error_line(main, [str(copy), str(copy)], capsys) == f"output {copy} is an input (input {copy}); write it elsewhere"
     assert error_line(main, [str(copy), str(tmp_path / "out.pth")], capsys).startswith(
-        f"{copy} is already a dimmatch checkpoint (dimmatch checkpoint (region_bert + xdim)); test.py and testall.py "
-        "read it as it is")
+        f"{copy} is already a .pth of ours (region_bert + xdim); test.py and testall.py read it as it is")
     assert not (tmp_path / "out.pth").exists()
 
 
@@ -219,3 +218,54 @@ def test_the_global_loss_is_refused_where_the_score_is_its_own_first_stage(tmp_p
                                            "--global_loss_weight", "1"), capsys)
     assert message.startswith("--global_loss_weight 1.0: the cosine head's score is an inner product already")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_output_may_never_replace_the_evaluated_data(short_region_checkpoint, region_data, image_data, tiny_clip,
+                                                        tmp_path, capsys):
+    """Not even with --overwrite: the features, and the annotation file (by --save_ranks or by the
+    .json that --save_sims writes beside its matrix)."""
+    data = tmp_path / "data"
+    shutil.copytree(region_data[0], data)
+    features = data / "f30k_precomp" / "test_ims.npy"
+    before = features.read_bytes()
+    message = error_line(TEST, ["--checkpoint", str(short_region_checkpoint), "--data_path", str(data),
+                                "--workers", "0", "--save_sims", str(features), "--overwrite"], capsys)
+    assert message == f"--save_sims {features} is an input (the data of split test {features}); write it elsewhere"
+    assert features.read_bytes() == before
+    root, images, _ = image_data
+    clip = tmp_path / "clip"
+    assert run_cli(train, ["--encoders", "clip", "--dataset", "f30k", "--image_root", images, "--ann_path", root,
+                           "--clip_path", tiny_clip, "--batch_size", "16", "--max_steps", "1", "--workers", "0",
+                           "--device", "cpu", "--output_dir", str(clip)]) == 0
+    annotations = os.path.join(root, "dataset_flickr30k.json")
+    base = ["--checkpoint", str(clip / "checkpoint_last.pth"), "--workers", "0", "--overwrite"]
+    assert error_line(TEST, base + ["--save_ranks", annotations], capsys) == \
+        f"--save_ranks {annotations} is an input (the data of split test {annotations}); write it elsewhere"
+    sims = os.path.join(root, "dataset_flickr30k.npy")
+    assert error_line(TEST, base + ["--save_sims", sims], capsys) == (
+        f"{annotations} (written with --save_sims {sims}) is an input (the data of split test {annotations}); "
+        "write it elsewhere")
+
+
+def test_outputs_in_a_missing_folder_are_written_there(short_region_checkpoint, region_data, tmp_path):
+    sims = tmp_path / "new" / "deeper" / "s.npy"
+    ranks = tmp_path / "other" / "r.json"
+    assert run_cli(TEST, ["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0",
+                          "--save_sims", str(sims), "--save_ranks", str(ranks)]) == 0
+    assert sims.is_file() and sims.with_suffix(".json").is_file() and ranks.is_file()
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_gives_the_run_back(tmp_path, region_data, tiny_bert,
+                                                                                capsys):
+    out = tmp_path / "run"
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "3")) == 0
+    before = tree_state(out)
+    data = tmp_path / "data"
+    shutil.copytree(region_data[0], data)
+    features = np.load(data / "f30k_precomp" / "train_ims.npy")
+    features[:] = np.nan                       # found at the first batch, after the start's checks
+    np.save(data / "f30k_precomp" / "train_ims.npy", features)
+    message = error_line(train, train_args(data, tiny_bert, out, "--overwrite"), capsys)
+    assert "NaN or infinite values" in message
+    assert {k: v for k, v in tree_state(out).items() if k != ".lock"} == \
+        {k: v for k, v in before.items() if k != ".lock"}

@@ -182,6 +182,7 @@ def test_convert_reads_what_test_py_reads(tmp_path, capsys):
     assert error_line(main, [str(tmp_path / "none.tar"), str(tmp_path / "o.pth")], capsys) == \
         f"checkpoint {tmp_path / 'none.tar'} does not exist"
     assert error_line(main, [str(tmp_path), str(tmp_path / "o.pth")], capsys) == \
-        f"checkpoint {tmp_path} is a folder; give the checkpoint file (e.g. {tmp_path}/model_best.pth)"
+        f"checkpoint {tmp_path} is a folder without config.json: give a model folder written by train.py or " \
+        "tools/convert_checkpoint.py --format hub, or a checkpoint file"
     assert error_line(main, [str(tmp_path / "x"), str(tmp_path / "o.tar")], capsys) == \
-        f"output {tmp_path / 'o.tar'} must end in .pth"
+        f"output {tmp_path / 'o.tar'} must end in .pth (--format hub writes a model folder)"

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REGION_DIM, ROOT, error_line, run_cli
-from cli.commands import evaluate
+from cli.commands import evaluate, train
 
 TINY = ["--num_epochs", "1", "--max_steps", "2", "--workers", "0", "--device", "cpu", "--eval_batch_size", "16"]
 
@@ -134,3 +134,38 @@ def test_clip_coco_recipe_then_testall(tmp_path, image_data, tiny_clip, capsys):
                    ["--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "testall: mean of 5 folds of 2 images" in printed and "testall: full 10 images" in printed
+
+
+@pytest.mark.parametrize("options,key", [({"output_dir": "runs/x"}, "output_dir"), ({"resume": "auto"}, "resume"),
+                                         ({"overwrite": True}, "overwrite"), ({"init_from": "x.pth"}, "init_from")])
+def test_a_recipe_holds_no_option_of_the_run(tmp_path, capsys, options, key):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"description": "x", "base": "_region_f30k", "options": options}))
+    assert error_line(train, ["--recipe", str(recipe), "--print_config"], capsys) == (
+        f"recipe {recipe}: '{key}' is an option of the run, not of a recipe; give it on the command line")
+
+
+def test_recipe_bases_are_found_next_to_the_recipe_and_named_in_errors(tmp_path, region_data, capsys):
+    (tmp_path / "base.json").write_text(json.dumps({"description": "b", "base": "_region_f30k",
+                                                    "options": {"margin": 0.3}}))
+    (tmp_path / "child.json").write_text(json.dumps({"description": "c", "base": "base.json", "options": {}}))
+    (tmp_path / "bad.json").write_text(json.dumps({"description": "c", "base": "_nope", "options": {}}))
+    (tmp_path / "mixed.json").write_text(json.dumps({"description": "m", "base": "_region_f30k",
+                                                     "options": {"encoders": "clip"}}))
+    os.chdir(ROOT)
+    capsys.readouterr()
+    assert run_cli(train, ["--recipe", str(tmp_path / "child.json"), "--data_path", region_data[0],
+                           "--print_config"]) == 0
+    assert json.loads(capsys.readouterr().out)["margin"] == 0.3
+    assert error_line(train, ["--recipe", str(tmp_path / "bad.json"), "--print_config"], capsys).startswith(
+        f"recipe {tmp_path / 'bad.json'}: base _nope is not a recipe (choose ")
+    assert error_line(train, ["--recipe", str(tmp_path / "mixed.json"), "--print_config"], capsys) == (
+        f"recipe {tmp_path / 'mixed.json'} sets encoders clip over its base's region_bert: a recipe and its bases "
+        "train one encoder pair")
+
+
+def test_a_recipe_may_not_contradict_init_from(short_region_checkpoint, region_data, tmp_path, capsys):
+    message = error_line(train, ["--recipe", "esl_h_region_f30k", "--data_path", region_data[0], "--init_from",
+                                 str(short_region_checkpoint), "--output_dir", str(tmp_path / "o")], capsys)
+    assert message.startswith(f"--recipe esl_h_region_f30k sets sim_head esl_h, but --init_from "
+                              f"{short_region_checkpoint} has sim_head xdim")

@@ -186,7 +186,7 @@ class GridPairs(Dataset):
 
 
 class GridBertEncoders(nn.Module):
-    feature_kind, text_kind, logit_scale = LOCAL, "bert", None
+    feature_kind, text_kind, logit_scale = LOCAL, "grid_words", None
 
     def __init__(self, grid_dim: int, embed_size: int, bert):
         from modules.text_encoder import BertTextEncoder
@@ -226,7 +226,7 @@ def toy_pair(recipe: str):
         return grid, grid.captions, f"{cfg.grid_path} {split}"
 
     return EncoderPair(
-        name="grid_bert", summary="grid features + BERT words (test only)", feature_kind=LOCAL, text_kind="bert",
+        name="grid_bert", summary="grid features + BERT words (test only)", feature_kind=LOCAL, text_kind="grid_words",
         backbone_option="bert_path", data_options=("grid_path",), data_hint="--grid_path",
         options=(Option("grid_path", str, None, "folder of {split}_grid.npy", LOCATION, evaluation=True),
                  Option("grid_dim", int, 24, "grid feature size", MODEL, low=1)),
@@ -254,13 +254,26 @@ def write_grid_data(folder, region_data):
 
 
 def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, tmp_path, region_data, tiny_bert):
+    """The toy pair brings its own tokenizer family and its own loss, registered here only."""
+    from transformers import BertTokenizer
+    from datasets.captions import TOKENIZER_FAMILIES, TokenizerFamily
+    from modules.losses import LOSSES, HingeLoss, LossSpec
     from pairs import PAIRS
     recipe = tmp_path / "grid_recipe.json"
     recipe.write_text(json.dumps({"description": "toy", "options": {
         "encoders": "grid_bert", "sim_head": "esl_a", "batch_size": 16, "num_epochs": 2, "schedule": "step",
-        "optimizer": "adamw", "weight_decay": 1e-4, "adam_eps": 1e-8, "grad_clip": 2.0, "loss": "hinge",
+        "optimizer": "adamw", "weight_decay": 1e-4, "adam_eps": 1e-8, "grad_clip": 2.0, "loss": "toy_hinge",
         "evals_per_epoch": 1, "last_batch": "drop", "val_protocol": "first_1k"}}))
     monkeypatch.setitem(PAIRS, "grid_bert", toy_pair(str(recipe)))
+    monkeypatch.setitem(TOKENIZER_FAMILIES, "grid_words", TokenizerFamily(
+        "grid_words", "--bert_path", (("vocab.txt",),), BertTokenizer, ("pad_token", "cls_token", "sep_token"),
+        pad_masked=True))
+    built = []
+
+    def toy_loss(cfg):
+        built.append(cfg.margin)
+        return HingeLoss(0.1, max_violation=True)
+    monkeypatch.setitem(LOSSES, "toy_hinge", LossSpec("toy_hinge", "a hardest-negative hinge (test only)", toy_loss))
     grid = tmp_path / "grid"
     write_grid_data(grid, region_data)
     out = tmp_path / "run"
@@ -269,6 +282,8 @@ def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, 
                            "--device", "cpu", "--output_dir", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["encoders"], config["sim_head"], config["grid_dim"]) == ("grid_bert", "esl_a", 24)
+    assert config["loss"] == "toy_hinge" and built == [config["margin"]]
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["tokenizer"]["kind"] == "grid_words"
     sims = tmp_path / "sims.npy"
     assert run_cli(TEST, ["--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0",
                           "--save_sims", str(sims)]) == 0

@@ -5,6 +5,7 @@ ends exactly as the uninterrupted run: the same weights, RNG, counters, limits, 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import time
 import pytest
 import torch
 
-from conftest import REGION_DIM, ROOT, run_cli
+from conftest import REGION_DIM, ROOT, error_line, run_cli
 from cli.commands import train
+from conftest import train_args
 
 
 def args_for(region_data, tiny_bert, out, *extra):
@@ -208,3 +210,71 @@ def test_sigterm_to_torchrun_leaves_a_checkpoint_that_resumes_exactly(tmp_path, 
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_run(straight_ddp, stopped)
+
+
+def test_a_run_that_never_checkpointed_starts_again_with_resume_auto(tmp_path, region_data, tiny_bert, capsys):
+    """Killed (or failed) before its first checkpoint: the folder holds config.json and train.log
+    only, and --resume auto (what a requeued job runs) starts it afresh; a model_best without a
+    checkpoint_last is refused, and files of the user's are left alone."""
+    from cli.outputs import claim_run
+    out = tmp_path / "run"
+    claim_run(str(out))             # a run records its files in the folder's manifest before writing them
+    (out / "config.json").write_text("{}")
+    (out / "train.log").write_text("an earlier start\n")
+    (out / "notes.txt").write_text("mine")
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "2", "--resume", "auto")) == 0
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
+    assert "an earlier start" not in (out / "train.log").read_text() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / ".previous-run").exists()
+    os.remove(out / "checkpoint_last.pth")
+    (out / "model_best").mkdir()
+    assert error_line(train, train_args(region_data[0], tiny_bert, out, "--resume", "auto"), capsys) == (
+        f"--resume auto: {out} holds model_best but no checkpoint_last.pth, so there is nothing to resume; keep "
+        "the run and start elsewhere, or replace it with --overwrite")
+
+
+def test_a_resume_on_another_tokenizer_or_other_data_is_refused(tmp_path, region_data, tiny_bert, capsys):
+    out = tmp_path / "run"
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "3")) == 0
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_bert, swapped)
+    vocab = (swapped / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    vocab[10], vocab[11] = vocab[11], vocab[10]
+    (swapped / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    message = error_line(train, ["--output_dir", str(out), "--resume", "auto", "--bert_path", str(swapped)], capsys)
+    assert message.startswith(f"the tokenizer of --bert_path {swapped} maps 2 of ")
+    data = tmp_path / "shuffled"
+    shutil.copytree(region_data[0], data)
+    caps = data / "f30k_precomp" / "train_caps.txt"
+    lines = caps.read_text().splitlines()
+    lines[0], lines[7] = lines[7], lines[0]
+    caps.write_text("\n".join(lines) + "\n")
+    assert error_line(train, ["--output_dir", str(out), "--resume", "auto", "--data_path", str(data)], capsys) == (
+        f"--resume {out / 'checkpoint_last.pth'}: the training data differ from the run's (captions_sha256); give "
+        "the data it was started with")
+    shutil.rmtree(tiny_bert + "_gone", ignore_errors=True)
+
+
+def test_a_run_resumes_from_another_folder_without_its_backbone_folder(tmp_path, region_data, tiny_bert):
+    """Paths are saved absolute, and the checkpoint carries its tokenizer and architecture."""
+    bert = tmp_path / "bert"
+    shutil.copytree(tiny_bert, bert)
+    out = tmp_path / "run"
+    relative = os.path.relpath(bert, ROOT)
+    assert run_cli(train, train_args(os.path.relpath(region_data[0], ROOT), relative, os.path.relpath(out, ROOT),
+                                     "--max_steps", "2")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["bert_path"] == str(bert) and config["data_path"] == region_data[0]
+    shutil.rmtree(bert)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--output_dir", str(out), "--resume",
+                             "auto", "--max_steps", "4"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 4
+
+
+def test_resume_of_another_folders_checkpoint_is_refused(short_region_checkpoint, tmp_path, capsys):
+    message = error_line(train, ["--output_dir", str(tmp_path / "new"), "--resume", str(short_region_checkpoint)],
+                         capsys)
+    assert message.startswith(f"--resume {short_region_checkpoint} continues the run in "
+                              f"{short_region_checkpoint.parent}, not in --output_dir {tmp_path / 'new'}")

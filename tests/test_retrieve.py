@@ -127,3 +127,15 @@ def test_overwrite_replaces_only_an_index_and_never_an_input_inside_it(short_reg
                           str(index), "--overwrite"]) == 0
     export = tmp_path / "new" / "folder" / "x.npz"
     assert run_cli(main, ["export", "--index", str(index), "--out", str(export)]) == 0 and export.exists()
+
+
+def test_retrieve_refuses_empty_queries_and_caption_files(short_region_checkpoint, region_data, tmp_path, capsys):
+    from tools.retrieve import main
+    index = tmp_path / "x.index"
+    assert run_cli(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
+                          f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--device", "cpu"]) == 0
+    assert error_line(main, ["text", "--index", str(index), "--query", " "], capsys) == \
+        "--query must be a caption (got an empty one)"
+    (tmp_path / "empty.txt").write_text("")
+    assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "empty.txt"), "--item",
+                             "0"], capsys) == f"--captions {tmp_path / 'empty.txt'} holds no captions (one caption a line)"

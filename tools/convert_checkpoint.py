@@ -1,11 +1,15 @@
-"""Convert an authors' released checkpoint (X-Dim, ESL-region H/A, ESL-CLIP H/A) to our format.
+"""Convert an authors' released checkpoint (X-Dim, ESL-region H/A, ESL-CLIP H/A), or a .pth of ours,
+to a model folder (--format hub) or to our .pth format (--format pth, the default).
 
-    python tools/convert_checkpoint.py checkpoint_24.pth_528.2.tar xdim_f30k.pth
+    python tools/convert_checkpoint.py checkpoint_24.pth_528.2.tar xdim_f30k --format hub
+    python tools/convert_checkpoint.py runs/xdim/checkpoint_last.pth xdim_f30k --format hub
     python tools/convert_checkpoint.py model_best_heuristic_coco_clip_based.pth esl_clip_h_coco.pth
 
 It reads every file test.py reads. The output holds the config, the backbone architecture, the
-tokenizer and the mapped weights, like model_best.pth of our own runs, and loads with test.py /
-testall.py without --bert_path or --clip_path.
+tokenizer and the mapped weights, like model_best of our own runs, and loads with test.py /
+testall.py without --bert_path or --clip_path. A model folder (config.json, model.safetensors, the
+tokenizer's files, README.md) holds no pickle and can be published as it is
+(huggingface-cli upload ORG/NAME FOLDER).
 """
 
 import os
@@ -17,13 +21,17 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.outputs import Outputs  # noqa: E402
 from config.options import all_options  # noqa: E402
 from config.parsers import Parser  # noqa: E402
+from errors import ConfigError  # noqa: E402
 
 
 def main(argv=None) -> str:
     options = all_options()
     parser = Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="released checkpoint")
-    parser.add_argument("output", help="where to write ours (.pth)")
+    parser.add_argument("input", help="released checkpoint, a .pth of ours, or a hub name (ORG/NAME)")
+    parser.add_argument("output", help="where to write it: a folder (--format hub) or a .pth file")
+    parser.add_argument("--format", choices=("pth", "hub"), default="pth",
+                        help="hub: a model folder (config.json, model.safetensors, tokenizer, README.md); "
+                             "pth: one file of ours (default)")
     parser.add_argument("--bert_path", default=None, help="BERT architecture and tokenizer of the region systems "
                                                           f"(default: {options['bert_path'].default})")
     parser.add_argument("--clip_path", default=None, help="CLIP tokenizer to record for ESL-CLIP, a folder of its "
@@ -31,12 +39,23 @@ def main(argv=None) -> str:
     parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     args = parser.parse_args(argv)
     outputs = Outputs(args.overwrite, "convert_checkpoint.py")
-    outputs.file(args.output, "output", ".pth")
-    outputs.reads(args.input, "input")
+    if args.format == "hub":
+        if args.output.rstrip("/").endswith((".pth", ".tar", ".pt", ".bin")):
+            raise ConfigError(f"output {args.output}: --format hub writes a model folder; give a folder name "
+                              "(without .pth), or --format pth for one file")
+        outputs.file(args.output, "output", "", folder=True)
+    else:
+        if os.path.isdir(args.output) or not args.output.endswith(".pth"):
+            raise ConfigError(f"output {args.output} must end in .pth (--format hub writes a model folder)")
+        outputs.file(args.output, "output", ".pth")
+    # torch and the model code: only once the command line holds
+    from checkpoints.convert import convert
+    from checkpoints.hub import resolve
+    source_path = resolve(args.input, "input")
+    outputs.reads(source_path, "input")
     outputs.check()
     outputs.claim()
-    from checkpoints.released import convert   # torch and the model code: only once the command line holds
-    source = convert(args.input, args.output, args)
+    source = convert(source_path, args.output, args, args.format, replace=args.overwrite)
     print(f"{source} {args.input} -> {args.output}")
     return source
 

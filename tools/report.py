@@ -1,7 +1,7 @@
 """A self-contained HTML page of what a model retrieves and what it learned about dimensions.
 
-    python tools/report.py --checkpoint model_best.pth --out report/             # scores the test split
-    python tools/report.py --checkpoint model_best.pth --sims sims.npy --out report/
+    python tools/report.py --checkpoint runs/x/model_best --out report/             # scores the test split
+    python tools/report.py --checkpoint runs/x/model_best --sims sims.npy --out report/
     python tools/report.py --checkpoint X --dataset f30k --image_root ... --ann_path ... --split test --out report/
 
 For sampled caption queries, the top-5 images (thumbnails for raw-image datasets; for region
@@ -202,7 +202,8 @@ def two_stage_results(loaded, split_data, shortlister, args, device, options):
     """(per-query results, metrics, title note) of two-stage retrieval on the split."""
     from checkpoints.loading import load_model
     from evaluation.metrics import shortlist_results
-    from evaluation.protocol import encode_split, two_stage_report
+    from evaluation.protocol import encode_split
+    from retrieval.two_stage import two_stage_report
     model = loaded.model.to(device)
     encoded = encode_split(model, split_data, loaded.caption_encoder(), device, global_vectors=shortlister is None,
                            **options)
@@ -247,12 +248,16 @@ def main(argv=None) -> str:
     outputs.reads(args.shortlist, "--shortlist")
     outputs.check()
     # torch, transformers and the model code: only once the command line holds
+    from checkpoints.hub import resolve as resolve_checkpoint
     from checkpoints.loading import load_model, read_checkpoint_config
     from devices import resolve_device
     from evaluation.metrics import per_query_results, retrieval_metrics
     from evaluation.protocol import compute_split_scores
     from pairs import load_eval_split
     from provenance import checkpoint_identity, data_identity, read_scores, record
+    # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
+    args.checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
+    args.shortlist = resolve_checkpoint(args.shortlist, "--shortlist")
     plt = pyplot()
     setup_logging()
     read = read_checkpoint_config(args.checkpoint, args)

@@ -40,7 +40,10 @@ def main(argv=None) -> list[dict]:
     outputs.reads(args.checkpoint, "--checkpoint")
     outputs.reads(args.compare_sims, "--compare_sims")
     outputs.check()
+    from checkpoints.hub import resolve as resolve_checkpoint
     from tools.report import pyplot
+    # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
+    args.checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
     plt = pyplot()
     setup_logging()
     lock = FolderLock(args.out, "--out").acquire()      # before any work: one sweep writes a folder
@@ -56,7 +59,7 @@ def main(argv=None) -> list[dict]:
 def sweep(args, plt, outputs) -> list[dict]:
     from checkpoints.loading import load_model, read_checkpoint_config
     from devices import resolve_device
-    from evaluation.metrics import retrieval_metrics, two_stage_metrics
+    from evaluation.metrics import DIRECTIONS, recall_line, retrieval_metrics, two_stage_metrics
     from evaluation.protocol import encode_split
     from pairs import load_eval_split
     from provenance import checkpoint_identity, data_identity, read_scores, record
@@ -84,8 +87,7 @@ def sweep(args, plt, outputs) -> list[dict]:
         rows.append({"k": k, "k_used": {"i2t": lists.i2t.shape[1], "t2i": lists.t2i.shape[1]},   # K <= items
                      "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
                      "pairs_scored": result.pairs_scored, "rerank_seconds": round(time.perf_counter() - started, 4)})
-        recalls = " | ".join(f"{d} " + " ".join(f"R@{k[1:]} {metrics[d][k]:5.1f}" for k in ("r1", "r5", "r10"))
-                             for d in ("i2t", "t2i"))
+        recalls = " | ".join(f"{d} " + recall_line(metrics, d, width=5, sep=" ") for d in DIRECTIONS)
         print(f"K {k:4d}: {recalls} | {result.pairs_scored:,} pairs, {rows[-1]['rerank_seconds']:.2f}s")
     if exhaustive:
         print(f"exhaustive: i2t R@1 {exhaustive['i2t']['r1']:.1f}, t2i R@1 {exhaustive['t2i']['r1']:.1f}, "

@@ -1,6 +1,6 @@
 """Retrieval with a trained model on your own collection: index it once, then query it in two stages.
 
-    python tools/retrieve.py index --checkpoint model_best.pth --images photos/ --out photos.index
+    python tools/retrieve.py index --checkpoint runs/x/model_best --images photos/ --out photos.index
     python tools/retrieve.py index --checkpoint xdim.pth --regions feats.npy --out feats.index [--shortlist cos.pth]
     python tools/retrieve.py text --index photos.index --query "a dog on a beach" --query "two cyclists" --top 5
     python tools/retrieve.py image --index photos.index --captions captions.txt --item 3 --top 5
@@ -73,8 +73,12 @@ def main(argv=None):
     if any(not query.strip() for query in getattr(args, "query", None) or []):
         raise ConfigError("--query must be a caption (got an empty one)")
     # torch, FAISS and the model code: only once the command line holds
+    from checkpoints.hub import resolve as resolve_checkpoint
     from devices import resolve_device
     from retrieval import commands
+    # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
+    args.checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None), "--checkpoint")
+    args.shortlist = resolve_checkpoint(getattr(args, "shortlist", None), "--shortlist")
     setup_logging()
     device = resolve_device(args.device)
     run = {"index": commands.command_index, "text": commands.command_text, "image": commands.command_image,

@@ -4,20 +4,22 @@ import logging
 import math
 import os
 
-from checkpoints import native as checkpoint
+from checkpoints import hub, native as checkpoint
+from checkpoints.card import model_card
 from devices import distributed
-from errors import ConfigError
+from errors import CheckpointError, ConfigError
 from .rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger("dimmatch")
 
 LAST = "checkpoint_last.pth"
-BEST = "model_best.pth"
+BEST = "model_best"             # a model folder (checkpoints.hub): config.json, model.safetensors, tokenizer, card
 
 
 class RunState:
     """Counters of the run (epoch, step, best validation) plus the model, optimiser and scaler
-    whose states `checkpoint_last` carries. `model_best` holds weights and progress only."""
+    whose states `checkpoint_last` carries. `model_best` (a model folder) holds weights, progress and
+    metrics only."""
 
     def __init__(self, cfg, model, optimizer, scaler, steps_per_epoch: int, tokenizer: dict, data: dict):
         self.cfg = cfg
@@ -44,15 +46,7 @@ class RunState:
                 "skipped_in_epoch": self.skipped_in_epoch, "validation_pending": self.validation_pending}
 
     def payload(self, full: bool, metrics: dict | None = None, rng: list | None = None) -> dict:
-        payload = {
-            "config": self.cfg.to_dict(),
-            "backbone_config": self.model.backbone_config(),
-            "tokenizer": self.tokenizer,
-            "model": self.model.state_dict(),
-            "progress": self.progress(),
-            "metrics": metrics,
-            "data": self.data,
-        }
+        payload = checkpoint.make_payload(self.cfg, self.model, self.tokenizer, self.progress(), metrics, self.data)
         if full:
             # every rank's generators: dropout draws differ per rank, and each must go on with its own
             payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
@@ -72,7 +66,12 @@ class RunState:
 
     def save_best(self, metrics: dict) -> str:
         path = os.path.join(self.output_dir, BEST)
-        checkpoint.save(path, self.payload(full=False, metrics=metrics))
+        payload = self.payload(full=False, metrics=metrics)
+        try:
+            hub.save_folder(path, payload, card=model_card(payload, self.cfg, path))
+        except OSError as exc:
+            raise CheckpointError(f"cannot write {path} ({exc.strerror or exc}); the previous one, if any, is "
+                                  "intact") from exc
         return path
 
     def resume(self, resume: tuple) -> None:

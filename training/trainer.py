@@ -16,7 +16,7 @@ from datasets.batching import Collate, ResumableBatchSampler, ignore_stop_signal
 from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot, tokenizer_snapshot
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
-from modules.losses import HingeLoss, InfoNCELoss
+from modules.losses import build_loss
 from pairs import build_model, pair_of
 from provenance import data_identity
 from .history import MetricsHistory
@@ -122,7 +122,7 @@ class Trainer:
                               "vectors that loss trains would never be used (it serves X-Dim and ESL-region)")
         if self.world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.criterion = InfoNCELoss() if cfg.loss == "infonce" else HingeLoss(cfg.margin, cfg.max_violation)
+        self.criterion = build_loss(cfg)
         optimizer = build_optimizer(cfg, self.model.optimizer_groups(cfg, getattr(cfg, pair.head_lr_option)))
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
@@ -214,8 +214,7 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         cfg, state = self.cfg, self.state
-        if isinstance(self.criterion, HingeLoss):
-            self.criterion.max_violation = cfg.max_violation or state.epoch >= cfg.vse_mean_warmup_epochs
+        self.criterion.start_epoch(state.epoch)
         self.sampler.set_epoch(state.epoch, state.step_in_epoch)
         self.train_set.set_epoch(state.epoch)
         validate_this_epoch = (state.epoch + 1) % cfg.val_every == 0

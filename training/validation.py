@@ -5,7 +5,7 @@ import os
 
 from checkpoints.atomic import write_json
 from pairs import load_eval_split
-from evaluation.metrics import format_metrics
+from evaluation.metrics import DIRECTIONS, RECALL_KEYS, format_metrics
 from evaluation.protocol import COCO_FOLDS, VALIDATION_MAX_IMAGES, validation_metrics
 
 logger = logging.getLogger("dimmatch")
@@ -37,8 +37,8 @@ class Validator:
         selected = {"first_1k": title, "last_fold": f"{title}: the last fold, which selects the model",
                     "mean_5fold": f"{title}: the mean of the folds, which selects the model"}[cfg.val_protocol]
         logger.info(format_metrics(metrics, selected))
-        for direction in ("i2t", "t2i"):
-            for key in ("r1", "r5", "r10"):
+        for direction in DIRECTIONS:
+            for key in RECALL_KEYS:
                 self.scalar(f"val/{direction}_{key}", metrics[direction][key])
         self.scalar("val/rsum", metrics["rsum"])
         self.keep_if_best(state, metrics)

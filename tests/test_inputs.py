@@ -1,20 +1,17 @@
-"""Never silently wrong: self-contained checkpoints, tokenizers checked against the model, every
-option and path checked before work, used run folders kept, and one clear line per bad input.
-Each refusal is asserted to leave the output folder exactly as it was."""
+"""Every option, path and input file checked before work, used run folders kept, what a run records,
+and one clear line per bad input. Each refusal is asserted to leave the output folder exactly as it
+was. (Self-contained checkpoints and their tokenizers: test_tokenizers.py.)"""
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REGION_DIM, ROOT, error_line, run_cli
+from conftest import REGION_DIM, error_line, run_cli, train_args, tree_state
 from cli.commands import evaluate, train
 from demo.data import write_region_dataset
 from demo.tiny_models import write_tiny_bert
@@ -22,124 +19,6 @@ from errors import DataError
 
 TEST = (lambda argv: evaluate(argv, "test"))
 TESTALL = (lambda argv: evaluate(argv, "testall", coco_testall=True))
-
-
-def tree_state(folder) -> dict:
-    """Every file under `folder` with a hash of its content (empty when the folder is absent)."""
-    state = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as handle:
-                state[os.path.relpath(path, folder)] = hashlib.sha1(handle.read()).hexdigest()
-    return state
-
-
-def train_args(data_path, bert, out, *extra):
-    return ["--data_path", str(data_path), "--data_name", "f30k_precomp", "--bert_path", str(bert),
-            "--img_dim", str(REGION_DIM), "--batch_size", "16", "--num_epochs", "1", "--workers", "0",
-            "--embed_size", "16", "--sim_head", "esl_h", "--output_dir", str(out), "--device", "cpu", *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, region_data, tiny_bert):
-    """A run trained with a BERT folder that is deleted afterwards: (run folder, data path, rSum)."""
-    root = tmp_path_factory.mktemp("trained")
-    bert = root / "bert_copy"
-    shutil.copytree(tiny_bert, bert)
-    out = root / "run"
-    assert run_cli(train, train_args(region_data[0], bert, out)) == 0
-    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", region_data[0], "--workers", "0"])
-    shutil.rmtree(bert)
-    return out, region_data[0], result["report"]["rsum"]
-
-
-# ----------------------------------------------------------------------------- checkpoints and tokenizers
-
-@pytest.mark.slow
-def test_a_checkpoint_evaluates_from_any_folder_offline_without_its_bert_folder(trained, tmp_path):
-    out, data, rsum = trained
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--checkpoint",
-                             os.path.relpath(out / "model_best.pth", elsewhere), "--data_path",
-                             os.path.relpath(data, elsewhere), "--workers", "0"],
-                            cwd=elsewhere, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
-    assert f"rSum {rsum:.1f}" in result.stdout
-    assert "checkpoint " in result.stdout and "epoch 0, step 30 of 30 (global step 30), validation rSum" in result.stdout
-
-
-def test_a_tokenizer_that_does_not_fit_fails_before_scoring(trained, tmp_path, capsys):
-    out, data, _ = trained
-    other = write_tiny_bert(str(tmp_path / "other_bert"), ["completely different words here"], hidden=32, layers=1)
-    args = ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0", "--bert_path", other]
-    ours = len(open(os.path.join(other, "vocab.txt"), encoding="utf-8").read().split())
-    message = error_line(TEST, args, capsys)
-    assert message.startswith(f"the tokenizer of --bert_path {other} has {ours} tokens but the model's embedding "
-                              "table has ") and message.endswith("it is not the tokenizer this model was trained with")
-
-
-def test_a_tokenizer_of_the_right_size_but_other_ids_fails(trained, tmp_path, tiny_bert, capsys):
-    out, data, _ = trained
-    swapped = tmp_path / "swapped_bert"
-    shutil.copytree(tiny_bert, swapped)
-    vocab = (swapped / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    vocab[10], vocab[11] = vocab[11], vocab[10]
-    (swapped / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
-    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
-                                "--bert_path", str(swapped)], capsys)
-    total = len([token for token in vocab if token])
-    assert message == (f"the tokenizer of --bert_path {swapped} maps 2 of {total} tokens to other ids than the "
-                       "checkpoint's own tokenizer")
-
-
-def test_an_old_checkpoint_without_tokenizer_names_what_is_missing(trained, tmp_path, capsys):
-    out, data, _ = trained
-    payload = torch.load(out / "model_best.pth", weights_only=True)
-    del payload["tokenizer"]
-    payload["version"] = 1
-    payload["config"]["bert_path"] = "runs/tiny_bert"
-    old = tmp_path / "format1.pth"
-    torch.save(payload, old)
-    message = error_line(TEST, ["--checkpoint", str(old), "--data_path", data, "--workers", "0"], capsys)
-    assert message == (f"checkpoint {old} carries no tokenizer, and the one it names is not found: --bert_path "
-                       f"runs/tiny_bert is neither a folder here ({os.getcwd()}) nor in the HuggingFace cache, and "
-                       "HF_HUB_OFFLINE is set: give a local copy (--bert_path DIR, a folder written by "
-                       "save_pretrained), or download it once online")
-
-
-def test_a_folder_without_tokenizer_files_is_refused(tmp_path, region_data, tiny_bert, capsys):
-    folder = tmp_path / "no_vocab"
-    shutil.copytree(tiny_bert, folder)
-    os.remove(folder / "vocab.txt")
-    out = tmp_path / "out"
-    message = error_line(train, train_args(region_data[0], folder, out), capsys)
-    assert message == f"--bert_path {folder} has no BERT tokenizer files (vocab.txt or tokenizer.json)"
-    assert not out.exists()
-
-
-def hub_error(tmp_path, extra_env):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "empty_cache"), **extra_env}
-    for key in [key for key in extra_env if extra_env[key] is None]:
-        env.pop(key)
-        env.pop("TRANSFORMERS_OFFLINE", None)
-    command = [sys.executable, os.path.join(ROOT, "train.py"), "--data_path", str(tmp_path), "--data_name",
-               "f30k_precomp", "--bert_path", "bert-base-uncased", "--output_dir", str(tmp_path / "out")]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
-    assert result.returncode == 2
-    return result.stderr.strip()
-
-
-@pytest.mark.slow
-def test_hub_names_fail_at_once_offline_or_unreachable(tmp_path):
-    offline = hub_error(tmp_path, {"HF_HUB_OFFLINE": "1"})
-    where = f"error: --bert_path bert-base-uncased is neither a folder here ({ROOT}) nor in the HuggingFace cache"
-    assert offline == (f"{where}, and HF_HUB_OFFLINE is set: give a local copy (--bert_path DIR, a folder "
-                       "written by save_pretrained), or download it once online")
-    unreachable = hub_error(tmp_path, {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert unreachable.startswith(f"{where}, and http://127.0.0.1:9 cannot be reached (")
-    assert unreachable.endswith("): give a local copy (--bert_path DIR, a folder written by save_pretrained)")
 
 
 # ----------------------------------------------------------------------------- checks before work
@@ -179,7 +58,7 @@ def test_a_used_run_folder_needs_resume_or_overwrite(trained, tmp_path, region_d
     (out / "notes.txt").write_text("mine")
     assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--overwrite", "--max_steps", "2")) == 0
     assert torch.load(out / "checkpoint_last.pth", weights_only=True)["progress"]["global_step"] == 2
-    assert not (out / "model_best.pth").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "model_best").exists() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_resume_changes_nothing(trained, tmp_path, region_data, tiny_bert, capsys):
@@ -207,7 +86,7 @@ def test_save_sims_is_checked_before_scoring(trained, tmp_path, capsys, target, 
     (tmp_path / "folder.npy").mkdir()
     (tmp_path / "afile").write_text("")
     path = tmp_path / target
-    message = error_line(TEST, ["--checkpoint", str(out / "model_best.pth"), "--data_path", data, "--workers", "0",
+    message = error_line(TEST, ["--checkpoint", str(out / "model_best"), "--data_path", data, "--workers", "0",
                                 "--save_sims", str(path)], capsys)
     assert message == expected.format(p=path, t=tmp_path)
 
@@ -223,7 +102,7 @@ def test_testall_fold_sizes_are_checked_before_encoding(trained, tmp_path, capsy
     out = trained[0]
     data = tmp_path / "data"
     write_region_dataset(str(data), {"test": 12}, regions=8, dim=REGION_DIM, seed=3)
-    message = error_line(TESTALL, ["--checkpoint", str(out / "model_best.pth"), "--data_path", str(data),
+    message = error_line(TESTALL, ["--checkpoint", str(out / "model_best"), "--data_path", str(data),
                                    "--split", "test", "--workers", "0"], capsys)
     assert message == (f"{data / 'f30k_precomp' / 'test_caps.txt'} has 12 images, which do not split into 5 equal "
                        "folds (COCO testall has 5,000); use test.py for a single split")
@@ -232,7 +111,7 @@ def test_testall_fold_sizes_are_checked_before_encoding(trained, tmp_path, capsy
 def test_folders_where_files_are_expected(trained, tmp_path, region_data, tiny_bert, capsys):
     out, data, _ = trained
     assert error_line(TEST, ["--checkpoint", str(out), "--data_path", data], capsys) == \
-        f"checkpoint {out} is a folder; give the checkpoint file (e.g. {out}/model_best.pth)"
+        f"checkpoint {out} is a training run's folder; give the checkpoint in it ({out / 'model_best'})"
     copy = tmp_path / "data"
     shutil.copytree(region_data[0], copy)
     caps = copy / "f30k_precomp" / "train_caps.txt"
@@ -276,7 +155,7 @@ def test_captions_longer_than_the_text_encoder_are_cut_and_said_once(trained, tm
     lines = caps.read_text().splitlines()
     lines[0] = lines[1] = " ".join(["dog"] * 300)  # the tiny BERT has 128 positions
     caps.write_text("\n".join(lines) + "\n")
-    result = evaluate(["--checkpoint", str(out / "model_best.pth"), "--data_path", str(copy), "--workers", "0"])
+    result = evaluate(["--checkpoint", str(out / "model_best"), "--data_path", str(copy), "--workers", "0"])
     assert 0 <= result["report"]["rsum"] <= 600
     notes = [r.message for r in caplog.records if "longer than" in r.message]
     assert len(notes) == 1 and "longer than the text encoder's 128 positions are cut to 128 tokens ([CLS] and " \

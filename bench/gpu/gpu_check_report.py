@@ -1,4 +1,4 @@
-"""The markdown of a GPU check report (bench/gpu_check.py): one table per section, one line for
+"""The markdown of a GPU check report (bench/gpu/gpu_check.py): one table per section, one line for
 every planned row, whatever happened to it."""
 
 GIB = "GiB"

@@ -1,6 +1,6 @@
-"""The measurements of the GPU check (bench/gpu_check.py runs each section in its own process):
+"""The measurements of the GPU check (bench/gpu/gpu_check.py runs each section in its own process):
 
-    python bench/gpu_sections.py SECTION RESULT.json [--dry-run]
+    python bench/gpu/gpu_sections.py SECTION RESULT.json [--dry-run]
 
 Random weights at the real sizes (d = 1024 for X-Dim, 512 for ESL, 36 x 2048 regions, BERT-base
 and CLIP ViT-B/16 built from their configs, ~12 tokens per caption); nothing is downloaded. Every
@@ -21,8 +21,8 @@ from importlib import metadata
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench"), os.path.join(ROOT, "bench", "gpu")]
 
 import bench_train  # noqa: E402
 from bench_scoring import check_head, features, gemm_rate, ours, prepared, recall_unchanged, timed  # noqa: E402

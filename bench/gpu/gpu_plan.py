@@ -1,5 +1,5 @@
 """What the GPU check measures: the rows of every section and the peaks its rates are set against.
-Shared by bench/gpu_check.py (which imports no torch) and bench/gpu_sections.py."""
+Shared by bench/gpu/gpu_check.py (which imports no torch) and bench/gpu/gpu_sections.py."""
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 # Assumed peaks of an H200 SXM, TFLOP/s: fp32 on the CUDA cores, TF32 and bf16 on the tensor cores.

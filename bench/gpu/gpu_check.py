@@ -2,9 +2,9 @@
 (evaluation scoring, encoder throughput, one training step per system, --eval_mem_gb), written
 to OUT/gpu_check.json and OUT/gpu_check.md. Run it through bench/gpu_check.sh.
 
-    python bench/gpu_check.py --out OUT [--budget 440] [--sections a,b] [--dry-run]
+    python bench/gpu/gpu_check.py --out OUT [--budget 440] [--sections a,b] [--dry-run]
 
-Each section runs in its own process (bench/gpu_sections.py, or pytest) under its own time limit,
+Each section runs in its own process (bench/gpu/gpu_sections.py, or pytest) under its own time limit,
 cut so that the sections after it keep their minimum; one that crashes, hangs or runs out of
 memory leaves the others running. A section that no longer fits the budget is skipped. The table
 lists every planned row with its values, its error, or why it did not run, and is rewritten
@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
 
 from gpu_check_report import markdown  # noqa: E402
 from gpu_plan import PEAK_TFLOPS, PEAKS_SOURCE, PLANNED  # noqa: E402
@@ -182,9 +182,9 @@ def run_pytest(check: Check, limit: float) -> dict:
 
 
 def run_measured(check: Check, name: str, limit: float, scratch: str) -> dict:
-    """One bench/gpu_sections.py section in its own process; rows it did not finish are marked."""
+    """One bench/gpu/gpu_sections.py section in its own process; rows it did not finish are marked."""
     result = os.path.join(scratch, name + ".json")
-    command = [sys.executable, os.path.join(ROOT, "bench", "gpu_sections.py"), name, result]
+    command = [sys.executable, os.path.join(ROOT, "bench", "gpu", "gpu_sections.py"), name, result]
     command += ["--dry-run"] if check.args.dry_run else []
     start = os.path.getsize(check.log.name)
     status, seconds = run_limited(command, limit, check.log)
