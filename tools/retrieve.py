@@ -87,9 +87,12 @@ def command_index(args, device) -> dict:
         first_stage = f"--shortlist {args.shortlist}"
     provenance = record("index", checkpoints, {"images": len(names), "images_id": image_identity(dataset)},
                         dtype=args.dtype)
+    option = pair_of(cfg).collection_option
+    paths, boxes = collection.item_files(option, getattr(args, option), names)   # where the items came from
     chunks = collection.encoded_chunks(model, dataset, shortlist_model, args.batch_size, device)
     meta = collection.build(args.out.rstrip("/"), chunks, len(dataset), names, provenance, dtype=args.dtype,
-                            kind=args.index_type, first_stage=first_stage, replace=args.overwrite)
+                            kind=args.index_type, first_stage=first_stage, replace=args.overwrite, paths=paths,
+                            boxes=boxes)
     print(f"indexed {len(names)} images -> {args.out} ({args.dtype} features, {args.index_type} index; "
           f"{meta['build_seconds']['features']:.1f}s encoding, {meta['build_seconds']['index']:.1f}s indexing)")
     return meta

@@ -4,7 +4,7 @@ import torch
 
 from config.schema import MODEL, Option
 from ..common import l2norm, lengths_to_mask
-from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
+from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead, dimension_groups, split_inner_product
 
 POOL = Option("cosine_pool", str, "mean", "pooling of local features for --sim_head cosine", MODEL,
               choices=("mean", "max"))
@@ -40,6 +40,12 @@ class CosineHead(SimilarityHead):
 
     def score(self, images, image_lengths, captions, caption_lengths):
         return images @ captions.t()
+
+    def explain(self, images, image_lengths, captions, caption_lengths):
+        spans = dimension_groups(images.shape[-1])
+        return {"score": self.score(images, image_lengths, captions, caption_lengths),
+                "parts": split_inner_product(images, captions, spans), "part_kind": "dimension group",
+                "part_names": [f"dims {a}-{b - 1}" for a, b in spans], "attention": None}
 
 
 HEAD_SPEC = HeadSpec("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)",
