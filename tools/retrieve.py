@@ -123,8 +123,9 @@ def query_vectors(model, encoder, shortlister, queries: list[str], device, batch
 
 
 def rank_text(index, model, captions: EncodedItems, vectors: np.ndarray, top: int, rerank_k: int | None, device,
-              batch_size: int) -> tuple[list, dict]:
-    """Per query: the top images [(row, head score)], and the seconds each stage took."""
+              batch_size: int, first_stage: list | None = None) -> tuple[list, dict]:
+    """Per query: the top images [(row, head score)], and the seconds each stage took; `first_stage`,
+    when given, receives per query the shortlisted rows in first-stage order (best first)."""
     timing = {"search": 0.0, "rerank": 0.0}
     results = []
     for query in range(len(captions)):
@@ -135,7 +136,10 @@ def rank_text(index, model, captions: EncodedItems, vectors: np.ndarray, top: in
                                      for _, items in index.chunks(batch_size * 8)])
             rows = np.arange(len(index))
         else:
-            rows = np.sort(index.search(vectors[query:query + 1], rerank_k)[0])
+            found = index.search(vectors[query:query + 1], rerank_k)[0]
+            if first_stage is not None:
+                first_stage.append(found[found >= 0])
+            rows = np.sort(found)
             rows = rows[rows >= 0]
             timing["search"] += time.perf_counter() - started
             started = time.perf_counter()

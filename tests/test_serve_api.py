@@ -1,0 +1,259 @@
+"""tools/serve.py's JSON API on the demo-format region index (FastAPI's TestClient): the same answers
+as tools/retrieve.py, the head's explanation, the index's own files only, and one-line JSON errors."""
+
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import error_line, run_cli
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+def retrieve(argv):
+    from tools.retrieve import main
+    return main(argv)
+
+
+def build_index(checkpoint, regions, out, *extra):
+    assert run_cli(retrieve, ["index", "--checkpoint", str(checkpoint), "--regions", regions, "--out", str(out),
+                              "--device", "cpu", *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(short_region_checkpoint, region_data, tmp_path_factory):
+    """(client, service, index folder, captions) of a region index with image paths and boxes."""
+    from serving.app import create_app
+    from serving.service import Service
+    import torch
+    folder = tmp_path_factory.mktemp("serve")
+    index = build_index(short_region_checkpoint, f"{region_data[0]}/f30k_precomp/test_ims.npy", folder / "t.index")
+    captions = open(f"{region_data[0]}/f30k_precomp/test_caps.txt", encoding="utf-8").read().splitlines()
+    caption_file = folder / "caps.txt"
+    caption_file.write_text("\n".join(captions) + "\n")
+    service = Service(str(index), captions=str(caption_file), device=torch.device("cpu"))
+    return TestClient(create_app(service)), service, index, captions
+
+
+def test_the_index_records_paths_and_boxes_from_the_region_record(served, region_data):
+    client, _, index, _ = served
+    meta = json.loads((index / "index.json").read_text())
+    assert meta["version"] == 4 and meta["paths"] and meta["boxes"]
+    record = json.load(open(f"{region_data[0]}/f30k_precomp/test_ims.json", encoding="utf-8"))
+    assert (index / "paths.txt").read_text().splitlines() == [image["path"] for image in record["images"]]
+    assert np.array_equal(np.load(index / "boxes.npy"), np.load(f"{region_data[0]}/f30k_precomp/test_ims_boxes.npy"))
+    health = client.get("/api/health").json()
+    assert health["count"] == 10 and health["boxes"] and health["images"] and health["format_version"] == 4
+    assert len(health["checkpoint"]["sha256"]) == 64 and health["captions"]["count"] == 50
+
+
+@pytest.mark.parametrize("query", [0, 7, 31])
+def test_search_answers_as_retrieve_text(served, query):
+    client, _, index, captions = served
+    expected = retrieve(["text", "--index", str(index), "--query", captions[query], "--top", "5", "--rerank_k", "6",
+                         "--device", "cpu"])[0]
+    answer = client.get("/api/search", params={"q": captions[query], "k": 5, "rerank_k": 6}).json()
+    assert [(r["id"], r["score"]) for r in answer["results"]] == expected
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3, 4, 5]
+    assert all(1 <= r["first_stage_rank"] <= 6 for r in answer["results"])
+    assert answer["rerank_k"] == 6 and set(answer["timing_ms"]) == {"encode", "first_stage", "rerank"}
+
+
+def test_explain_gives_the_re_ranked_score_its_parts_and_the_boxes(served):
+    client, _, _, captions = served
+    top = client.get("/api/search", params={"q": captions[12], "k": 3}).json()
+    for result in top["results"]:
+        answer = client.get("/api/explain", params={"q": captions[12], "id": result["id"],
+                                                    "gen": top["generation"]}).json()
+        assert answer["score"] == pytest.approx(result["score"], abs=1e-5)
+        assert sum(part["value"] for part in answer["parts"]) == pytest.approx(answer["score"], abs=1e-5)
+        assert answer["part_kind"] == "dimension group" and answer["head"] == "XDimHead"
+        assert answer["words"][0]["token"] == "[CLS]" and len(answer["words"][0]["top"]) == 3
+        assert len(answer["boxes"]) == 8 and all(len(box) == 4 for box in answer["boxes"])
+        assert answer["image_size"] == [320, 240] and len(answer["regions"]) == 3
+
+
+def test_captions_for_an_image_answer_as_retrieve_image(served, tmp_path):
+    client, service, index, _ = served
+    expected = retrieve(["image", "--index", str(index), "--captions", service.caption_file, "--item", "2", "--top",
+                         "4", "--device", "cpu"])
+    answer = client.get("/api/captions", params={"id": 2, "k": 4}).json()
+    assert [(r["line"] - 1, r["score"]) for r in answer["results"]] == expected
+
+
+def test_thumbnails_are_made_once_and_full_images_are_the_index_files(served):
+    client, service, _, _ = served
+    first = client.get("/api/image/3")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    made = sorted(os.listdir(service.thumbnails))
+    stamp = os.stat(os.path.join(service.thumbnails, made[0])).st_mtime_ns
+    assert client.get("/api/image/3").content == first.content
+    assert sorted(os.listdir(service.thumbnails)) == made
+    assert os.stat(os.path.join(service.thumbnails, made[0])).st_mtime_ns == stamp
+    full = client.get("/api/image/3", params={"size": "full"})
+    assert full.headers["content-type"] == "image/png" and full.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("path, params, status, message", [
+    ("/api/search", {"q": ""}, 400, "q must be a caption (got an empty one)"),
+    ("/api/search", {"q": "a" * 1001}, 400, "q has 1001 characters; at most 1000 are accepted"),
+    ("/api/search", {"q": "a dog", "k": 0}, 400, "k must be between 1 and 100 (got 0)"),
+    ("/api/search", {"q": "a dog", "k": 101}, 400, "k must be between 1 and 100 (got 101)"),
+    ("/api/search", {"q": "a dog", "rerank_k": 10 ** 6}, 400, "rerank_k must be between 1 and 2000 (got 1000000)"),
+    ("/api/search", {"q": "a dog", "k": "ten"}, 400, "k: Input should be a valid integer, unable to parse string "
+                                                     "as an integer"),
+    ("/api/search", {}, 400, "q: Field required"),
+    ("/api/explain", {"q": "a dog", "id": 10}, 404, "id 10: the index has items 0..9"),
+    ("/api/explain", {"q": "a dog", "id": -1}, 404, "id -1: the index has items 0..9"),
+    ("/api/explain", {"q": "a dog", "id": 1, "gen": "old"}, 409, None),
+    ("/api/image/99", {}, 404, "id 99: the index has items 0..9"),
+    ("/api/image/1", {"size": "../../etc/passwd"}, 400, "size must be thumb or full (got '../../etc/passwd')"),
+    ("/api/image/..%2f..%2fetc%2fpasswd", {}, 404, None),
+    ("/api/image/%2Fetc%2Fpasswd", {}, 404, None),
+    ("/api/image/abc", {}, 400, "id: Input should be a valid integer, unable to parse string as an integer"),
+    ("/api/image/1/../../../etc/passwd", {}, 404, "no such page or API route (see /api/health)"),
+    ("/etc/passwd", {}, 404, "no such page or API route (see /api/health)"),
+    ("/api/captions", {"id": 0, "k": 1000}, 400, "k must be between 1 and 100 (got 1000)"),
+])
+def test_bad_requests_are_json_errors(served, path, params, status, message):
+    client = served[0]
+    response = client.get(path, params=params)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"} and "\n" not in response.json()["error"]
+    if message:
+        assert response.json()["error"] == message
+
+
+def test_bodies_and_other_methods_are_refused(served):
+    client = served[0]
+    assert client.post("/api/search", content=b"x" * 10).status_code == 405
+    response = client.request("GET", "/api/search", params={"q": "a"}, content=b"x" * (17 * 1024))
+    assert response.status_code == 413 and "request body over 16384 bytes" in response.json()["error"]
+
+
+def test_only_the_collection_files_are_served(served, tmp_path):
+    """A path leading outside the collection (a link, '..') is refused; nothing a client gives is opened."""
+    from serving.app import create_app
+    from serving.service import Service
+    import torch
+    _, _, index, _ = served
+    copy = tmp_path / "copy.index"
+    shutil.copytree(index, copy)
+    paths = (copy / "paths.txt").read_text().splitlines()
+    folder = os.path.dirname(paths[0])
+    outside = tmp_path / "secret.png"
+    shutil.copy(paths[0], outside)
+    link = os.path.join(folder, "link-out.png")
+    if not os.path.lexists(link):
+        os.symlink(outside, link)
+    paths[0], paths[1] = link, os.path.join(folder, "..", os.path.basename(folder), os.path.basename(paths[1]))
+    (copy / "paths.txt").write_text("\n".join(paths) + "\n")
+    client = TestClient(create_app(Service(str(copy), device=torch.device("cpu"), thumbnails=str(tmp_path / "t"))))
+    assert client.get("/api/image/0").status_code == 403
+    assert "leads outside the collection folder" in client.get("/api/image/0?size=full").json()["error"]
+    assert client.get("/api/image/1").json()["error"] == ("id 1: the index records a path that is not absolute and "
+                                                          "normal; refused")
+    assert client.get("/api/image/2").status_code == 200
+    os.remove(link)
+
+
+def test_a_version_3_index_is_served_without_images_or_boxes(served, tmp_path):
+    from serving.app import create_app
+    from serving.service import Service
+    import torch
+    _, _, index, captions = served
+    old = tmp_path / "v3.index"
+    shutil.copytree(index, old)
+    meta = json.loads((old / "index.json").read_text())
+    for key in ("paths", "boxes"):
+        meta.pop(key)
+        os.remove(old / f"{key}.txt" if key == "paths" else old / "boxes.npy")
+    (old / "index.json").write_text(json.dumps({**meta, "version": 3}))
+    client = TestClient(create_app(Service(str(old), device=torch.device("cpu"))))
+    health = client.get("/api/health").json()
+    assert health["format_version"] == 3 and not health["boxes"] and not health["images"]
+    answer = client.get("/api/explain", params={"q": captions[0], "id": 0}).json()
+    assert answer["boxes"] is None and "no region boxes" in answer["note"] and answer["regions"]
+    assert client.get("/api/image/0").json()["error"].startswith(f"index {old} records no image files")
+
+
+def test_an_index_replaced_while_serving_is_reloaded_whole_or_refused(short_region_checkpoint, region_data, tmp_path):
+    from serving.app import create_app
+    from serving.service import Service
+    import torch
+    regions = f"{region_data[0]}/f30k_precomp/test_ims.npy"
+    index = build_index(short_region_checkpoint, regions, tmp_path / "r.index")
+    client = TestClient(create_app(Service(str(index), device=torch.device("cpu"))))
+    running = client.get("/api/health").json()["checkpoint"]["sha256"][:12]
+    before = client.get("/api/search", params={"q": "a red dog", "k": 3}).json()
+    build_index(short_region_checkpoint, regions, index, "--overwrite", "--dtype", "fp32")   # same model, rebuilt
+    after = client.get("/api/search", params={"q": "a red dog", "k": 3}).json()
+    assert after["generation"] != before["generation"]
+    assert [r["id"] for r in after["results"]] == [r["id"] for r in before["results"]]
+    stale = client.get("/api/explain", params={"q": "a red dog", "id": 0, "gen": before["generation"]})
+    assert stale.status_code == 409 and stale.json()["error"].endswith("search again")
+    other = tmp_path / "other.index"                  # an index of another checkpoint put in its place
+    shutil.copytree(index, other)
+    meta = json.loads((other / "index.json").read_text())
+    meta["provenance"]["checkpoints"][0]["sha256"] = "f" * 64
+    (other / "index.json").write_text(json.dumps(meta))
+    shutil.rmtree(index)
+    gone = client.get("/api/search", params={"q": "a red dog"})
+    assert gone.status_code == 503 and "is not there any more" in gone.json()["error"]
+    os.rename(other, index)
+    for path in ("/api/search?q=a+dog", "/api/health", "/api/image/0", "/api/explain?q=a&id=0"):
+        refused = client.get(path)
+        assert refused.status_code == 409
+        assert refused.json()["error"] == (f"index {index} was replaced on disk by one made with another checkpoint "
+                                           f"(sha256 ffffffffffff; this server runs {running}); restart "
+                                           "tools/serve.py to serve it")
+
+
+def test_concurrent_queries_do_not_disturb_one_another(served):
+    """The model is used under one lock: answers from 4 threads equal the single-thread ones."""
+    _, service, _, captions = served
+    queries = captions[:8]
+    single = {q: service.search(q, 5, 6)["results"] for q in queries}
+    explained = {q: service.explain(q, 0)["parts"] for q in queries}
+    failures = []
+
+    def client(offset):
+        for step in range(10):
+            q = queries[(offset + step) % len(queries)]
+            if service.search(q, 5, 6)["results"] != single[q] or service.explain(q, 0)["parts"] != explained[q]:
+                failures.append(q)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == [] and not any(thread.is_alive() for thread in threads)
+
+
+def test_the_command_line_refuses_in_one_line(served, tmp_path, capsys):
+    from tools.serve import main
+    import socket
+    _, _, index, _ = served
+    assert error_line(main, ["--index", str(tmp_path / "none.index")], capsys) == (
+        f"index {tmp_path / 'none.index'} does not exist (an index is the folder tools/retrieve.py index wrote)")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        assert error_line(main, ["--index", str(index), "--port", str(port)], capsys) == (
+            f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); another server there? "
+            "choose another --port")
+    finally:
+        taken.close()
+    assert error_line(main, ["--index", str(index), "--host", "localhost"], capsys) == (
+        "--host localhost is not an IP address (127.0.0.1, ::1, 0.0.0.0, ...)")
+    assert error_line(main, ["--index", str(index), "--thumbnails", str(index / "t")], capsys).startswith(
+        f"--thumbnails {index / 't'} lies inside --index")

@@ -1,0 +1,89 @@
+"""Serve an index of tools/retrieve.py as a local web page and a JSON API (the same two-stage search).
+
+    python tools/serve.py --index photos.index                       # http://127.0.0.1:8000/
+    python tools/serve.py --index feats.index --captions caps.txt    # also: captions for an image
+    python tools/serve.py --index photos.index --host 0.0.0.0        # reachable from other machines (says so)
+
+The page (one static HTML file, offline) takes a caption and shows the top K images of the index
+after re-ranking the first stage's top --rerank_k by the head, each with its score, its rank in the
+first stage and after re-ranking and the time each stage took, and for a result what the head saw:
+the regions the caption's words attended to most (boxes drawn when the index has them) and the part
+of the score from each level or dimension group. The API is JSON (see serving/app.py). The server
+keeps one model in memory, binds 127.0.0.1 unless --host says otherwise, and serves only the image
+files that the index records.
+"""
+
+import ipaddress
+import os
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cli.guard import run_guarded  # noqa: E402
+from cli.logs import setup_logging  # noqa: E402
+from config.parsers import Parser  # noqa: E402
+from devices import resolve_device  # noqa: E402
+from errors import ConfigError  # noqa: E402
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, so that a port in use is one line before the model is loaded."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        raise ConfigError(f"--host {host} is not an IP address (127.0.0.1, ::1, 0.0.0.0, ...)") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); another server "
+                          "there? choose another --port") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def main(argv=None):
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", required=True, help="an index folder written by tools/retrieve.py index")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the index's checkpoint, if it has moved (its content must be the same)")
+    parser.add_argument("--shortlist", default=None, help="the index's --shortlist checkpoint, if it has moved")
+    parser.add_argument("--captions", default=None, help="one caption a line: ranked for an image of the index")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--thumbnails", default=None, help="the thumbnail cache folder [INDEX.thumbs]")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1 (got {args.batch_size})")
+    if os.path.abspath(args.thumbnails or "").startswith(os.path.abspath(args.index.rstrip("/")) + os.sep):
+        raise ConfigError(f"--thumbnails {args.thumbnails} lies inside --index {args.index}, which holds only the "
+                          "index's own files; put it elsewhere")
+    setup_logging()
+    import uvicorn
+    from serving.app import create_app
+    from serving.service import Service
+    sock = bind(args.host, args.port)
+    service = Service(args.index, args.checkpoint, args.shortlist, args.captions, resolve_device(args.device),
+                      args.batch_size, args.thumbnails)
+    host, port = sock.getsockname()[:2]
+    where = f"[{host}]" if ":" in host else host
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"warning: --host {host}: the page and API are reachable from other machines on port {port}, without "
+              "authentication", file=sys.stderr)
+    print(f"serving {args.index} ({len(service.current().index)} images) on http://{where}:{port}/ ; Ctrl-C stops",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                           limit_concurrency=256, timeout_keep_alive=5))
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))
