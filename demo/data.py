@@ -17,7 +17,7 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 OBJECTS = ["dog", "cat", "horse", "bird", "man", "woman", "child", "car", "bicycle", "boat", "ball", "tree",
            "kite", "bench"]
@@ -135,6 +135,10 @@ def write_scene_images(stem: str, scenes: list[dict], layouts: list[list], seed:
     os.makedirs(folder, exist_ok=True)
     width, height = SCENE_SIZE
     rng = np.random.default_rng([seed, 29])
+    try:
+        font = ImageFont.load_default(size=16)
+    except (OSError, TypeError, ValueError):       # Pillow without FreeType: its small bitmap font
+        font = ImageFont.load_default()
     boxes = np.zeros((len(scenes), len(layouts[0]) if layouts else 0, 4), dtype=np.float32)
     images = []
     for row, (scene, layout) in enumerate(zip(scenes, layouts)):
@@ -150,7 +154,7 @@ def write_scene_images(stem: str, scenes: list[dict], layouts: list[list], seed:
             fill = REGION_COLORS[COLORS[color]]
             draw.rounded_rectangle(box, radius=min(w, h) // 4, fill=fill, outline=(40, 40, 40), width=2)
             ink = (0, 0, 0) if sum(fill) > 400 else (255, 255, 255)
-            draw.text((left + 6, top + h // 2 - 6), OBJECTS[obj], fill=ink)
+            draw.text((left + 8, top + h // 2 - 4), OBJECTS[obj], fill=ink, font=font)
             objects.append(box)
         for region, kind in enumerate(layout):
             if kind == "scene":

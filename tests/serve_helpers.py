@@ -124,9 +124,9 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def check_page(base_url: str, query: str, screenshot: str | None = None) -> dict:
+def check_page(base_url: str, query: str, screenshot: str | None = None, height: int = 1180) -> dict:
     """Type `query` into the page, wait for the grid and the explanation; what the page shows."""
-    browser = Browser()
+    browser = Browser(height=height)
     try:
         browser.navigate(base_url + "/")
         browser.wait_for("document.getElementById('info').textContent.includes('images')")
@@ -152,3 +152,8 @@ def check_page(base_url: str, query: str, screenshot: str | None = None) -> dict
         return shown
     finally:
         browser.close()
+
+
+if __name__ == "__main__":      # the README's screenshot: python tests/serve_helpers.py URL QUERY OUT.png
+    import sys
+    print(check_page(sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]))
