@@ -68,7 +68,9 @@ def _collection_root(paths: list[str] | None) -> str | None:
 class Service:
     def __init__(self, index: str, checkpoint: str | None = None, shortlist: str | None = None,
                  captions: str | None = None, device: torch.device = torch.device("cpu"), batch_size: int = 128,
-                 thumbnails: str | None = None):
+                 thumbnails: str | None = None, models: tuple | None = None):
+        """`models`: (model, caption encoder, shortlister) already loaded, instead of the index's
+        checkpoints (bench/bench_serve.py's synthetic indexes have none)."""
         self.folder = index.rstrip("/") or index
         self.device, self.batch_size = device, batch_size
         self.caption_file = captions
@@ -77,7 +79,10 @@ class Service:
         self.thumbnails = thumbnails or f"{self.folder}.thumbs"
         args = argparse.Namespace(index=self.folder, checkpoint=checkpoint, shortlist=shortlist)
         opened = self._open()
-        opened_index, (self.model, self.encoder), self.shortlister = open_index(args, device, opened[0])
+        if models is None:
+            opened_index, (self.model, self.encoder), self.shortlister = open_index(args, device, opened[0])
+        else:
+            (self.model, self.encoder, self.shortlister), opened_index = models, opened[0]
         self.model.eval()
         self.checkpoints = [saved["sha256"] for saved in opened_index.provenance["checkpoints"]]
         self._state = self._loaded(*opened)
@@ -141,8 +146,8 @@ class Service:
         found = [saved["sha256"] for saved in index.provenance["checkpoints"]]
         if found != self.checkpoints:
             message = (f"index {self.folder} was replaced on disk by one made with another checkpoint (sha256 "
-                       f"{found[0][:12]}; this server runs {self.checkpoints[0][:12]}); restart tools/serve.py "
-                       "to serve it")
+                       f"{(found or [''])[0][:12]}; this server runs {(self.checkpoints or [''])[0][:12]}); restart "
+                       "tools/serve.py to serve it")
             self._refused = (identity, message)
             raise Refused(message, 409)
         self._state = self._loaded(index, identity)
@@ -174,7 +179,7 @@ class Service:
 
     def health(self) -> dict:
         state = self.current()
-        saved = state.index.provenance["checkpoints"]
+        saved = state.index.provenance["checkpoints"] or [{"file": None, "sha256": ""}]
         return {"status": "ok", "index": os.path.abspath(self.folder), "count": len(state.index),
                 "generation": state.generation, "format_version": state.index.meta["version"],
                 "checkpoint": {"file": saved[0]["file"], "sha256": saved[0]["sha256"]},

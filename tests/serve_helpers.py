@@ -19,9 +19,8 @@ def live_server(service):
     """Yields http://127.0.0.1:PORT of `service` served by uvicorn in a thread; stops it after."""
     import uvicorn
     from serving.app import create_app
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    from tools.serve import bind
+    sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -82,6 +82,21 @@ def test_load_on_loopback_16_clients_x_50_queries(region_service):
 
 
 @pytest.mark.slow
+def test_keep_alive_requests_are_not_held_back_by_nagle(region_service):
+    """The listening socket says it is TCP, so asyncio sets TCP_NODELAY on each connection: a
+    keep-alive client does not wait 40 ms (delayed ACK) for each response (it did, before)."""
+    service = region_service[0]
+    with live_server(service) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.get("/api/health")
+        took = []
+        for _ in range(10):
+            started = time.perf_counter()
+            assert client.get("/api/health").status_code == 200
+            took.append(time.perf_counter() - started)
+    assert np.median(took) < 0.025, took
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_the_page_in_headless_chromium(region_service, tmp_path):
     """Type a query: the grid shows retrieve.py's top results, thumbnails load, the top result's
