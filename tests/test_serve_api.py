@@ -257,3 +257,28 @@ def test_the_command_line_refuses_in_one_line(served, tmp_path, capsys):
         "--host localhost is not an IP address (127.0.0.1, ::1, 0.0.0.0, ...)")
     assert error_line(main, ["--index", str(index), "--thumbnails", str(index / "t")], capsys).startswith(
         f"--thumbnails {index / 't'} lies inside --index")
+
+
+def test_an_esl_clip_index_of_image_files(short_clip_checkpoint, image_data, tmp_path):
+    """A CLIP model's index records the files it read: thumbnails of them, the same answers as
+    retrieve.py text, and the score explained by ESL level (no regions)."""
+    import torch
+    from serving.app import create_app
+    from serving.service import Service
+    _, images, captions = image_data
+    index = tmp_path / "clip.index"
+    assert run_cli(retrieve, ["index", "--checkpoint", str(short_clip_checkpoint), "--images", images, "--out",
+                              str(index), "--device", "cpu"]) == 0
+    assert (index / "paths.txt").read_text().splitlines()[0] == os.path.join(images, sorted(os.listdir(images))[0])
+    client = TestClient(create_app(Service(str(index), device=torch.device("cpu"))))
+    expected = retrieve(["text", "--index", str(index), "--query", captions[3], "--top", "4", "--device", "cpu"])[0]
+    answer = client.get("/api/search", params={"q": captions[3], "k": 4}).json()
+    assert [(r["id"], r["score"]) for r in answer["results"]] == expected
+    assert [r["first_stage_rank"] for r in answer["results"]] == [1, 2, 3, 4]     # ESL-CLIP's first stage is exact
+    explained = client.get("/api/explain", params={"q": captions[3], "id": expected[0][0]}).json()
+    assert explained["score"] == pytest.approx(expected[0][1], abs=1e-5) and explained["part_kind"] == "level"
+    assert explained["words"] is None and explained["boxes"] is None and "no regions" in explained["note"]
+    assert sum(part["value"] for part in explained["parts"]) == pytest.approx(explained["score"], abs=1e-5)
+    thumbnail = client.get(f"/api/image/{expected[0][0]}")
+    assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\xff\xd8")
+    assert client.get("/api/health").json()["boxes"] is False
