@@ -282,3 +282,32 @@ def test_an_esl_clip_index_of_image_files(short_clip_checkpoint, image_data, tmp
     thumbnail = client.get(f"/api/image/{expected[0][0]}")
     assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\xff\xd8")
     assert client.get("/api/health").json()["boxes"] is False
+
+
+def test_another_host_is_said_out_loud(served, monkeypatch, capsys):
+    """--host other than loopback: a warning on stderr (bound here to loopback: tests listen on 127.0.0.1 only)."""
+    import uvicorn
+    import tools.serve as serve
+    loopback = serve.bind
+    started = []
+    monkeypatch.setattr(serve, "bind", lambda host, port: loopback("127.0.0.1", 0))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: started.append(sockets[0].close()))
+    assert run_cli(serve.main, ["--index", str(served[2]), "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert started and "warning: --host 0.0.0.0: the page and API are reachable from other machines" in err
+    assert run_cli(serve.main, ["--index", str(served[2])]) == 0 and "warning" not in capsys.readouterr().err
+
+
+def test_the_demo_region_record_follows_the_extractor_contract(region_data):
+    from PIL import Image
+    folder = f"{region_data[0]}/f30k_precomp"
+    record = json.load(open(f"{folder}/test_ims.json", encoding="utf-8"))
+    boxes, features = np.load(f"{folder}/test_ims_boxes.npy"), np.load(f"{folder}/test_ims.npy")
+    assert record["format"] == "dimmatch-regions" and record["version"] == 1 and record["regions"] == 8
+    assert len(record["images"]) == len(features) == len(boxes) and boxes.shape[1:] == (8, 4)
+    for image, image_boxes in zip(record["images"], boxes):
+        assert os.path.isabs(image["path"]) and Image.open(image["path"]).size == (image["width"], image["height"])
+        assert (image_boxes[:, 2] > image_boxes[:, 0]).all() and (image_boxes[:, 3] > image_boxes[:, 1]).all()
+        assert (image_boxes[:, 2] <= image["width"]).all() and (image_boxes[:, 3] <= image["height"]).all()
+        assert [0, 0, image["width"], image["height"]] in image_boxes.tolist()      # the scene region
+    assert not os.path.exists(f"{folder}/train_ims.json")          # the test split only

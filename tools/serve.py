@@ -77,9 +77,9 @@ def main(argv=None):
                       args.batch_size, args.thumbnails)
     host, port = sock.getsockname()[:2]
     where = f"[{host}]" if ":" in host else host
-    if not ipaddress.ip_address(host).is_loopback:
-        print(f"warning: --host {host}: the page and API are reachable from other machines on port {port}, without "
-              "authentication", file=sys.stderr)
+    if not ipaddress.ip_address(args.host).is_loopback:
+        print(f"warning: --host {args.host}: the page and API are reachable from other machines on port {port}, "
+              "without authentication", file=sys.stderr)
     print(f"serving {args.index} ({len(service.current().index)} images) on http://{where}:{port}/ ; Ctrl-C stops",
           flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
