@@ -75,7 +75,6 @@ class Service:
         self.device, self.batch_size = device, batch_size
         self.caption_file = captions
         self.captions = read_caption_file(captions) if captions else None
-        self._caption_items = None
         self.thumbnails = thumbnails or f"{self.folder}.thumbs"
         args = argparse.Namespace(index=self.folder, checkpoint=checkpoint, shortlist=shortlist)
         opened = self._open()
@@ -89,6 +88,8 @@ class Service:
         self._refused: tuple | None = None
         self.lock = threading.Lock()           # the model: one call at a time
         self._reload_lock = threading.Lock()
+        if self.captions is not None:           # encoded once, before the first request
+            self._caption_items = encode_captions(self.model, self.encoder, self.captions, device, batch_size)
         try:
             os.makedirs(self.thumbnails, exist_ok=True)
         except OSError as exc:
@@ -225,9 +226,6 @@ class Service:
         from evaluation.scoring import score_all
         with self.lock:
             started = time.perf_counter()
-            if self._caption_items is None:
-                self._caption_items = encode_captions(self.model, self.encoder, self.captions, self.device,
-                                                      self.batch_size)
             scores = score_all(self.model.head, state.index.items(np.array([item])), self._caption_items,
                                self.device, progress=False)[0]
             took = time.perf_counter() - started
