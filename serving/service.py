@@ -272,6 +272,10 @@ class Service:
                              for r in np.argsort(-overall, kind="stable")[:TOP_REGIONS]]
         if state.index.boxes is not None:
             answer["boxes"] = np.asarray(state.index.boxes[item], dtype=np.float32).round(1).tolist()
+        elif state.index.meta["version"] < 4:
+            answer["note"] = (f"this index (format version {state.index.meta['version']}) records no region boxes: "
+                              "regions are shown by number; rebuild it with tools/retrieve.py index, with the region "
+                              "extractor's FEATS.json and FEATS_boxes.npy beside the features, to draw them")
         else:
             answer["note"] = ("this index has no region boxes (it was built from a feature file without the region "
                               "extractor's FEATS.json and FEATS_boxes.npy beside it): regions are shown by number")
