@@ -61,8 +61,11 @@ def item_files(option: str, path: str, names: list[str]) -> tuple[list | None, o
     try:
         with open(described, encoding="utf-8") as handle:
             record = json.load(handle)
-        images = record["images"] if record.get("format") == REGIONS_FORMAT else None
-        paths = [str(entry["path"]) for entry in images]
+        if not isinstance(record, dict) or record.get("format") != REGIONS_FORMAT or record.get("version") != 1:
+            found = (record.get("format"), record.get("version")) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{described} is not a region record this code reads (format and version {found}; "
+                            f"expected {REGIONS_FORMAT} version 1)")
+        paths = [str(entry["path"]) for entry in record["images"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{described} is not a readable region record ({first_line(exc)}); expected format "
                         f"{REGIONS_FORMAT} with an 'images' list of name, path, width, height") from exc

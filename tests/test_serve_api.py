@@ -311,3 +311,26 @@ def test_the_demo_region_record_follows_the_extractor_contract(region_data):
         assert (image_boxes[:, 2] <= image["width"]).all() and (image_boxes[:, 3] <= image["height"]).all()
         assert [0, 0, image["width"], image["height"]] in image_boxes.tolist()      # the scene region
     assert not os.path.exists(f"{folder}/train_ims.json")          # the test split only
+
+
+def test_a_region_record_that_does_not_match_its_features_is_one_line(short_region_checkpoint, region_data, tmp_path,
+                                                                       capsys):
+    folder = tmp_path / "feats"
+    shutil.copytree(f"{region_data[0]}/f30k_precomp", folder, ignore=shutil.ignore_patterns("*_images"))
+    record = json.loads((folder / "test_ims.json").read_text())
+    argv = ["index", "--checkpoint", str(short_region_checkpoint), "--regions", str(folder / "test_ims.npy"), "--out",
+            str(tmp_path / "x.index"), "--device", "cpu"]
+    (folder / "test_ims.json").write_text(json.dumps({**record, "images": record["images"][:9]}))
+    assert error_line(retrieve, argv, capsys) == (
+        f"{folder / 'test_ims.json'} lists 9 images and {folder / 'test_ims_boxes.npy'} has shape (10, 8, 4) for the 10 "
+        f"rows of 8 regions of {folder / 'test_ims.npy'}; they must match row for row (N x regions x 4)")
+    (folder / "test_ims.json").write_text(json.dumps(record))
+    np.save(folder / "test_ims_boxes.npy", np.zeros((10, 7, 4), np.float32))
+    assert "has shape (10, 7, 4) for the 10 rows of 8 regions" in error_line(retrieve, argv, capsys)
+    (folder / "test_ims.json").write_text(json.dumps({**record, "version": 2}))
+    assert error_line(retrieve, argv, capsys) == (
+        f"{folder / 'test_ims.json'} is not a region record this code reads (format and version ('dimmatch-regions', "
+        "2); expected dimmatch-regions version 1)")
+    os.remove(folder / "test_ims_boxes.npy")                     # no pair beside the features: no boxes, no paths
+    assert run_cli(retrieve, argv) == 0
+    assert json.loads((tmp_path / "x.index" / "index.json").read_text())["boxes"] is False
