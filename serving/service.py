@@ -78,6 +78,11 @@ class Service:
         self.thumbnails = thumbnails or f"{self.folder}.thumbs"
         args = argparse.Namespace(index=self.folder, checkpoint=checkpoint, shortlist=shortlist)
         opened = self._open()
+        try:
+            if opened[0].paths is not None:        # an index without image files needs no cache
+                os.makedirs(self.thumbnails, exist_ok=True)
+        except OSError as exc:
+            raise Refused(f"--thumbnails {self.thumbnails}: cannot create the thumbnail cache ({exc.strerror or exc})")
         if models is None:
             opened_index, (self.model, self.encoder), self.shortlister = open_index(args, device, opened[0])
         else:
@@ -90,10 +95,6 @@ class Service:
         self._reload_lock = threading.Lock()
         if self.captions is not None:           # encoded once, before the first request
             self._caption_items = encode_captions(self.model, self.encoder, self.captions, device, batch_size)
-        try:
-            os.makedirs(self.thumbnails, exist_ok=True)
-        except OSError as exc:
-            raise Refused(f"--thumbnails {self.thumbnails}: cannot create the thumbnail cache ({exc.strerror or exc})")
 
     # -- the index, whole ---------------------------------------------------------------------------
 
@@ -315,6 +316,7 @@ class Service:
         path = self.image_path(state, item)
         if full:
             return path, IMAGE_SUFFIXES[os.path.splitext(path)[1].lower()]
+        os.makedirs(self.thumbnails, exist_ok=True)      # (a replacement index may be the first with images)
         stat = os.stat(path)
         key = hashlib.sha256(f"{path}\n{stat.st_size}\n{stat.st_mtime_ns}\n{THUMBNAIL}".encode()).hexdigest()[:24]
         thumbnail = os.path.join(self.thumbnails, f"{key}.jpg")
