@@ -316,7 +316,11 @@ class Service:
         path = self.image_path(state, item)
         if full:
             return path, IMAGE_SUFFIXES[os.path.splitext(path)[1].lower()]
-        os.makedirs(self.thumbnails, exist_ok=True)      # (a replacement index may be the first with images)
+        try:
+            os.makedirs(self.thumbnails, exist_ok=True)  # (a replacement index may be the first with images)
+        except OSError as exc:
+            raise Refused(f"the thumbnail cache {self.thumbnails} cannot be created ({exc.strerror or exc})", 503) \
+                from exc
         stat = os.stat(path)
         key = hashlib.sha256(f"{path}\n{stat.st_size}\n{stat.st_mtime_ns}\n{THUMBNAIL}".encode()).hexdigest()[:24]
         thumbnail = os.path.join(self.thumbnails, f"{key}.jpg")

@@ -334,3 +334,11 @@ def test_a_region_record_that_does_not_match_its_features_is_one_line(short_regi
     os.remove(folder / "test_ims_boxes.npy")                     # no pair beside the features: no boxes, no paths
     assert run_cli(retrieve, argv) == 0
     assert json.loads((tmp_path / "x.index" / "index.json").read_text())["boxes"] is False
+
+
+def test_an_unexpected_failure_is_still_a_json_line(served, monkeypatch):
+    client, service, _, _ = served
+    monkeypatch.setattr(service, "health", lambda: 1 / 0)
+    response = TestClient(client.app, raise_server_exceptions=False).get("/api/health")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (ZeroDivisionError: division by zero); see the server's log"}
