@@ -68,6 +68,9 @@ def encode_captions(model, encoder, captions, device, batch_size, vectors: list 
 
 def command_index(args, device) -> dict:
     outputs = Outputs(args.overwrite)
+    if args.regions and args.images:        # one collection per index: the model reads one of the two
+        raise ConfigError("--regions and --images cannot be given together: an index is of one collection (region "
+                          "features for region models, image files for models on raw images)")
     outputs.file(args.out, "--out", ".index", folder=True)
     for option in ("checkpoint", "shortlist", "regions", "images"):
         outputs.reads(getattr(args, option), f"--{option}")
