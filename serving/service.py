@@ -30,6 +30,9 @@ THUMBNAIL = 256
 TOP_REGIONS = 3
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                   ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+# the media type of a full-size file is that of its decoded content (PIL's format), never its name's
+IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
+                 "GIF": "image/gif", "TIFF": "image/tiff"}
 
 
 class Refused(UserError):
@@ -50,19 +53,11 @@ class Loaded:
     index: collection.CollectionIndex
     identity: tuple          # (folder inode, index.json inode, size, mtime): what a replacement changes
     generation: str          # a short name of `identity`, given with every result
-    root: str | None         # the real folder holding every image file of the index (None: no paths)
 
 
 def _identity(folder: str) -> tuple:
     described = os.stat(os.path.join(folder, "index.json"))
     return os.stat(folder).st_ino, described.st_ino, described.st_size, described.st_mtime_ns
-
-
-def _collection_root(paths: list[str] | None) -> str | None:
-    if not paths:
-        return None
-    folders = {os.path.dirname(path) for path in paths}
-    return os.path.realpath(os.path.commonpath(sorted(folders)))
 
 
 class Service:
@@ -116,7 +111,7 @@ class Service:
     @staticmethod
     def _loaded(index, identity) -> Loaded:
         generation = hashlib.sha256(repr(identity).encode()).hexdigest()[:12]
-        return Loaded(index, identity, generation, _collection_root(index.paths))
+        return Loaded(index, identity, generation)
 
     def current(self, generation: str | None = None) -> Loaded:
         """The index as it is on disk now: the loaded one, a replacement made with the same
@@ -180,7 +175,13 @@ class Service:
     # -- answers ----------------------------------------------------------------------------------
 
     def health(self) -> dict:
-        state = self.current()
+        """200 whenever the server is up, so that a probe can tell it from a dead one: `status` is
+        ok, or refused / unavailable with the message every other route answers with."""
+        try:
+            state = self.current()
+        except Refused as exc:
+            return {"status": "refused" if exc.status == 409 else "unavailable", "message": str(exc),
+                    "index": os.path.abspath(self.folder), "limits": LIMITS}
         saved = state.index.provenance["checkpoints"] or [{"file": None, "sha256": ""}]
         return {"status": "ok", "index": os.path.abspath(self.folder), "count": len(state.index),
                 "generation": state.generation, "format_version": state.index.meta["version"],
@@ -208,8 +209,13 @@ class Service:
                                         self.batch_size, first_stage=order)
         first_rank = {int(row): place for place, row in enumerate(order[0], start=1)}
         names = state.index.names
-        return {"query": q, "k": k, "rerank_k": min(rerank_k, len(state.index)), "count": len(state.index),
-                "generation": state.generation,
+        used_rerank = min(rerank_k, len(state.index))      # what was used is echoed, and a note says why
+        used_k = min(k, used_rerank)
+        notes = ([f"rerank_k {rerank_k} is more than the index's {len(state.index)} images: all were re-ranked"]
+                 if used_rerank < rerank_k else []) + \
+                ([f"k {k} is more than the {used_rerank} images re-ranked: {used_k} results"] if used_k < k else [])
+        return {"query": q, "k": used_k, "rerank_k": used_rerank, "count": len(state.index),
+                "generation": state.generation, **({"note": "; ".join(notes)} if notes else {}),
                 "timing_ms": {"encode": 1000 * (encoded - started), "first_stage": 1000 * timing["search"],
                               "rerank": 1000 * timing["rerank"]},
                 "results": [{"id": row, "name": names[row], "score": score, "rank": rank,
@@ -285,7 +291,9 @@ class Service:
     # -- image files ------------------------------------------------------------------------------
 
     def image_path(self, state: Loaded, item: int) -> str:
-        """The index's own file for `item`, refused when it is not a plain file inside the collection."""
+        """The index's own file for `item`, refused unless the recorded path is the file itself: its real
+        path (links resolved) must equal the recorded one, so a link anywhere on the way is refused and
+        no recorded path can widen what is served (a folder rule can be widened by one stray path)."""
         self._item(state, item)
         if state.index.paths is None:
             raise Refused(f"index {self.folder} records no image files (built from features without the region "
@@ -294,9 +302,9 @@ class Service:
         if not os.path.isabs(path) or os.path.normpath(path) != path or os.sep + ".." + os.sep in path + os.sep:
             raise Refused(f"id {item}: the index records a path that is not absolute and normal; refused", 403)
         real = os.path.realpath(path)
-        if state.root is None or os.path.commonpath([real, state.root]) != state.root:
-            raise Refused(f"id {item}: its file leads outside the collection folder {state.root} (a link?); "
-                          "refused", 403)
+        if real != path:
+            raise Refused(f"id {item}: its recorded path {path} goes through a link (to {real}); only files at their "
+                          "own recorded path are served; refused", 403)
         if os.path.splitext(real)[1].lower() not in IMAGE_SUFFIXES:
             raise Refused(f"id {item}: {os.path.basename(path)} is not an image file by its name; refused", 403)
         if not os.path.isfile(real):
@@ -315,7 +323,15 @@ class Service:
         state = self.current(generation)
         path = self.image_path(state, item)
         if full:
-            return path, IMAGE_SUFFIXES[os.path.splitext(path)[1].lower()]
+            try:
+                with Image.open(path) as image:
+                    media = IMAGE_FORMATS.get(image.format)
+                    image.load()                    # the whole file decodes: not just a name and a header
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise Refused(f"id {item}: {path} cannot be read as an image ({first_line(exc)})", 422) from exc
+            if media is None:
+                raise Refused(f"id {item}: {path} is a {image.format} image, which is not served full size", 422)
+            return path, media
         try:
             os.makedirs(self.thumbnails, exist_ok=True)  # (a replacement index may be the first with images)
         except OSError as exc:
@@ -324,7 +340,7 @@ class Service:
         stat = os.stat(path)
         key = hashlib.sha256(f"{path}\n{stat.st_size}\n{stat.st_mtime_ns}\n{THUMBNAIL}".encode()).hexdigest()[:24]
         thumbnail = os.path.join(self.thumbnails, f"{key}.jpg")
-        if not os.path.isfile(thumbnail):
+        if not _decodes(thumbnail):              # missing, or damaged in the cache (by a full disk, a user): remade
             partial = f"{thumbnail}.tmp-{os.getpid()}-{threading.get_ident()}"
             try:
                 with Image.open(path) as image:
@@ -339,3 +355,13 @@ class Service:
                 if os.path.exists(partial):
                     os.remove(partial)
         return thumbnail, "image/jpeg"
+
+
+def _decodes(path: str) -> bool:
+    """Whether a cached thumbnail is there and decodes whole (a small JPEG: about a millisecond)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return image.format == "JPEG"
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False

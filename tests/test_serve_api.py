@@ -152,11 +152,23 @@ def test_only_the_collection_files_are_served(served, tmp_path):
     link = os.path.join(folder, "link-out.png")
     if not os.path.lexists(link):
         os.symlink(outside, link)
+    linked_folder = tmp_path / "linked"                 # a link to the collection's own folder: refused too
+    os.symlink(folder, linked_folder)
+    stray = tmp_path / "elsewhere" / "stray.png"        # a stray recorded path widens nothing
+    stray.parent.mkdir()
+    shutil.copy(paths[4], stray)
     paths[0], paths[1] = link, os.path.join(folder, "..", os.path.basename(folder), os.path.basename(paths[1]))
+    paths[3], paths[5] = str(linked_folder / os.path.basename(paths[3])), str(stray)
+    paths[6] = "/"
     (copy / "paths.txt").write_text("\n".join(paths) + "\n")
     client = TestClient(create_app(Service(str(copy), device=torch.device("cpu"), thumbnails=str(tmp_path / "t"))))
     assert client.get("/api/image/0").status_code == 403
-    assert "leads outside the collection folder" in client.get("/api/image/0?size=full").json()["error"]
+    assert client.get("/api/image/0?size=full").json()["error"] == (
+        f"id 0: its recorded path {link} goes through a link (to {outside}); only files at their own recorded path "
+        "are served; refused")
+    assert client.get("/api/image/3?size=full").status_code == 403
+    assert client.get("/api/image/5?size=full").status_code == 200      # a real file at its own path
+    assert client.get("/api/image/6?size=full").status_code == 403      # "/" is not an image file by its name
     assert client.get("/api/image/1").json()["error"] == ("id 1: the index records a path that is not absolute and "
                                                           "normal; refused")
     assert client.get("/api/image/2").status_code == 200
@@ -207,12 +219,17 @@ def test_an_index_replaced_while_serving_is_reloaded_whole_or_refused(short_regi
     gone = client.get("/api/search", params={"q": "a red dog"})
     assert gone.status_code == 503 and "is not there any more" in gone.json()["error"]
     os.rename(other, index)
-    for path in ("/api/search?q=a+dog", "/api/health", "/api/image/0", "/api/explain?q=a&id=0"):
+    message = (f"index {index} was replaced on disk by one made with another checkpoint (sha256 ffffffffffff; "
+               f"this server runs {running}); restart tools/serve.py to serve it")
+    for path in ("/api/search?q=a+dog", "/api/image/0", "/api/explain?q=a&id=0"):
         refused = client.get(path)
-        assert refused.status_code == 409
-        assert refused.json()["error"] == (f"index {index} was replaced on disk by one made with another checkpoint "
-                                           f"(sha256 ffffffffffff; this server runs {running}); restart "
-                                           "tools/serve.py to serve it")
+        assert refused.status_code == 409 and refused.json()["error"] == message
+    health = client.get("/api/health")              # the server is up: a probe tells it from a dead one
+    assert health.status_code == 200 and health.json()["status"] == "refused" and health.json()["message"] == message
+    shutil.rmtree(index)                            # the original checkpoint's index rebuilt: served again
+    build_index(short_region_checkpoint, regions, index)
+    assert client.get("/api/health").json()["status"] == "ok"
+    assert client.get("/api/search", params={"q": "a red dog", "k": 3}).json()["results"] == before["results"]
 
 
 def test_concurrent_queries_do_not_disturb_one_another(served):
@@ -253,8 +270,6 @@ def test_the_command_line_refuses_in_one_line(served, tmp_path, capsys):
             "choose another --port")
     finally:
         taken.close()
-    assert error_line(main, ["--index", str(index), "--host", "localhost"], capsys) == (
-        "--host localhost is not an IP address (127.0.0.1, ::1, 0.0.0.0, ...)")
     assert error_line(main, ["--index", str(index), "--thumbnails", str(index / "t")], capsys).startswith(
         f"--thumbnails {index / 't'} lies inside --index")
 
@@ -342,3 +357,75 @@ def test_an_unexpected_failure_is_still_a_json_line(served, monkeypatch):
     response = TestClient(client.app, raise_server_exceptions=False).get("/api/health")
     assert response.status_code == 500
     assert response.json() == {"error": "internal error (ZeroDivisionError: division by zero); see the server's log"}
+
+
+def test_head_trailing_slashes_and_unknown_parameters(served):
+    """HEAD answers as GET without a body; /api/search/ is a JSON 404, not an empty 307; a parameter a
+    route does not take is a 400 naming it, not silently ignored."""
+    client = served[0]
+    for path in ("/", "/api/health", "/api/image/3", "/api/search?q=a+dog"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b"", path
+    slash = client.get("/api/search/", params={"q": "a dog"}, follow_redirects=False)
+    assert slash.status_code == 404 and slash.json() == {"error": "no such page or API route (see /api/health)"}
+    unknown = client.get("/api/search", params={"q": "a dog", "kk": 5})
+    assert unknown.status_code == 400 and unknown.json() == {
+        "error": "kk: not a parameter of /api/search (it takes k, q, rerank_k)"}
+    assert client.get("/api/image/1", params={"gen": "x", "sise": "full"}).json()["error"].startswith("sise: not a")
+    assert client.get("/api/health", params={"x": 1}).status_code == 400
+
+
+def test_narrowed_k_and_rerank_k_are_echoed_with_a_note(served):
+    client = served[0]
+    narrowed = client.get("/api/search", params={"q": "a dog", "k": 10, "rerank_k": 5}).json()
+    assert narrowed["k"] == 5 and narrowed["rerank_k"] == 5 and len(narrowed["results"]) == 5
+    assert narrowed["note"] == "k 10 is more than the 5 images re-ranked: 5 results"
+    wide = client.get("/api/search", params={"q": "a dog", "k": 3, "rerank_k": 2000}).json()
+    assert wide["rerank_k"] == 10 and wide["k"] == 3 and len(wide["results"]) == 3
+    assert wide["note"] == "rerank_k 2000 is more than the index's 10 images: all were re-ranked"
+    assert "note" not in client.get("/api/search", params={"q": "a dog", "k": 3, "rerank_k": 5}).json()
+
+
+def test_full_size_files_are_decoded_and_sent_as_what_they_are(served, tmp_path):
+    """A .png that holds a JPEG is image/jpeg; a file named like an image that is not one is a 422."""
+    from PIL import Image
+    from serving.app import create_app
+    from serving.service import Service
+    import torch
+    _, _, index, _ = served
+    copy = tmp_path / "copy.index"
+    shutil.copytree(index, copy)
+    paths = (copy / "paths.txt").read_text().splitlines()
+    jpeg, text = tmp_path / "really-a-jpeg.png", tmp_path / "notes.png"
+    Image.open(paths[0]).convert("RGB").save(jpeg, "JPEG")
+    text.write_text("not an image")
+    paths[0], paths[1] = str(jpeg), str(text)
+    (copy / "paths.txt").write_text("\n".join(paths) + "\n")
+    client = TestClient(create_app(Service(str(copy), device=torch.device("cpu"), thumbnails=str(tmp_path / "t"))))
+    full = client.get("/api/image/0", params={"size": "full"})
+    assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
+    refused = client.get("/api/image/1", params={"size": "full"})
+    assert refused.status_code == 422 and refused.json()["error"].startswith(f"id 1: {text} cannot be read as an image")
+
+
+def test_a_damaged_cached_thumbnail_is_made_again(served):
+    client, service, _, _ = served
+    first = client.get("/api/image/4").content
+    cached = [name for name in os.listdir(service.thumbnails)
+              if open(os.path.join(service.thumbnails, name), "rb").read() == first]
+    assert len(cached) == 1
+    with open(os.path.join(service.thumbnails, cached[0]), "wb") as damaged:
+        damaged.write(first[:100])
+    again = client.get("/api/image/4")
+    assert again.status_code == 200 and again.content == first
+
+
+def test_index_refuses_regions_and_images_together(short_region_checkpoint, region_data, tmp_path, capsys):
+    """--images beside --regions was silently ignored: one line, exit 2, nothing written."""
+    from tools.retrieve import main
+    out = tmp_path / "both.index"
+    assert error_line(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
+                             f"{region_data[0]}/f30k_precomp/test_ims.npy", "--images", str(tmp_path), "--out",
+                             str(out), "--device", "cpu"], capsys).startswith(
+        "--regions and --images cannot be given together")
+    assert not out.exists()
