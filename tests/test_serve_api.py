@@ -259,7 +259,14 @@ def test_the_command_line_refuses_in_one_line(served, tmp_path, capsys):
     import socket
     _, _, index, _ = served
     assert error_line(main, ["--index", str(tmp_path / "none.index")], capsys) == (
-        f"index {tmp_path / 'none.index'} does not exist (an index is the folder tools/retrieve.py index wrote)")
+        f"--index {tmp_path / 'none.index'} does not exist (an index is the folder tools/retrieve.py index wrote)")
+    (tmp_path / "empty").mkdir()
+    assert error_line(main, ["--index", str(tmp_path / "empty")], capsys) == (
+        f"--index {tmp_path / 'empty'} is not an index folder (no index.json; it is empty)")
+    assert error_line(main, ["--index", str(index / "index.json")], capsys).startswith(
+        f"--index {index / 'index.json'} is a file, not an index folder")
+    assert error_line(main, ["--index", str(index), "--checkpoint", "nope.pth"], capsys) == (
+        "--checkpoint nope.pth does not exist")
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
@@ -268,6 +275,8 @@ def test_the_command_line_refuses_in_one_line(served, tmp_path, capsys):
         assert error_line(main, ["--index", str(index), "--port", str(port)], capsys) == (
             f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); another server there? "
             "choose another --port")
+        assert error_line(main, ["--index", str(index), "--port", str(port), "--captions", "none.txt"], capsys) == (
+            "--captions none.txt does not exist")          # the inputs first, then the port
     finally:
         taken.close()
     assert error_line(main, ["--index", str(index), "--thumbnails", str(index / "t")], capsys).startswith(
@@ -308,9 +317,14 @@ def test_another_host_is_said_out_loud(served, monkeypatch, capsys):
     monkeypatch.setattr(serve, "bind", lambda host, port: loopback("127.0.0.1", 0))
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: started.append(sockets[0].close()))
     assert run_cli(serve.main, ["--index", str(served[2]), "--host", "0.0.0.0"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert started and "warning: --host 0.0.0.0: the page and API are reachable from other machines" in err
+    assert serve.address("0.0.0.0", 8000) == "http://127.0.0.1:8000/"     # an address a browser here can open
+    assert serve.address("::", 8000) == "http://[::1]:8000/" and serve.address("10.0.0.2", 80) == "http://10.0.0.2:80/"
     assert run_cli(serve.main, ["--index", str(served[2])]) == 0 and "warning" not in capsys.readouterr().err
+    assert serve.resolve_host("localhost") in ("127.0.0.1", "::1")      # a name is resolved, loopback: no warning
+    assert run_cli(serve.main, ["--index", str(served[2]), "--host", "localhost"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_the_demo_region_record_follows_the_extractor_contract(region_data):

@@ -13,8 +13,10 @@ keeps one model in memory, binds 127.0.0.1 unless --host says otherwise, and ser
 files that the index records.
 """
 
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import sys
 
@@ -24,15 +26,83 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from devices import resolve_device  # noqa: E402
-from errors import ConfigError  # noqa: E402
+from errors import ConfigError, Stopped  # noqa: E402
+
+GRACE_SECONDS = 30      # in-flight requests get this long to finish after SIGINT / SIGTERM
+
+
+def resolve_host(host: str) -> str:
+    """--host as an IP address: a name (localhost) is resolved, its first address used."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        raise ConfigError(f"--host {host} is neither an IP address nor a name this machine resolves") from None
+
+
+def check_inputs(args) -> None:
+    """The files named on the command line, checked before the port is taken, so that a busy port
+    never hides a wrong --index and every message says what is wrong with which file."""
+    index = args.index.rstrip("/") or args.index
+    if not os.path.exists(index):
+        raise ConfigError(f"--index {index} does not exist (an index is the folder tools/retrieve.py index wrote)")
+    if not os.path.isdir(index):
+        raise ConfigError(f"--index {index} is a file, not an index folder (the folder tools/retrieve.py index wrote)")
+    if not os.path.exists(os.path.join(index, "index.json")):
+        raise ConfigError(f"--index {index} is not an index folder (no index.json; "
+                          f"{'it is empty' if not os.listdir(index) else 'it holds other files'})")
+    for option in ("checkpoint", "shortlist", "captions"):
+        path = getattr(args, option)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"--{option} {path} " + ("is a folder, not a file" if os.path.isdir(path)
+                                                       else "does not exist"))
+
+
+class Server:
+    """uvicorn's server, stopped the same way by SIGINT (Ctrl-C) and SIGTERM: no new connections,
+    in-flight requests finished (for at most GRACE_SECONDS), then exit 128 + the signal as the
+    project's stopped commands do (130, 143), with one line; uvicorn itself re-raised the signal,
+    which killed the process silently on SIGTERM."""
+
+    def __init__(self, app, sock):
+        import uvicorn
+        self.sock, self.stopped_by = sock, None
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=256,
+                                                    timeout_keep_alive=5, timeout_graceful_shutdown=GRACE_SECONDS))
+        self.server.capture_signals = self.capture_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        def stop(signum, frame):
+            self.stopped_by = self.stopped_by or signum
+            self.server.should_exit = True
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run(self):
+        self.server.run(sockets=[self.sock])
+        if self.stopped_by:
+            raise Stopped(self.stopped_by, "the server finished its in-flight requests and stopped")
+
+
+def address(host: str, port: int) -> str:
+    """The URL to open here: 0.0.0.0 / :: listen everywhere but are no address, so loopback is given."""
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, so that a port in use is one line before the model is loaded."""
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        raise ConfigError(f"--host {host} is not an IP address (127.0.0.1, ::1, 0.0.0.0, ...)") from None
+    host = resolve_host(host)
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
     # without it a keep-alive client waits 40 ms (Nagle + delayed ACK) for every response's body
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -68,23 +138,20 @@ def main(argv=None):
     if os.path.abspath(args.thumbnails or "").startswith(os.path.abspath(args.index.rstrip("/")) + os.sep):
         raise ConfigError(f"--thumbnails {args.thumbnails} lies inside --index {args.index}, which holds only the "
                           "index's own files; put it elsewhere")
+    check_inputs(args)
     setup_logging()
-    import uvicorn
     from serving.app import create_app
     from serving.service import Service
     sock = bind(args.host, args.port)
     service = Service(args.index, args.checkpoint, args.shortlist, args.captions, resolve_device(args.device),
                       args.batch_size, args.thumbnails)
     host, port = sock.getsockname()[:2]
-    where = f"[{host}]" if ":" in host else host
-    if not ipaddress.ip_address(args.host).is_loopback:
+    if not ipaddress.ip_address(resolve_host(args.host)).is_loopback:
         print(f"warning: --host {args.host}: the page and API are reachable from other machines on port {port}, "
               "without authentication", file=sys.stderr)
-    print(f"serving {args.index} ({len(service.current().index)} images) on http://{where}:{port}/ ; Ctrl-C stops",
+    print(f"serving {args.index} ({len(service.current().index)} images) on {address(host, port)} ; Ctrl-C stops",
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                           limit_concurrency=256, timeout_keep_alive=5))
-    server.run(sockets=[sock])
+    Server(create_app(service), sock).run()
 
 
 if __name__ == "__main__":
