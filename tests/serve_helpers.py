@@ -153,6 +153,17 @@ def check_page(base_url: str, query: str, screenshot: str | None = None, height:
         browser.close()
 
 
-if __name__ == "__main__":      # the README's screenshot: python tests/serve_helpers.py URL QUERY OUT.png
-    import sys
-    print(check_page(sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]))
+def main(argv=None):
+    """The README's screenshot: python tests/serve_helpers.py URL QUERY OUT.png (a server already running)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Type QUERY into the retrieval page at URL in headless Chromium, "
+                                                 "check the results and save a screenshot to OUT.png.")
+    parser.add_argument("url", help="the page, e.g. http://127.0.0.1:8000/ (tools/serve.py running)")
+    parser.add_argument("query", help="a caption to search for")
+    parser.add_argument("out", help="the screenshot to write (.png)")
+    args = parser.parse_args(argv)
+    print(check_page(args.url.rstrip("/"), args.query, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -443,3 +443,15 @@ def test_index_refuses_regions_and_images_together(short_region_checkpoint, regi
                              str(out), "--device", "cpu"], capsys).startswith(
         "--regions and --images cannot be given together")
     assert not out.exists()
+
+
+def test_the_page_does_not_cut_a_long_query_and_the_helper_has_usage(served):
+    """A 1,001-character caption reaches the server, whose 400 the page shows (no silent maxlength);
+    tests/serve_helpers.py --help (named in the README) prints its usage."""
+    import subprocess
+    import sys
+    page = served[0].get("/").text
+    assert 'id="q"' in page and "maxlength" not in page.split('id="q"')[1].split(">")[0]
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_helpers.py")
+    shown = subprocess.run([sys.executable, helper, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "usage:" in shown.stdout and "url query out" in shown.stdout
