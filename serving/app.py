@@ -37,7 +37,8 @@ def known_parameters(request: Request):
     known = {field.alias for field in route.dependant.query_params} if route is not None else set()
     for name in request.query_params:
         if name not in known:
-            raise Refused(f"{name}: not a parameter of {request.url.path} (it takes {', '.join(sorted(known)) or 'none'})")
+            takes = ", ".join(sorted(known)) or "none"
+            raise Refused(f"{name}: not a parameter of {request.url.path} (it takes {takes})")
 
 
 def create_app(service: Service) -> FastAPI:
