@@ -117,6 +117,10 @@ def main(argv=None) -> dict:
                "seconds": time.time() - started, "checkpoint": checkpoint}
     print(f"\nchance level rSum for {args.test_images} images: {summary['chance_rsum']:.1f}; "
           f"this model: {summary['rsum']:.1f}; wall time {summary['seconds']:.0f}s")
+    if args.system != "clip":       # the test images, with the regions the model matched, in the browser
+        data, index = os.path.join(args.output, "data", "f30k_precomp"), os.path.join(args.output, "test.index")
+        print(f"\nsearch the test images in the browser:\n  python tools/retrieve.py index --checkpoint {checkpoint} "
+              f"--regions {data}/test_ims.npy --out {index}\n  python tools/serve.py --index {index}")
     return summary
 
 

@@ -17,7 +17,7 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 OBJECTS = ["dog", "cat", "horse", "bird", "man", "woman", "child", "car", "bicycle", "boat", "ball", "tree",
            "kite", "bench"]
@@ -61,7 +61,11 @@ def region_scenes(count: int, rng: np.random.Generator) -> list[dict]:
     return scenes
 
 
-def region_features(scene: dict, prototypes: dict, regions: int, rng: np.random.Generator) -> np.ndarray:
+def region_features(scene: dict, prototypes: dict, regions: int, rng: np.random.Generator,
+                    layout: list | None = None) -> np.ndarray:
+    """A scene's regions; `layout`, when given, receives what each row shows, in row order: (object
+    number, part) for the two regions of each object (part 0 the whole object, 1 its upper half),
+    "scene" or "other". The rows are shuffled with the same draws either way."""
     rows = []
     for obj, color in scene["objects"]:
         for _ in range(2):
@@ -71,7 +75,14 @@ def region_features(scene: dict, prototypes: dict, regions: int, rng: np.random.
     while len(rows) < regions:
         rows.append(rng.normal(size=dim))
     rows = np.stack(rows[:regions]) + 0.9 * rng.normal(size=(regions, dim))
-    rng.shuffle(rows)
+    if layout is None:
+        rng.shuffle(rows)
+    else:   # the row numbers ride along as one more column: the same permutation, the same draws
+        tagged = np.concatenate([rows, np.arange(regions, dtype=rows.dtype)[:, None]], axis=1)
+        rng.shuffle(tagged)
+        rows = np.ascontiguousarray(tagged[:, :-1])
+        kinds = [(0, 0), (0, 1), (1, 0), (1, 1), "scene"] + ["other"] * regions
+        layout.extend(kinds[int(origin)] for origin in tagged[:, -1])
     return np.maximum(rows, 0).astype(np.float32)  # BUTD features are ReLU outputs
 
 
@@ -87,7 +98,9 @@ def write_region_dataset(root: str, sizes: dict | None = None, regions: int = 12
     all_captions = []
     for split, count in sizes.items():
         scenes = region_scenes(count, rng)
-        features = np.stack([region_features(scene, prototypes, regions, rng) for scene in scenes])
+        layouts = [[] for _ in scenes] if split == "test" else [None] * len(scenes)
+        features = np.stack([region_features(scene, prototypes, regions, rng, layout)
+                             for scene, layout in zip(scenes, layouts)])
         captions = []
         for scene in scenes:
             (o1, c1), (o2, c2) = scene["objects"]
@@ -97,8 +110,73 @@ def write_region_dataset(root: str, sizes: dict | None = None, regions: int = 12
         np.save(os.path.join(folder, f"{split}_ims.npy"), features)
         with open(os.path.join(folder, f"{split}_caps.txt"), "w", encoding="utf-8") as handle:
             handle.write("\n".join(captions) + "\n")
+        if split == "test":
+            write_scene_images(os.path.join(folder, f"{split}_ims"), scenes, layouts, seed)
         all_captions.extend(captions)
     return all_captions
+
+
+SCENE_COLORS = {"beach": (238, 214, 175), "street": (150, 150, 155), "park": (120, 185, 110),
+                "field": (190, 205, 120), "kitchen": (225, 215, 200), "river": (110, 160, 215)}
+REGION_COLORS = {"red": (215, 35, 35), "blue": (35, 70, 215), "green": (30, 150, 60), "yellow": (240, 215, 40),
+                 "black": (25, 25, 25), "white": (250, 250, 250), "brown": (130, 80, 40),
+                 "orange": (245, 140, 30)}
+SCENE_SIZE = (320, 240)
+
+
+def write_scene_images(stem: str, scenes: list[dict], layouts: list[list], seed: int) -> None:
+    """What the regions of `stem`.npy show, as a region extractor would leave it (the contract of
+    tools/extract_regions.py): one rendered image per row in `stem`_images/, `stem`.json (format
+    dimmatch-regions, version 1: each image's name, absolute path and size) and `stem`_boxes.npy
+    (rows x regions x 4, x1 y1 x2 y2 in image pixels: each object's box and its upper half, the whole
+    image for the scene region, small boxes elsewhere for the others). The positions come from their
+    own generator, so the features and captions are those written without the images."""
+    folder = f"{stem}_images"
+    os.makedirs(folder, exist_ok=True)
+    width, height = SCENE_SIZE
+    rng = np.random.default_rng([seed, 29])
+    try:
+        font = ImageFont.load_default(size=16)
+    except (OSError, TypeError, ValueError):       # Pillow without FreeType: its small bitmap font
+        font = ImageFont.load_default()
+    boxes = np.zeros((len(scenes), len(layouts[0]) if layouts else 0, 4), dtype=np.float32)
+    images = []
+    for row, (scene, layout) in enumerate(zip(scenes, layouts)):
+        image = Image.new("RGB", SCENE_SIZE, SCENE_COLORS[SCENES[scene["scene"]]])
+        draw = ImageDraw.Draw(image)
+        objects = []
+        for number, (obj, color) in enumerate(scene["objects"]):
+            w, h = (int(v) for v in rng.integers(70, 120, size=2))
+            left = int(rng.integers(10 + number * width // 2, max(11 + number * width // 2,
+                                                                   (number + 1) * width // 2 - w - 10)))
+            top = int(rng.integers(20, height - h - 10))
+            box = (left, top, left + w, top + h)
+            fill = REGION_COLORS[COLORS[color]]
+            draw.rounded_rectangle(box, radius=min(w, h) // 4, fill=fill, outline=(40, 40, 40), width=2)
+            ink = (0, 0, 0) if sum(fill) > 400 else (255, 255, 255)
+            draw.text((left + 8, top + h // 2 - 4), OBJECTS[obj], fill=ink, font=font)
+            objects.append(box)
+        for region, kind in enumerate(layout):
+            if kind == "scene":
+                boxes[row, region] = (0, 0, width, height)
+            elif kind == "other":
+                x, y = rng.integers(0, width - 40), rng.integers(0, height - 30)
+                w, h = rng.integers(20, 60), rng.integers(15, 45)
+                boxes[row, region] = (x, y, min(width, x + w), min(height, y + h))
+            else:
+                left, top, right, bottom = objects[kind[0]]
+                boxes[row, region] = (left, top, right, bottom if kind[1] == 0 else (top + bottom) / 2)
+        name = f"{row:05d}.png"
+        path = os.path.abspath(os.path.join(folder, name))
+        image.save(path)
+        images.append({"name": name, "path": path, "width": width, "height": height})
+    np.save(f"{stem}_boxes.npy", boxes)
+    with open(f"{stem}.json", "w", encoding="utf-8") as handle:
+        json.dump({"format": "dimmatch-regions", "version": 1, "protocol": "demo scenes (demo/data.py)",
+                   "regions": int(boxes.shape[1]), "images": images, "skipped": [],
+                   "detector": {"source": "none: generated scenes, boxes where the objects are drawn",
+                                "sha256": None},
+                   "options": {"seed": seed, "size": list(SCENE_SIZE)}}, handle, indent=1)
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, color: tuple) -> None:

@@ -9,6 +9,11 @@ The index is a folder:
                   memory-mapped: a query reads only the rows it re-ranks
     global.npy    the first stage's unit vectors (N, d), float32
     global.faiss  the FAISS index over them (flat, ivf or hnsw)
+    paths.txt     (version 4, when known) the absolute path of each item's image file, in row order
+    boxes.npy     (version 4, when known) region boxes (N, regions, 4) float32, x1 y1 x2 y2 in the
+                  original image's pixels, rows aligned with names.txt
+
+Version 3 indexes (no paths, no boxes) are still read.
 
 It is written in chunks into a temporary folder next to the target and renamed into place when
 complete, so a reader never sees half an index and an interrupted build leaves nothing behind (a
@@ -37,8 +42,51 @@ from provenance import read_record
 from .search import build_index, faiss, search
 
 FORMAT = "dimmatch-index"
-VERSION = 3
-FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss")
+VERSION = 4
+READABLE = (3, 4)
+FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss", "paths.txt", "boxes.npy")
+REGIONS_FORMAT = "dimmatch-regions"
+
+
+def item_files(option: str, path: str, names: list[str]) -> tuple[list | None, object]:
+    """(absolute image paths or None, boxes or None) of the items a collection option reads:
+    --images DIR: the files read, in name order (boxes None); --regions FEATS.npy: the images and
+    boxes of FEATS.json and FEATS_boxes.npy beside it, when both are there (a region extractor's
+    record, rows aligned with FEATS.npy), counts checked."""
+    count = len(names)
+    if option == "images":
+        return [os.path.join(os.path.abspath(path), name) for name in names], None
+    try:
+        regions = np.load(path, mmap_mode="r").shape[1]
+    except (OSError, ValueError, IndexError):
+        regions = None
+    stem = path[:-len(".npy")] if path.endswith(".npy") else path
+    described, boxes_file = f"{stem}.json", f"{stem}_boxes.npy"
+    if not os.path.isfile(described) or not os.path.isfile(boxes_file):
+        return None, None
+    try:
+        with open(described, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if not isinstance(record, dict) or record.get("format") != REGIONS_FORMAT or record.get("version") != 1:
+            found = (record.get("format"), record.get("version")) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{described} is not a region record this code reads (format and version {found}; "
+                            f"expected {REGIONS_FORMAT} version 1)")
+        paths = [str(entry["path"]) for entry in record["images"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{described} is not a readable region record ({first_line(exc)}); expected format "
+                        f"{REGIONS_FORMAT} with an 'images' list of name, path, width, height") from exc
+    try:
+        boxes = np.load(boxes_file, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{boxes_file} is not a readable .npy of boxes ({first_line(exc)})") from exc
+    if len(paths) != count or boxes.ndim != 3 or boxes.shape[0] != count or boxes.shape[2] != 4 or (
+            regions is not None and boxes.shape[1] != regions):
+        raise DataError(f"{described} lists {len(paths)} images and {boxes_file} has shape {tuple(boxes.shape)} for "
+                        f"the {count} rows{'' if regions is None else f' of {regions} regions'} of {path}; "
+                        "they must match row for row (N x regions x 4)")
+    if any("\n" in item or not os.path.isabs(item) for item in paths):
+        raise DataError(f"{described}: every image path must be absolute and on one line")
+    return paths, np.asarray(boxes, dtype=np.float32)
 
 
 def check_replaceable(folder: str, option: str = "--out") -> None:
@@ -75,15 +123,25 @@ def remove_abandoned(folder: str) -> None:
 
 
 def build(folder: str, chunks, count: int, names: list[str], provenance: dict, *, dtype: str = "fp16",
-          kind: str = "flat", first_stage: str, replace: bool = False, progress: bool = True) -> dict:
+          kind: str = "flat", first_stage: str, replace: bool = False, progress: bool = True,
+          paths: list[str] | None = None, boxes: np.ndarray | None = None) -> dict:
     """Write an index folder at `folder` from `chunks`, an iterator of (prepared local features,
-    global vectors) for consecutive items, `count` in all (see `encoded_chunks`). With `replace`,
-    an index already there is replaced once the new one is complete."""
+    global vectors) for consecutive items, `count` in all (see `encoded_chunks`), with the items'
+    image `paths` and region `boxes` when known. With `replace`, an index already there is replaced
+    once the new one is complete."""
     partial, previous = f"{folder}.tmp-{os.getpid()}", f"{folder}.old-{os.getpid()}"
     remove_abandoned(folder)
     try:
         manifest.claim(partial, PROGRAM, FILES)
         meta = _write(partial, chunks, count, names, provenance, dtype, kind, first_stage, progress)
+        if paths is not None:
+            with open(os.path.join(partial, "paths.txt"), "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{os.path.abspath(path)}\n" for path in paths))
+        if boxes is not None:
+            np.save(os.path.join(partial, "boxes.npy"), np.asarray(boxes, dtype=np.float32))
+        meta.update(paths=paths is not None, boxes=boxes is not None)
+        with open(os.path.join(partial, "index.json"), "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2, sort_keys=True)
         if os.path.exists(folder):
             if not replace:
                 raise ConfigError(f"--out {folder} appeared while the index was being built (another build?); "
@@ -168,9 +226,9 @@ class CollectionIndex:
             raise DataError(f"{path} is not a readable index description ({exc})") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise DataError(f"{folder} is not an index written by tools/retrieve.py index")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE:
             raise DataError(f"{folder} is an index of format version {meta.get('version')}; this code reads "
-                            f"version {VERSION}: rebuild it with tools/retrieve.py index")
+                            f"versions {' and '.join(map(str, READABLE))}: rebuild it with tools/retrieve.py index")
         self.folder, self.meta = folder, meta
         self.provenance = read_record(meta["provenance"], folder)
         try:
@@ -178,12 +236,22 @@ class CollectionIndex:
                 self.names = handle.read().split("\n")[:-1]
             self.local = np.load(os.path.join(folder, "local.npy"), mmap_mode="r")
             self.index = faiss().read_index(os.path.join(folder, "global.faiss"))
+            self.paths = self.boxes = None
+            if meta.get("paths"):
+                with open(os.path.join(folder, "paths.txt"), encoding="utf-8") as handle:
+                    self.paths = handle.read().split("\n")[:-1]
+            if meta.get("boxes"):
+                self.boxes = np.load(os.path.join(folder, "boxes.npy"), mmap_mode="r")
         except (OSError, ValueError, RuntimeError) as exc:   # a file missing, cut short or not ours
             raise DataError(f"index {folder} is damaged ({first_line(exc)}); rebuild it with tools/retrieve.py "
                             "index") from exc
-        if len(self.names) != len(self.local) or self.index.ntotal != len(self.local):
+        if len(self.names) != len(self.local) or self.index.ntotal != len(self.local) or (
+                self.paths is not None and len(self.paths) != len(self.local)) or (
+                self.boxes is not None and len(self.boxes) != len(self.local)):
+            extra = "".join(f", {len(part)} {what}" for part, what in ((self.paths, "paths"), (self.boxes, "box rows"))
+                            if part is not None)
             raise DataError(f"index {folder} is incomplete: {len(self.names)} names, {len(self.local)} feature rows, "
-                            f"{self.index.ntotal} vectors")
+                            f"{self.index.ntotal} vectors{extra}")
 
     def __len__(self) -> int:
         return len(self.local)

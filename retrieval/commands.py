@@ -64,10 +64,13 @@ def command_index(args, device) -> dict:
         first_stage = f"--shortlist {args.shortlist}"
     provenance = record("index", checkpoints, {"images": len(names), "images_id": image_identity(dataset)},
                         dtype=args.dtype)
+    option = pair_of(cfg).collection_option
+    paths, boxes = collection.item_files(option, getattr(args, option), names)   # where the items came from
     chunks = collection.encoded_chunks(model, dataset, shortlist_model, args.batch_size, device)
     with stop_signals_unwind(f"index {args.out}"):
         meta = collection.build(args.out.rstrip("/"), chunks, len(dataset), names, provenance, dtype=args.dtype,
-                                kind=args.index_type, first_stage=first_stage, replace=args.overwrite)
+                                kind=args.index_type, first_stage=first_stage, replace=args.overwrite, paths=paths,
+                                boxes=boxes)
     print(f"indexed {len(names)} images -> {args.out} ({args.dtype} features, {args.index_type} index; "
           f"{meta['build_seconds']['features']:.1f}s encoding, {meta['build_seconds']['index']:.1f}s indexing)")
     return meta
@@ -102,8 +105,9 @@ def query_vectors(model, encoder, shortlister, queries: list[str], device, batch
 
 
 def rank_text(index, model, captions: EncodedItems, vectors: np.ndarray, top: int, rerank_k: int | None, device,
-              batch_size: int) -> tuple[list, dict]:
-    """Per query: the top images [(row, head score)], and the seconds each stage took."""
+              batch_size: int, first_stage: list | None = None) -> tuple[list, dict]:
+    """Per query: the top images [(row, head score)], and the seconds each stage took; `first_stage`,
+    when given, receives per query the shortlisted rows in first-stage order (best first)."""
     timing = {"search": 0.0, "rerank": 0.0}
     results = []
     for query in range(len(captions)):
@@ -114,7 +118,10 @@ def rank_text(index, model, captions: EncodedItems, vectors: np.ndarray, top: in
                                      for _, items in index.chunks(batch_size * 8)])
             rows = np.arange(len(index))
         else:
-            rows = np.sort(index.search(vectors[query:query + 1], rerank_k)[0])
+            found = index.search(vectors[query:query + 1], rerank_k)[0]
+            if first_stage is not None:
+                first_stage.append(found[found >= 0])
+            rows = np.sort(found)
             rows = rows[rows >= 0]
             timing["search"] += time.perf_counter() - started
             started = time.perf_counter()

@@ -1,6 +1,7 @@
 """The offline demo: deterministic generators in the real formats, and a short run that learns."""
 
 import filecmp
+import json
 import os
 
 import pytest
@@ -17,17 +18,27 @@ from evaluation.protocol import evaluate_split
 from pairs import build_model, load_eval_split, pair_of
 
 
-def same_tree(a, b):
-    comparison = filecmp.dircmp(a, b)
+def same_tree(a, b, ignore=None):
+    comparison = filecmp.dircmp(a, b, ignore=ignore)
     return not comparison.diff_files and not comparison.left_only and not comparison.right_only and \
-        all(same_tree(os.path.join(a, d), os.path.join(b, d)) for d in comparison.common_dirs)
+        all(same_tree(os.path.join(a, d), os.path.join(b, d), ignore) for d in comparison.common_dirs)
+
+
+def relative_record(root):
+    """The region record of a demo test split, its absolute image paths made relative to `root`."""
+    with open(os.path.join(root, "f30k_precomp", "test_ims.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    for image in record["images"]:
+        image["path"] = os.path.relpath(image["path"], root)
+    return record
 
 
 def test_region_generator_is_deterministic_and_loads(tmp_path):
     sizes = {"train": 20, "dev": 5, "test": 5}
     first = write_region_dataset(str(tmp_path / "a"), sizes, regions=6, dim=32, seed=4)
     assert first == write_region_dataset(str(tmp_path / "b"), sizes, regions=6, dim=32, seed=4)
-    assert same_tree(tmp_path / "a", tmp_path / "b")
+    assert same_tree(tmp_path / "a", tmp_path / "b", ignore=["test_ims.json"])   # it records absolute paths
+    assert relative_record(tmp_path / "a") == relative_record(tmp_path / "b")
     assert first != write_region_dataset(str(tmp_path / "c"), sizes, regions=6, dim=32, seed=5)
     split = PrecompSplit(str(tmp_path / "a"), "f30k_precomp", "dev", img_dim=32)
     assert split.images.shape == (5, 6, 32) and split.image_divisor == 5 and len(split.captions) == 25

@@ -100,11 +100,11 @@ def test_a_query_against_an_index_of_a_replaced_checkpoint_is_refused(short_regi
     meta = json.loads((index / "index.json").read_text())
     (index / "index.json").write_text(json.dumps({**meta, "version": 2}))
     assert error_line(retrieve, query + ["--checkpoint", str(moved)], capsys) == (
-        f"{index} is an index of format version 2; this code reads version 3: rebuild it with tools/retrieve.py index")
+        f"{index} is an index of format version 2; this code reads versions 3 and 4: rebuild it with tools/retrieve.py index")
     old = tmp_path / "old.index"
     torch.save({"format": "dimmatch-index", "version": 2}, old)
     assert error_line(retrieve, ["text", "--index", str(old), "--query", "a"], capsys) == (
-        f"{old} is an index of format version 2 or older (one file); this code reads version 3 (a folder): rebuild "
+        f"{old} is an index of format version 2 or older (one file); this code reads version 4 (a folder): rebuild "
         "it with tools/retrieve.py index")
 
 

@@ -70,6 +70,9 @@ def main(argv=None):
     for command in (index, export):
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
+    if getattr(args, "regions", None) and getattr(args, "images", None):   # one collection per index
+        raise ConfigError("--regions and --images cannot be given together: an index is of one collection (region "
+                          "features for region models, image files for models on raw images)")
     if any(not query.strip() for query in getattr(args, "query", None) or []):
         raise ConfigError("--query must be a caption (got an empty one)")
     # torch, FAISS and the model code: only once the command line holds

@@ -52,6 +52,14 @@ class SimilarityHead(nn.Module):
         """Peak bytes of intermediate tensors per (image, caption) pair inside `score`."""
         return 4
 
+    def explain(self, images: torch.Tensor, image_lengths: torch.Tensor | None,
+                captions: torch.Tensor, caption_lengths: torch.Tensor | None) -> dict:
+        """What `score` saw, for prepared images and captions (small blocks: it keeps every part):
+        `score` (I, C); `parts` (I, C, P), additive parts of the score that sum to it (levels or
+        dimension groups), named by `part_names` (`part_kind` says which); `attention` (I, C, L, R),
+        the weight each caption word gave each region when the head attends (else None)."""
+        raise NotImplementedError(f"{type(self).__name__} does not explain its scores")
+
     def forward(self, images, image_lengths, captions, caption_lengths):
         return self.score(self.prepare_images(images, image_lengths), image_lengths,
                           self.prepare_captions(captions, caption_lengths), caption_lengths)
@@ -65,3 +73,14 @@ def level_coefficients(weights: torch.Tensor, sigma: torch.Tensor, lam: torch.Te
     share = torch.sigmoid(sigma) if sigmoid_threshold else sigma
     threshold = (magnitude.max() - magnitude.min()) * share + magnitude.min()
     return torch.exp((magnitude - threshold) * lam.exp()) * weights
+
+
+def dimension_groups(width: int, groups: int = 16) -> list[tuple[int, int]]:
+    """Contiguous [start, end) groups of `width` dimensions, at most `groups` of them."""
+    size = -(-width // min(groups, width))
+    return [(start, min(width, start + size)) for start in range(0, width, size)]
+
+
+def split_inner_product(images: torch.Tensor, captions: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """(I, C, P): the inner products images @ captions.T restricted to each span of dimensions."""
+    return torch.stack([images[:, a:b] @ captions[:, a:b].t() for a, b in spans], dim=-1)

@@ -4,7 +4,7 @@ import torch
 
 from config.catalogue import HEADS as DECLARED
 from ..common import l2norm, lengths_to_mask
-from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
+from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead, dimension_groups, split_inner_product
 
 
 class CosineHead(SimilarityHead):
@@ -37,6 +37,12 @@ class CosineHead(SimilarityHead):
 
     def score(self, images, image_lengths, captions, caption_lengths):
         return images @ captions.t()
+
+    def explain(self, images, image_lengths, captions, caption_lengths):
+        spans = dimension_groups(images.shape[-1])
+        return {"score": self.score(images, image_lengths, captions, caption_lengths),
+                "parts": split_inner_product(images, captions, spans), "part_kind": "dimension group",
+                "part_names": [f"dims {a}-{b - 1}" for a, b in spans], "attention": None}
 
 
 HEAD_SPEC = HeadSpec(DECLARED["cosine"].name, DECLARED["cosine"].summary,

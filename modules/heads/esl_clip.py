@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ..levels import ESLLevels
-from .base import GLOBAL, SimilarityHead, level_coefficients
+from .base import GLOBAL, SimilarityHead, level_coefficients, split_inner_product
 
 
 class ESLClipHead(SimilarityHead):
@@ -45,3 +45,12 @@ class ESLClipHead(SimilarityHead):
 
     def score(self, images, image_lengths, captions, caption_lengths):
         return images @ captions.t()
+
+    def explain(self, images, image_lengths, captions, caption_lengths):
+        """The score is a sum over levels of folded image level . caption level: one part each."""
+        ends = torch.tensor(self.widths).cumsum(0).tolist()
+        spans = list(zip([0] + ends[:-1], ends))
+        return {"score": self.score(images, image_lengths, captions, caption_lengths),
+                "parts": split_inner_product(images, captions, spans), "part_kind": "level",
+                "part_names": [f"level {level} ({width} d)" for level, width in enumerate(self.widths)],
+                "attention": None}

@@ -69,15 +69,45 @@ class ESLRegionHead(SimilarityHead):
         attn = attn.view(n_cap, n_word, n_img, n_reg)
         activated = F.leaky_relu(torch.tanh(attn), 0.1)
 
-        # text-to-image: each word attends over regions, normalised across the (valid) words
+        t2i = (self._word_weights(activated, valid, smooth) * attn).sum(-1)                     # (C, L, I)
+        t2i_score = (t2i * valid[..., 0]).sum(1) / caption_lengths[:, None].to(attn.dtype)      # (C, I)
+        i2t = (self._region_weights(activated, valid, smooth) * attn).sum(1)                    # (C, I, R)
+        return (t2i_score + i2t.mean(-1)).t()
+
+    @staticmethod
+    def _word_weights(activated, valid, smooth):
+        """Text-to-image: each word attends over regions, normalised across the (valid) words (C, L, I, R)."""
         masked = activated * valid
         t2i = masked * (smooth / (masked.pow(2).sum(1, keepdim=True).sqrt() + 1e-8))
-        t2i = (torch.softmax(t2i, dim=-1) * attn).sum(-1)                                      # (C, L, I)
-        t2i_score = (t2i * valid[..., 0]).sum(1) / caption_lengths[:, None].to(attn.dtype)      # (C, I)
+        return torch.softmax(t2i, dim=-1)
 
-        # image-to-text: each region attends over the caption's words, normalised across regions;
-        # padded words leave through the softmax mask (zeroing them first would make the norm's
-        # gradient 0/0)
+    @staticmethod
+    def _region_weights(activated, valid, smooth):
+        """Image-to-text: each region attends over the caption's words, normalised across regions;
+        padded words leave through the softmax mask (zeroing them first would make the norm's
+        gradient 0/0). (C, L, I, R), summing to 1 over L."""
         i2t = activated * (smooth / (activated.pow(2).sum(-1, keepdim=True).sqrt() + 1e-8))
-        i2t = (torch.softmax(i2t.masked_fill(~valid, float("-inf")), dim=1) * attn).sum(1)    # (C, I, R)
-        return (t2i_score + i2t.mean(-1)).t()
+        return torch.softmax(i2t.masked_fill(~valid, float("-inf")), dim=1)
+
+    def explain(self, images, image_lengths, captions, caption_lengths):
+        """A is the sum of one term per level (y_l (a_l LN(B_l)) x_l^T), and given the attention
+        weights the score is linear in A: each level's part is the score of its own term of A
+        under the same weights; the parts sum to the score."""
+        n_img, n_reg, width = images.shape
+        n_cap, n_word, _ = captions.shape
+        valid = lengths_to_mask(caption_lengths, n_word)[:, :, None, None]
+        smooth = self.log_inv_tau.exp()
+        attn = (captions.reshape(n_cap * n_word, width) @ images.reshape(n_img * n_reg, width).t())
+        attn = attn.view(n_cap, n_word, n_img, n_reg)
+        activated = F.leaky_relu(torch.tanh(attn), 0.1)
+        words, regions = self._word_weights(activated, valid, smooth), self._region_weights(activated, valid, smooth)
+        parts = []
+        for caption_level, image_level in zip(captions.split(self.widths, -1), images.split(self.widths, -1)):
+            term = (caption_level.reshape(n_cap * n_word, -1) @ image_level.reshape(n_img * n_reg, -1).t())
+            term = term.view(n_cap, n_word, n_img, n_reg)
+            to_image = ((words * term).sum(-1) * valid[..., 0]).sum(1) / caption_lengths[:, None].to(term.dtype)
+            parts.append((to_image + (regions * term).sum(1).mean(-1)).t())                     # (I, C)
+        return {"score": self.score(images, image_lengths, captions, caption_lengths),
+                "parts": torch.stack(parts, dim=-1), "part_kind": "level",
+                "part_names": [f"level {level} ({width} d)" for level, width in enumerate(self.widths)],
+                "attention": words.permute(2, 0, 1, 3)}

@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from config.catalogue import HEADS as DECLARED
 from ..common import l2norm, lengths_to_mask
-from .base import LOCAL, HeadSpec, SimilarityHead
+from .base import LOCAL, HeadSpec, SimilarityHead, dimension_groups
 
 
 class XDimHead(SimilarityHead):
@@ -118,6 +118,14 @@ class XDimHead(SimilarityHead):
         return 4 * (3 * n_words * n_regions + 3 * n_words * self.embed_size)  # context, weighted, projected
 
     def score(self, images, image_lengths, captions, caption_lengths):
+        n_img, n_cap, n_word = len(images), *captions.shape[:2]
+        attn, projected, scale, valid = self._projected(images, captions, caption_lengths)
+        word_scores = (projected.sum(-1) / scale) / (torch.linalg.vector_norm(projected, dim=-1) / scale + 1e-8)
+        word_scores = word_scores.view(n_img, n_cap, n_word) * valid
+        return word_scores.sum(-1) / caption_lengths.to(images.dtype)
+
+    def _projected(self, images, captions, caption_lengths):
+        """(attention (I, C*L, R), p (I, C*L, d), s (I, C*L), valid words (C, L)) of `score`."""
         dependency, diagonal = self.dependency()
         n_img, n_reg, dim = images.shape
         n_cap, n_word, _ = captions.shape
@@ -130,9 +138,21 @@ class XDimHead(SimilarityHead):
         context = attn @ images                                                                # (I, C*L, d)
         scale = torch.linalg.vector_norm(context, dim=-1) + 1e-8
         projected = (context * captions.reshape(1, n_cap * n_word, dim)) @ dependency.t()     # intrinsic d x d
-        word_scores = (projected.sum(-1) / scale) / (torch.linalg.vector_norm(projected, dim=-1) / scale + 1e-8)
-        word_scores = word_scores.view(n_img, n_cap, n_word) * valid
-        return word_scores.sum(-1) / caption_lengths.to(images.dtype)
+        return attn, projected, scale, valid
+
+    def explain(self, images, image_lengths, captions, caption_lengths):
+        """The score is the mean over words of sum_dims z: each group of output dimensions of z is a
+        part (summed over its dimensions, averaged over the words); the parts sum to the score."""
+        n_img, n_reg, dim = images.shape
+        n_cap, n_word = captions.shape[:2]
+        attn, projected, scale, valid = self._projected(images, captions, caption_lengths)
+        z = (projected / scale[..., None]) / (torch.linalg.vector_norm(projected, dim=-1) / scale + 1e-8)[..., None]
+        z = (z.view(n_img, n_cap, n_word, dim) * valid[..., None]).sum(2) / caption_lengths.to(images.dtype)[:, None]
+        spans = dimension_groups(dim)
+        return {"score": self.score(images, image_lengths, captions, caption_lengths),
+                "parts": torch.stack([z[..., a:b].sum(-1) for a, b in spans], dim=-1), "part_kind": "dimension group",
+                "part_names": [f"dims {a}-{b - 1}" for a, b in spans],
+                "attention": attn.view(n_img, n_cap, n_word, n_reg)}
 
 
 class WordScores(torch.autograd.Function):

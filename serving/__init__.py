@@ -1,0 +1,1 @@
+"""The local retrieval page and JSON API of tools/serve.py (service: the model and the index; app: the routes)."""
