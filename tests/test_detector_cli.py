@@ -1,0 +1,121 @@
+"""tools/extract_regions.py: outputs and their record, skipped images, batch invariance, collisions,
+one-line errors before any work, a stop by signal and --resume."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from cli.guard import run_guarded
+from detector import extraction
+from detector.testing import config_dict, write_detector
+from tests.test_detector import make_images
+from tools import extract_regions
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    detector = write_detector(str(root / "det"), config_dict(min_size=64, max_size=96, post_nms=24), seed=1)
+    images = str(root / "images")
+    make_images(images)
+    (root / "images" / "e_empty.jpg").write_bytes(b"")
+    (root / "images" / "f_cut.png").write_bytes(open(os.path.join(images, "b.png"), "rb").read()[:100])
+    return detector, images
+
+
+def run(*argv):
+    return run_guarded(extract_regions.main, list(argv))
+
+
+def test_outputs_record_and_skipped(setup, tmp_path, capsys):
+    detector, images = setup
+    out = str(tmp_path / "feats.npy")
+    assert run("--detector", detector, "--images", images, "--out", out, "--protocol", "lxmert", "--regions", "6",
+               "--workers", "0", "--batch_size", "1") == 0
+    features, boxes = np.load(out), np.load(str(tmp_path / "feats_boxes.npy"))
+    record = json.load(open(tmp_path / "feats.json"))
+    assert features.shape == (4, 6, 128) and features.dtype == np.float32 and boxes.shape == (4, 6, 4)
+    assert {"format", "version", "protocol", "regions", "images", "skipped", "detector", "options"} <= set(record)
+    assert record["format"] == "dimmatch-regions" and record["version"] == 1 and record["regions"] == 6
+    assert [i["name"] for i in record["images"]] == ["a.jpg", "b.png", "c_gray.png", "d_exif.jpg"]
+    assert record["images"][3]["width"] == 80 and record["images"][3]["height"] == 150    # upright
+    assert os.path.isabs(record["images"][0]["path"]) and len(record["detector"]["sha256"]) == 64
+    assert sorted(s["name"] for s in record["skipped"]) == ["e_empty.jpg", "f_cut.png"]
+    captured = capsys.readouterr()
+    assert "2 skipped" in captured.out and (captured.out + captured.err).count("skipping ") == 2
+    assert not os.path.exists(out + ".partial")
+    # batched, with decoding workers: the same rows
+    again = str(tmp_path / "batched.npy")
+    assert run("--detector", detector, "--images", images, "--out", again, "--protocol", "lxmert", "--regions", "6",
+               "--workers", "1", "--batch_size", "3") == 0
+    assert np.array_equal(np.load(again), features) and np.array_equal(np.load(str(tmp_path / "batched_boxes.npy")),
+                                                                       boxes)
+    # the same output again: refused before any work; --overwrite replaces it
+    assert run("--detector", detector, "--images", images, "--out", out) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    (lambda d, i, t: ["--detector", str(t / "nowhere"), "--images", i, "--out", str(t / "x.npy")], "no such folder"),
+    (lambda d, i, t: ["--detector", d, "--images", str(t / "none"), "--out", str(t / "x.npy")], "does not exist"),
+    (lambda d, i, t: ["--detector", d, "--images", i, "--out", str(t / "x.h5")], "must end in .npy"),
+    (lambda d, i, t: ["--detector", d, "--images", i, "--out", str(t / "x.npy"), "--regions", "0"], "--regions"),
+    (lambda d, i, t: ["--detector", d, "--images", i, "--out", str(t / "x.npy"), "--resume"], "no stopped"),
+    (lambda d, i, t: ["--detector", "someone/model", "--images", i, "--out", str(t / "x.npy")], "HuggingFace cache"),
+    (lambda d, i, t: ["--detector", d, "--images", str(t / "empty"), "--out", str(t / "x.npy")], "no image files"),
+])
+def test_one_line_errors(setup, tmp_path, capsys, case, message):
+    detector, images = setup
+    os.makedirs(tmp_path / "empty")
+    assert run(*case(detector, images, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x.npy")
+
+
+def test_bad_config_is_one_line(setup, tmp_path, capsys):
+    detector, images = setup
+    bad = write_detector(str(tmp_path / "bad"), config_dict(min_size=64, max_size=96))
+    text = open(os.path.join(bad, "config.yaml")).read().replace("NUM_CLASSES: 5", "NUM_CLASSE: 5")
+    open(os.path.join(bad, "config.yaml"), "w").write(text)
+    assert run("--detector", bad, "--images", images, "--out", str(tmp_path / "x.npy")) == 2
+    assert "ROI_HEADS.NUM_CLASSES is missing" in capsys.readouterr().err
+
+
+def test_stop_by_signal_then_resume(setup, tmp_path, capsys, monkeypatch):
+    detector, images = setup
+    whole = str(tmp_path / "whole.npy")
+    assert run("--detector", detector, "--images", images, "--out", whole, "--regions", "5", "--workers", "0", "--protocol", "lxmert",
+               "--batch_size", "1") == 0
+    out = str(tmp_path / "feats.npy")
+    real, calls = extraction.extract, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract", stopping)
+    assert run("--detector", detector, "--images", images, "--out", out, "--regions", "5", "--workers", "0", "--protocol", "lxmert",
+               "--batch_size", "1") == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "--resume" in err and not os.path.exists(out)
+    state = np.load(out + ".partial/state.npy")
+    assert (state == 1).sum() == 2
+    monkeypatch.setattr(extraction, "extract", real)
+    # a plain rerun is refused; a resume with other options is refused; the same command resumes
+    assert run("--detector", detector, "--images", images, "--out", out, "--regions", "5") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run("--detector", detector, "--images", images, "--out", out, "--regions", "6", "--resume", "--protocol", "lxmert") == 2
+    assert "regions differs" in capsys.readouterr().err
+    assert run("--detector", detector, "--images", images, "--out", out, "--regions", "5", "--resume", "--protocol", "lxmert",
+               "--workers", "0") == 0
+    assert "resuming: 2 of 6 images done" in "".join(capsys.readouterr())
+    assert np.array_equal(np.load(out), np.load(whole))
+    assert json.load(open(tmp_path / "feats.json"))["images"] == json.load(open(tmp_path / "whole.json"))["images"]
