@@ -119,3 +119,23 @@ def test_stop_by_signal_then_resume(setup, tmp_path, capsys, monkeypatch):
     assert "resuming: 2 of 6 images done" in "".join(capsys.readouterr())
     assert np.array_equal(np.load(out), np.load(whole))
     assert json.load(open(tmp_path / "feats.json"))["images"] == json.load(open(tmp_path / "whole.json"))["images"]
+
+
+@pytest.mark.slow
+def test_torchrun_shards_into_one_output(setup, tmp_path):
+    import subprocess
+    import sys
+    detector, images = setup
+    single, sharded = str(tmp_path / "single.npy"), str(tmp_path / "sharded.npy")
+    assert run("--detector", detector, "--images", images, "--out", single, "--protocol", "lxmert", "--regions", "5",
+               "--workers", "0") == 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(root, "tools", "extract_regions.py"), "--detector", detector, "--images", images,
+                           "--out", sharded, "--protocol", "lxmert", "--regions", "5", "--workers", "0"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = np.load(single), np.load(sharded)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert json.load(open(tmp_path / "sharded.json"))["options"]["processes"] == 2
+    assert json.load(open(tmp_path / "sharded.json"))["images"] == json.load(open(tmp_path / "single.json"))["images"]
