@@ -112,8 +112,9 @@ def regions_of_images(args, cfg) -> str:
     if pair_of(cfg).collection_option != "regions":
         raise ConfigError(f"--detector extracts regions for region models; {args.checkpoint} reads --images itself")
     if not args.images or not args.detector:
-        raise ConfigError(f"{args.checkpoint} is a region model: give --images DIR with --detector DETECTOR (its "
-                          "regions are extracted first), or --regions FEATS.npy")
+        pair = pair_of(cfg)
+        raise ConfigError(f"{args.checkpoint} is a {pair.name} model ({pair.summary}): index its collection with "
+                          "--regions, or give --detector with --images to extract their regions first")
     if args.regions:
         raise ConfigError("give --regions FEATS.npy or --images with --detector, not both")
     folder = resolve_detector(args.detector)
