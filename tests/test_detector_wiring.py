@@ -66,3 +66,17 @@ def test_report_boxes_the_top_regions(short_region_checkpoint, region_data, dete
                             "--workers", "0"]) == 0
     page = open(tmp_path / "report" / "index.html").read()
     assert page.count("data:image/jpeg;base64") >= 10
+
+
+def test_karpathy_split_to_precomp_for_test_py(short_region_checkpoint, image_data, detector, tmp_path):
+    from cli.commands import evaluate
+    from tools.karpathy_to_precomp import main as convert
+    root, images, _ = image_data
+    out = tmp_path / "data" / "f30k_precomp"
+    assert run_cli(convert, ["--dataset", "f30k", "--ann_path", root, "--image_root", images, "--split", "test",
+                             "--detector", detector, "--out_dir", str(out), "--protocol", "lxmert",
+                             "--workers", "0"]) == 0
+    assert np.load(out / "test_ims.npy").shape == (10, 36, 64)
+    assert len(open(out / "test_caps.txt").read().splitlines()) == 50
+    assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(short_region_checkpoint), "--data_path",
+                                                         str(tmp_path / "data"), "--workers", "0"]) == 0
