@@ -170,6 +170,17 @@ def caffe_cell_anchors(sizes, ratios, base: int = 16) -> torch.Tensor:
     return torch.tensor([caffe_anchor(size, ratio, base) for size in sizes for ratio in ratios], dtype=torch.float32)
 
 
+def caffe_anchors_like(cell: torch.Tensor, base: int = 16) -> torch.Tensor:
+    """The Caffe anchor of each stored cell anchor's (size, ratio), channel for channel: the weights'
+    own table (`cell_anchors.0`) says which shape each RPN output channel was trained for, whatever
+    order a conversion left them in; size = sqrt(area), ratio = h / w."""
+    rows = []
+    for x1, y1, x2, y2 in cell.double().cpu().tolist():
+        w, h = x2 - x1, y2 - y1
+        rows.append(caffe_anchor(float(round(math.sqrt(w * h))), round(h / w, 4), base))
+    return torch.tensor(rows, dtype=torch.float32, device=cell.device)
+
+
 def butd_scale(height: int, width: int, butd: Butd = BUTD) -> float:
     short, longest = min(height, width), max(height, width)
     scale = float(butd.short_side) / float(short)
@@ -218,7 +229,7 @@ def extract_butd(model, rgb: np.ndarray, regions: int, butd: Butd = BUTD) -> Reg
     im_h, im_w = image.shape[2:]
     res4 = model.features(image)
     logits, deltas = flat_rpn(*model.rpn(res4))
-    cell = caffe_cell_anchors(cfg.anchor_sizes, cfg.anchor_ratios, butd.anchor_base).to(device)
+    cell = caffe_anchors_like(model.cell_anchors, butd.anchor_base)
     anchors = grid_anchors(cell, res4.shape[2], res4.shape[3], model.feature_stride, 0.0)
     proposals = butd_rpn(logits, deltas, anchors, im_h, im_w, im_scale, butd)
     rois = torch.cat([proposals.new_zeros((len(proposals), 1)), proposals], dim=1)

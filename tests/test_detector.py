@@ -230,6 +230,12 @@ def test_butd_anchors_are_caffes():
     # the VG model's anchors (sizes 64..512) in the network's channel order: size-major
     cell = caffe_cell_anchors((64, 128), (0.5, 1.0, 2.0))
     assert cell[0].tolist() == [-38, -16, 53, 31] and cell[3].tolist() == [-84, -40, 99, 55]
+    # read from the stored table, channel for channel, whatever its order
+    from detector.model import cell_anchors
+    from detector.protocols import caffe_anchors_like
+    stored = cell_anchors((64, 128), (0.5, 1.0, 2.0))
+    assert torch.equal(caffe_anchors_like(stored), cell)
+    assert torch.equal(caffe_anchors_like(stored.flip(0)), cell.flip(0))
     # centred in the 16-px cell: centre 7.5 + 16 * column
     shifted = grid_anchors(cell[:1], 1, 2, 16, 0.0)
     assert shifted[1].tolist() == [-22, -16, 69, 31]
