@@ -116,8 +116,17 @@ def main():
         kind, detector, images, regions, batch = args.measure
         print("RESULT " + json.dumps(measure(kind, detector, images, int(regions), int(batch))))
         return
+    import shutil
     from detector.testing import config_dict, full, write_detector
     work = tempfile.mkdtemp(prefix="bench_extract_")
+    try:
+        report(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, work: str) -> None:
+    from detector.testing import config_dict, full, write_detector
     sizes = dict(min_size=args.min_size, max_size=args.max_size, pre_nms=6000, post_nms=args.post_nms, min_det=10,
                  max_det=36)
     data = config_dict(**sizes) if args.tiny else full(**sizes)
