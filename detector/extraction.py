@@ -196,7 +196,7 @@ class Extraction:
         seconds = time.perf_counter() - started
         if stop is not None:
             left = int((state == TODO).sum())
-            raise Stopped(stop, f"{count} images extracted in this run, {left} left; the work is kept in "
+            raise Stopped(stop, f"{count} image{'s' if count != 1 else ''} done in this run, {left} left; the work is kept in "
                                 f"{self.work}: run the same command with --resume to continue")
         return {"images": count, "seconds": seconds}
 
@@ -221,9 +221,9 @@ class Extraction:
         notes = {item["row"]: item["note"] for item in _read_logs(self.work, "notes")}
         kept = np.flatnonzero(state == DONE)
         if len(kept) == 0:
+            shutil.rmtree(self.work, ignore_errors=True)
             raise DataError(f"every image was skipped (the first: {skipped[0]['name']}: {skipped[0]['reason']}); "
-                            f"nothing written. The work folder {self.work} is kept; fix the images and give "
-                            "--overwrite")
+                            "nothing written")
         for target in (self.paths["features"], self.paths["boxes"], self.paths["json"]):
             if os.path.exists(target) and not overwrite:
                 raise ConfigError(f"{target} appeared while extracting (another command?); nothing was replaced")

@@ -71,6 +71,7 @@ def plan_outputs(args) -> dict:
                 raise ConfigError(f"--resume: {paths[target]} exists already beside a stopped extraction; remove "
                                   "it, or start again with --overwrite")
     elif os.path.isdir(paths["work"]) and not args.overwrite:
+        FolderLock(paths["work"], "--out").acquire().release()     # one being written: says by whom
         raise ConfigError(f"{paths['work']} holds a stopped extraction into {args.out}; continue it with --resume, "
                           "or start again with --overwrite")
     return paths
@@ -99,7 +100,11 @@ def main(argv=None):
     job = Extraction(args.out, images, plan, args.regions, width)
     lock = None
     if distributed.is_main_process():
-        lock = FolderLock(paths["work"], "--out").acquire()     # before anything in it is read or removed
+        try:
+            lock = FolderLock(paths["work"], "--out").acquire()     # before anything in it is read or removed
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot create its work folder {paths['work']} "
+                              f"({exc.strerror or exc})") from exc
         try:
             if args.resume:
                 job.check_resumable()
