@@ -7,8 +7,8 @@
 * `roi_max_pool(features, rois, size, scale)`: torchvision.ops.roi_pool — a box's corners
   are rounded half away from zero after scaling, its extent is end - start + 1 (at least 1), bin
   (i, j) covers rows floor(i * h / size) .. ceil((i + 1) * h / size) - 1 from the start, clipped
-  to the map; an empty bin is 0. Vectorised over boxes and bins (separable max over rows, then
-  columns), in chunks of boxes to bound memory.
+  to the map; an empty bin is 0. Vectorised over boxes and bins: every bin is the max of four
+  blocks read from a sparse table of block maxima, in chunks of boxes to bound memory.
 * `decode_boxes`: detectron2's Box2BoxTransform.apply_deltas (weights, dw/dh clamped at
   log(1000 / 16)); `decode_boxes_caffe`: py-faster-rcnn's bbox_transform_inv (+1 widths, no clamp).
 """
@@ -88,54 +88,79 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 
 
 def roi_max_pool(features: torch.Tensor, rois: torch.Tensor, size: int, scale: float,
-                 chunk: int = 64) -> torch.Tensor:
-    """features (N, C, H, W); rois (K, 5): (image index, x1, y1, x2, y2) -> (K, C, size, size)."""
+                 chunk: int = 32) -> torch.Tensor:
+    """features (N, C, H, W); rois (K, 5): (image index, x1, y1, x2, y2) -> (K, C, size, size).
+
+    Bins are cut exactly as torchvision's kernel cuts them; the max over a bin comes from a 2-D
+    sparse table of the maps (the max over every 2^i x 2^j block, for the block sizes the bins need):
+    four overlapping blocks cover any bin, so each bin is 4 reads of C values, whatever its size."""
     count = len(rois)
-    _, channels, height, width = features.shape
+    batch_size, channels, height, width = features.shape
     out = features.new_zeros((count, channels, size, size))
     if count == 0:
         return out
-    rois = rois.to(features.dtype)
+    dtype, device = features.dtype, features.device
+    rois = rois.to(dtype)
     start_w = round_half_away(rois[:, 1] * scale).long()
     start_h = round_half_away(rois[:, 2] * scale).long()
     end_w = round_half_away(rois[:, 3] * scale).long()
     end_h = round_half_away(rois[:, 4] * scale).long()
     roi_w = torch.clamp(end_w - start_w + 1, min=1)
     roi_h = torch.clamp(end_h - start_h + 1, min=1)
-    bins = torch.arange(size, device=features.device, dtype=features.dtype)
-    bin_h = roi_h.to(features.dtype) / size                            # float, as torchvision's kernel
-    bin_w = roi_w.to(features.dtype) / size
+    bins = torch.arange(size, device=device, dtype=dtype)
+    bin_h = roi_h.to(dtype) / size                            # in the feature dtype, as torchvision's kernel
+    bin_w = roi_w.to(dtype) / size
     h0 = (torch.floor(bins[None] * bin_h[:, None]).long() + start_h[:, None]).clamp(0, height)
     h1 = (torch.ceil((bins[None] + 1) * bin_h[:, None]).long() + start_h[:, None]).clamp(0, height)
     w0 = (torch.floor(bins[None] * bin_w[:, None]).long() + start_w[:, None]).clamp(0, width)
     w1 = (torch.ceil((bins[None] + 1) * bin_w[:, None]).long() + start_w[:, None]).clamp(0, width)
+    len_h, len_w = h1 - h0, w1 - w0                               # K x size each
+    levels_h = int(torch.log2(len_h.max().clamp(min=1).to(torch.float64)).floor()) + 1
+    levels_w = int(torch.log2(len_w.max().clamp(min=1).to(torch.float64)).floor()) + 1
+    table = _block_max_table(features.permute(0, 2, 3, 1), levels_h, levels_w)   # Lh, Lw, N, H, W, C
+    level_h = torch.log2(len_h.clamp(min=1).to(torch.float64)).floor().long()
+    level_w = torch.log2(len_w.clamp(min=1).to(torch.float64)).floor().long()
+    far_h = (h1 - (1 << level_h)).clamp(min=0)
+    far_w = (w1 - (1 << level_w)).clamp(min=0)
     batch = rois[:, 0].long()
-    neg = torch.tensor(float("-inf"), dtype=features.dtype, device=features.device)
     for first in range(0, count, chunk):
         part = slice(first, min(count, first + chunk))
         k = part.stop - part.start
-        maps = features[batch[part]]                                   # k, C, H, W
-        # rows: max over [h0, h1) for each row-bin -> k, C, size, W
-        rows = torch.full((k, channels, size, width), float("-inf"), dtype=features.dtype, device=features.device)
-        span = int((h1[part] - h0[part]).max().clamp(min=0))
-        for offset in range(span):
-            index = h0[part] + offset                                  # k, size
-            valid = index < h1[part]
-            gathered = torch.gather(maps, 2, index.clamp(max=height - 1)[:, None, :, None].expand(k, channels, size,
-                                                                                                width))
-            rows = torch.maximum(rows, torch.where(valid[:, None, :, None], gathered, neg))
-        # columns: max over [w0, w1) for each column-bin -> k, C, size, size
-        cells = torch.full((k, channels, size, size), float("-inf"), dtype=features.dtype, device=features.device)
-        span = int((w1[part] - w0[part]).max().clamp(min=0))
-        for offset in range(span):
-            index = w0[part] + offset
-            valid = index < w1[part]
-            gathered = torch.gather(rows, 3, index.clamp(max=width - 1)[:, None, None, :].expand(k, channels, size,
-                                                                                               size))
-            cells = torch.maximum(cells, torch.where(valid[:, None, None, :], gathered, neg))
-        empty = ((h1[part] <= h0[part])[:, :, None] | (w1[part] <= w0[part])[:, None, :])[:, None]
-        out[part] = torch.where(empty, torch.zeros((), dtype=features.dtype, device=features.device), cells)
+        lh = level_h[part][:, :, None].expand(k, size, size)
+        lw = level_w[part][:, None, :].expand(k, size, size)
+        b = batch[part][:, None, None].expand(k, size, size)
+        ys = (h0[part][:, :, None].expand(k, size, size), far_h[part][:, :, None].expand(k, size, size))
+        xs = (w0[part][:, None, :].expand(k, size, size), far_w[part][:, None, :].expand(k, size, size))
+        cells = None
+        for y in ys:
+            for x in xs:
+                value = table[lh, lw, b, y.clamp(max=height - 1), x.clamp(max=width - 1)]   # k, size, size, C
+                cells = value if cells is None else torch.maximum(cells, value)
+        empty = (len_h[part] <= 0)[:, :, None] | (len_w[part] <= 0)[:, None, :]
+        cells = torch.where(empty[..., None], torch.zeros((), dtype=dtype, device=device), cells)
+        out[part] = cells.permute(0, 3, 1, 2)
     return out
+
+
+def _block_max_table(maps: torch.Tensor, levels_h: int, levels_w: int) -> torch.Tensor:
+    """maps (N, H, W, C) -> (levels_h, levels_w, N, H, W, C): entry [i, j, n, y, x] is the max of
+    maps[n, y : y + 2^i, x : x + 2^j] (blocks cut at the border)."""
+    rows = [maps]
+    for i in range(1, levels_h):
+        step, last = 1 << (i - 1), rows[-1]
+        grown = last.clone()
+        grown[:, :-step] = torch.maximum(last[:, :-step], last[:, step:])
+        rows.append(grown)
+    table = []
+    for row in rows:
+        columns = [row]
+        for j in range(1, levels_w):
+            step, last = 1 << (j - 1), columns[-1]
+            grown = last.clone()
+            grown[:, :, :-step] = torch.maximum(last[:, :, :-step], last[:, :, step:])
+            columns.append(grown)
+        table.append(torch.stack(columns))
+    return torch.stack(table)
 
 
 def decode_boxes(deltas: torch.Tensor, boxes: torch.Tensor, weights) -> torch.Tensor:
