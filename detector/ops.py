@@ -40,6 +40,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, limit: int 
     them (the same as cutting the full result: kept boxes come in score order)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if boxes.device.type != "cpu":       # the scan reads one flag per box: no device round trip each time
+        return nms(boxes.cpu(), scores.cpu(), threshold, limit, plus_one).to(boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     ordered = boxes[order]
     count = len(order)
@@ -215,7 +217,7 @@ def resize_bilinear_scale(image: torch.Tensor, scale: float) -> torch.Tensor:
     out_h, out_w = int(round(height * scale)), int(round(width * scale))
 
     def axis(out_size, in_size):
-        src = (torch.arange(out_size, dtype=torch.float64) + 0.5) / scale - 0.5
+        src = (torch.arange(out_size, dtype=torch.float64, device=image.device) + 0.5) / scale - 0.5
         low = torch.floor(src)
         frac = src - low
         low = low.long()
