@@ -350,3 +350,36 @@ def test_lxmert_equals_the_reference_at_full_size(tmp_path):
             assert ours.count == count and count > 0, name
             np.testing.assert_allclose(ours.features, features, atol=1e-4 * np.abs(features).max(), rtol=0)
             np.testing.assert_allclose(ours.boxes, boxes, atol=1e-2, rtol=0)
+
+
+def caffe_nms(dets: np.ndarray, thresh: float) -> list:
+    """py-faster-rcnn's py_cpu_nms (+1 areas), as generate_tsv.py calls it."""
+    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        xx1, yy1 = np.maximum(x1[i], x1[order[1:]]), np.maximum(y1[i], y1[order[1:]])
+        xx2, yy2 = np.minimum(x2[i], x2[order[1:]]), np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(ovr <= thresh)[0] + 1]
+    return keep
+
+
+def test_butd_selection_equals_generate_tsv_loop():
+    """generate_tsv.py's loop over classes, transcribed on numpy, against the vectorised selection."""
+    rng = np.random.RandomState(4)
+    xy = rng.rand(60, 2).astype(np.float32) * 200
+    boxes = np.concatenate([xy, xy + rng.rand(60, 2).astype(np.float32) * 80 + 1], axis=1)
+    probs = rng.dirichlet(np.ones(21), size=60).astype(np.float32)[:, :20]   # 20 foreground classes
+    max_conf = np.zeros(60)
+    for cls in range(20):
+        scores = probs[:, cls]
+        keep = np.array(caffe_nms(np.hstack((boxes, scores[:, None])).astype(np.float32), 0.3))
+        max_conf[keep] = np.where(scores[keep] > max_conf[keep], scores[keep], max_conf[keep])
+    expected = np.argsort(-max_conf, kind="stable")[:36]
+    ours = butd_select(torch.from_numpy(probs), torch.from_numpy(boxes), 36)
+    assert ours.tolist() == expected.tolist()
