@@ -383,3 +383,12 @@ def test_butd_selection_equals_generate_tsv_loop():
     expected = np.argsort(-max_conf, kind="stable")[:36]
     ours = butd_select(torch.from_numpy(probs), torch.from_numpy(boxes), 36)
     assert ours.tolist() == expected.tolist()
+
+
+def test_reference_nms_variants_agree():
+    from tests.detector_reference import nms_kept_loop
+    g = torch.Generator().manual_seed(2)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(200, 2, generator=g) * 40 + 1], dim=1)
+    scores = torch.rand(200, generator=g)
+    assert nms_kept_loop(boxes, scores, 0.5).tolist() == nms_loop(boxes, scores, 0.5).tolist()
