@@ -139,3 +139,18 @@ def test_torchrun_shards_into_one_output(setup, tmp_path):
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     assert json.load(open(tmp_path / "sharded.json"))["options"]["processes"] == 2
     assert json.load(open(tmp_path / "sharded.json"))["images"] == json.load(open(tmp_path / "single.json"))["images"]
+
+
+def test_hub_name_from_the_cache(setup, tmp_path, monkeypatch):
+    import shutil
+    from huggingface_hub import constants
+    detector, images = setup
+    repo = tmp_path / "hub" / "models--unc-nlp--frcnn-vg-finetuned"
+    os.makedirs(repo / "refs")
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(detector, repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = str(tmp_path / "hub.npy")
+    assert run("--detector", "unc-nlp/frcnn-vg-finetuned", "--images", images, "--out", out, "--protocol", "lxmert",
+               "--regions", "4", "--workers", "0") == 0
+    assert json.load(open(tmp_path / "hub.json"))["detector"]["source"] == "unc-nlp/frcnn-vg-finetuned"
