@@ -49,9 +49,9 @@ def measure(kind: str, detector: str, images: str, regions: int, batch: int) -> 
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     listed = list_images(images)
-    model, _ = load_detector(detector)
     stages = {"backbone": 0.0, "rpn": 0.0, "roi_pool": 0.0, "res5": 0.0}
     if kind == "ours":
+        model, _ = load_detector(detector)
         timed(model, "features", stages, "backbone")
         timed(model, "rpn", stages, "rpn")
         timed(model.roi_heads, "res5", stages, "res5", module=True)
