@@ -32,7 +32,7 @@ import torch
 from devices import distributed
 from errors import ConfigError, DataError, Stopped
 from .images import Unreadable, read_rgb
-from .protocols import extract
+from .protocols import Unusable, extract
 
 logger = logging.getLogger("dimmatch")
 
@@ -172,13 +172,21 @@ class Extraction:
             for batch in loader:
                 finished = []
                 for row, item in batch:
+                    if not isinstance(item, str):
+                        try:
+                            out = extract(model, item, self.regions, protocol)
+                        except Unusable as exc:
+                            item = str(exc)
+                        except (RuntimeError, MemoryError) as exc:     # one image too large for the device
+                            if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+                                raise
+                            item = f"out of memory while extracting it ({item.shape[1]} x {item.shape[0]} pixels)"
                     if isinstance(item, str):
                         name = self.images[row][0]
                         logger.warning("skipping %s: %s", name, item)
                         _append(skipped_log, {"row": row, "name": name, "reason": item})
                         finished.append((row, SKIPPED))
                     else:
-                        out = extract(model, item, self.regions, protocol)
                         arrays["features"][row] = out.features
                         arrays["boxes"][row] = out.boxes
                         arrays["sizes"][row] = (item.shape[1], item.shape[0], out.count)

@@ -40,6 +40,19 @@ class Butd:
 BUTD = Butd()
 
 
+class Unusable(Exception):
+    """An image the protocol cannot process (a side would resize to nothing); it is skipped."""
+
+
+MIN_SIDE = 16      # one cell of the stride-16 feature map; the stem's unpadded max-pool needs 5 pixels
+
+
+def _check_size(height: int, width: int, raw_h: int, raw_w: int) -> None:
+    if min(height, width) < MIN_SIDE:
+        raise Unusable(f"{raw_w} x {raw_h} pixels: too thin for the detector (resized, a side would be "
+                       f"{min(height, width)} pixels; it needs {MIN_SIDE})")
+
+
 @dataclass
 class Regions:
     features: np.ndarray        # R x width, float32, zero rows after `count`
@@ -101,6 +114,7 @@ def extract_lxmert(model, rgb: np.ndarray, regions: int) -> Regions:
     pixels = torch.as_tensor(to_bgr(rgb, cfg.input_format)).to(device).float()
     raw_h, raw_w = pixels.shape[:2]
     new_h, new_w = lxmert_size(raw_h, raw_w, cfg.min_size_test, cfg.max_size_test)
+    _check_size(new_h, new_w, raw_h, raw_w)
     image = F.interpolate(pixels.permute(2, 0, 1).unsqueeze(0), (new_h, new_w), mode="bilinear",
                           align_corners=False)
     mean = torch.tensor(cfg.pixel_mean, device=device).view(1, 3, 1, 1)
@@ -225,6 +239,7 @@ def extract_butd(model, rgb: np.ndarray, regions: int, butd: Butd = BUTD) -> Reg
     std = torch.tensor(cfg.pixel_std, device=device, dtype=torch.float32)
     centred = ((pixels - mean) / std).permute(2, 0, 1)          # means subtracted before resizing
     im_scale = butd_scale(raw_h, raw_w, butd)
+    _check_size(int(round(raw_h * im_scale)), int(round(raw_w * im_scale)), raw_h, raw_w)
     image = resize_bilinear_scale(centred, im_scale).unsqueeze(0)
     im_h, im_w = image.shape[2:]
     res4 = model.features(image)

@@ -154,3 +154,18 @@ def test_hub_name_from_the_cache(setup, tmp_path, monkeypatch):
     assert run("--detector", "unc-nlp/frcnn-vg-finetuned", "--images", images, "--out", out, "--protocol", "lxmert",
                "--regions", "4", "--workers", "0") == 0
     assert json.load(open(tmp_path / "hub.json"))["detector"]["source"] == "unc-nlp/frcnn-vg-finetuned"
+
+
+def test_an_image_too_thin_to_resize_is_skipped(setup, tmp_path, capsys):
+    from PIL import Image
+    detector, _ = setup
+    folder = tmp_path / "thin"
+    os.makedirs(folder)
+    Image.new("RGB", (1, 400)).save(folder / "line.png")
+    Image.new("RGB", (60, 50), (200, 30, 30)).save(folder / "ok.png")
+    for protocol in ("lxmert", "butd"):
+        out = str(tmp_path / f"{protocol}.npy")
+        assert run("--detector", detector, "--images", str(folder), "--out", out, "--protocol", protocol,
+                   "--regions", "3", "--workers", "0") == 0
+        record = json.load(open(tmp_path / f"{protocol}.json"))
+        assert [s["name"] for s in record["skipped"]] == ["line.png"] and "too thin" in record["skipped"][0]["reason"]
