@@ -186,16 +186,25 @@ def test_roi_pool_matches_the_loop_on_random_boxes():
 
 @pytest.mark.parametrize("regions", [10, 36])
 def test_lxmert_equals_the_reference(tiny, tmp_path, regions):
+    """One image at a time, and batched through tools/extract_regions.py (--batch_size 3)."""
+    from cli.guard import run_guarded
+    from tools.extract_regions import main
     folder, model, data = tiny
     state = torch.load(os.path.join(folder, "pytorch_model.bin"))
-    for name, path in make_images(str(tmp_path)).items():
+    images = make_images(str(tmp_path / "images"))
+    out = str(tmp_path / "feats.npy")
+    assert run_guarded(main, ["--detector", folder, "--images", str(tmp_path / "images"), "--out", out, "--protocol",
+                              "lxmert", "--regions", str(regions), "--batch_size", "3", "--workers", "0"]) == 0
+    batched, batched_boxes = np.load(out), np.load(str(tmp_path / "feats_boxes.npy"))
+    for row, (name, path) in enumerate(sorted(images.items())):
         rgb = read_rgb(path)
         ours = extract(model, rgb, regions, "lxmert")
         features, boxes, count = reference_extract(state, data, rgb, regions)
         assert ours.count == count and count > 0, name
         scale = np.abs(features).max()
-        np.testing.assert_allclose(ours.features, features, atol=1e-4 * scale, rtol=0, err_msg=name)
-        np.testing.assert_allclose(ours.boxes, boxes, atol=1e-2, rtol=0, err_msg=name)
+        for mine, mine_boxes in ((ours.features, ours.boxes), (batched[row], batched_boxes[row])):
+            np.testing.assert_allclose(mine, features, atol=1e-4 * scale, rtol=0, err_msg=name)
+            np.testing.assert_allclose(mine_boxes, boxes, atol=1e-2, rtol=0, err_msg=name)
 
 
 def test_lxmert_resize_and_fallback(tiny):
