@@ -37,7 +37,7 @@ from config.parsers import Parser  # noqa: E402
 from datasets.batching import CaptionSet, Collate  # noqa: E402
 from datasets.precomp import read_captions  # noqa: E402
 from devices import resolve_device  # noqa: E402
-from errors import ConfigError, DataError  # noqa: E402
+from errors import ConfigError, DataError, Stopped  # noqa: E402
 from evaluation.scoring import EncodedItems, encode_items, score_all  # noqa: E402
 from pairs import pair_of  # noqa: E402
 from provenance import check_checkpoint, checkpoint_identity, image_identity, record  # noqa: E402
@@ -140,7 +140,11 @@ def regions_of_images(args, cfg) -> str:
         argv.append("--resume")
     elif args.overwrite:
         argv.append("--overwrite")
-    extract_regions.main(argv)
+    try:
+        extract_regions.main(argv)
+    except Stopped as exc:
+        raise Stopped(exc.signum, f"the extraction of {args.images} stopped; its work is kept beside {target}: run "
+                                  "the same index command again to continue it") from None
     return target
 
 
