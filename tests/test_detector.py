@@ -3,7 +3,6 @@ lxmert protocol against an independent reference (tests/detector_reference.py), 
 the butd protocol on cases worked out by hand from the Caffe code."""
 
 import copy
-import io
 import os
 
 import numpy as np
@@ -15,9 +14,9 @@ from detector import ops
 from detector.config import parse_config, read_config
 from detector.images import Unreadable, list_images, read_rgb
 from detector.model import FasterRCNN, load_detector
-from detector.protocols import (BUTD, butd_rpn, butd_scale, butd_select, caffe_anchor, caffe_cell_anchors,
+from detector.protocols import (butd_rpn, butd_scale, butd_select, caffe_anchor, caffe_cell_anchors,
                                 extract, grid_anchors, lxmert_size)
-from detector.testing import config_dict, full, random_state, write_detector
+from detector.testing import config_dict, full, write_detector
 from errors import CheckpointError, ConfigError, DataError
 from tests.detector_reference import nms_loop, reference_extract, roi_pool_loop
 

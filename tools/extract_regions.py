@@ -25,7 +25,6 @@ from cli.outputs import FolderLock, Outputs  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from errors import ConfigError  # noqa: E402
 
-DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def build_parser() -> Parser:
