@@ -240,6 +240,17 @@ def resolve_detector(name: str, option: str = "--detector") -> str:
     return path
 
 
+def _load_failure(exc: BaseException) -> str:
+    """Why torch.load refused a file, without PyTorch's advice to retry with weights_only=False: that
+    would run whatever code the file holds, and a detector's weights never need it."""
+    text = str(exc)
+    if "weights_only" not in text:
+        return first_line(exc)
+    after = text.split("WeightsUnpickler error:", 1)[1:]
+    detail = " ".join(after[0].strip().split("\n\n")[0].split()) if after else ""
+    return f"it cannot be read as plain tensors: {detail}" if detail else "it cannot be read as plain tensors"
+
+
 def load_detector(folder: str, device: torch.device = torch.device("cpu"), option: str = "--detector"):
     """(model, config) from a detector folder; every weight is loaded, strictly."""
     cfg = read_config(os.path.join(folder, CONFIG_NAME))
@@ -248,7 +259,7 @@ def load_detector(folder: str, device: torch.device = torch.device("cpu"), optio
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one line
-        raise CheckpointError(f"{path} is not a readable PyTorch weights file ({first_line(exc)})") from exc
+        raise CheckpointError(f"{path} is not a PyTorch weights file ({_load_failure(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a state dict of tensors")
     state = {key.replace("gamma", "weight").replace("beta", "bias"): value for key, value in state.items()}

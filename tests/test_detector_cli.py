@@ -169,3 +169,15 @@ def test_an_image_too_thin_to_resize_is_skipped(setup, tmp_path, capsys):
                    "--regions", "3", "--workers", "0") == 0
         record = json.load(open(tmp_path / f"{protocol}.json"))
         assert [s["name"] for s in record["skipped"]] == ["line.png"] and "too thin" in record["skipped"][0]["reason"]
+
+
+def test_garbage_weights_are_one_line_without_unsafe_advice(setup, tmp_path, capsys):
+    import shutil
+    detector, images = setup
+    bad = tmp_path / "garbage"
+    shutil.copytree(detector, bad)
+    (bad / "pytorch_model.bin").write_bytes(np.random.default_rng(0).bytes(5000))
+    assert run("--detector", str(bad), "--images", images, "--out", str(tmp_path / "x.npy")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad / 'pytorch_model.bin'} is not a PyTorch weights file (")
+    assert len(err.splitlines()) == 1 and "weights_only" not in err and "will likely succeed" not in err
