@@ -177,8 +177,10 @@ class Extraction:
                             out = extract(model, item, self.regions, protocol)
                         except Unusable as exc:
                             item = str(exc)
-                        except (RuntimeError, MemoryError) as exc:     # one image too large for the device
-                            if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+                        except RuntimeError as exc:
+                            # only the device's own "out of memory" is this image's (too large for it); a
+                            # host MemoryError or any other failure is not, and stops the run
+                            if "out of memory" not in str(exc):
                                 raise
                             item = f"out of memory while extracting it ({item.shape[1]} x {item.shape[0]} pixels)"
                     if isinstance(item, str):

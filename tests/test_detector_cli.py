@@ -181,3 +181,25 @@ def test_garbage_weights_are_one_line_without_unsafe_advice(setup, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad / 'pytorch_model.bin'} is not a PyTorch weights file (")
     assert len(err.splitlines()) == 1 and "weights_only" not in err and "will likely succeed" not in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--workers", "100000"], "--workers must be at most"),
+    (["--batch_size", "100000"], "--batch_size must be at most 4096"),
+    (["--regions", "1000000000"], "--regions 1000000000: --protocol butd gives at most 300 regions an image "
+                                  "(the BUTD protocol's TEST.RPN_POST_NMS_TOP_N)"),
+    (["--regions", "25", "--protocol", "lxmert"], "at most 24 regions an image (RPN.POST_NMS_TOPK_TEST"),
+])
+def test_bounds_are_refused_before_any_work(setup, tmp_path, capsys, monkeypatch, options, message):
+    """A huge --workers forked ~1,400 processes, a huge --regions sized a 1 TB FEATS.npy: both stop in one line."""
+    import detector.model
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded: the bound was not checked first")
+
+    monkeypatch.setattr(detector.model, "load_detector", no_work)
+    detector_folder, images = setup
+    assert run("--detector", detector_folder, "--images", images, "--out", str(tmp_path / "x.npy"), *options) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []

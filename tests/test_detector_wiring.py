@@ -24,7 +24,7 @@ def retrieve(argv):
 def detector(tmp_path_factory):
     assert REGION_DIM == 64
     return write_detector(str(tmp_path_factory.mktemp("det")), config_dict(res2=8, min_size=64, max_size=96,
-                                                                             post_nms=24), seed=2)
+                                                                             post_nms=36), seed=2)   # 36 regions (the default) need 36 proposals
 
 
 def test_index_of_photos_answers_text_queries(short_region_checkpoint, detector, tmp_path, capsys):

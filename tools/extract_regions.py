@@ -45,13 +45,35 @@ def build_parser() -> Parser:
     return parser
 
 
+MAX_BATCH = 4096      # images held decoded at once: more only costs memory
+
+
+def max_workers() -> int:
+    """The project's bound on decoding processes (a typo such as 100000 would fork until the system chokes)."""
+    return max(64, 8 * (os.cpu_count() or 1))
+
+
+def check_regions(regions: int, protocol: str, cfg) -> None:
+    """--regions beyond what the protocol can produce is padding only, and a huge one would size a
+    FEATS.npy of terabytes: refused before any work."""
+    from detector.protocols import BUTD
+    most, source = ((BUTD.post_nms, "the BUTD protocol's TEST.RPN_POST_NMS_TOP_N") if protocol == "butd" else
+                    (cfg.rpn_post_nms_topk, "RPN.POST_NMS_TOPK_TEST of the detector's config.yaml"))
+    if regions > most:
+        raise ConfigError(f"--regions {regions}: --protocol {protocol} gives at most {most} regions an image "
+                          f"({source})")
+
+
 def plan_outputs(args) -> dict:
     """Every check that needs no model: options, outputs, the work folder."""
     from detector.extraction import output_paths
 
-    for option, least in (("regions", 1), ("batch_size", 1), ("workers", 0)):
-        if getattr(args, option) < least:
-            raise ConfigError(f"--{option} must be at least {least} (got {getattr(args, option)})")
+    for option, least, most in (("regions", 1, None), ("batch_size", 1, MAX_BATCH), ("workers", 0, max_workers())):
+        value = getattr(args, option)
+        if value < least:
+            raise ConfigError(f"--{option} must be at least {least} (got {value})")
+        if most is not None and value > most:
+            raise ConfigError(f"--{option} must be at most {most} (got {value})")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a stopped extraction, --overwrite starts again: give one of them")
     outputs = Outputs(args.overwrite or args.resume)
@@ -84,11 +106,13 @@ def main(argv=None):
     from devices import distributed, resolve_device
     from detector.extraction import FORMAT, VERSION, Extraction, images_sha
     from detector.images import list_images
+    from detector.config import CONFIG_NAME, read_config
     from detector.model import load_detector, resolve_detector
     from provenance import file_sha256
 
-    images = list_images(args.images)
     folder = resolve_detector(args.detector)
+    check_regions(args.regions, args.protocol, read_config(os.path.join(folder, CONFIG_NAME)))
+    images = list_images(args.images)
     device = resolve_device(args.device)
     distributed.init_from_environment(device)
     model, cfg = load_detector(folder, device)
