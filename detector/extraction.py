@@ -73,8 +73,10 @@ def _collate(items):
 
 
 class StopRequest:
-    def __init__(self):
-        self.signum = None
+    """A stop signal is noted, and acted on once `doing` is done: rows are never left half written."""
+
+    def __init__(self, doing: str = "finishing this image, flushing, then stopping"):
+        self.signum, self.doing = None, doing
         self.previous = {}
 
     def __enter__(self):
@@ -89,8 +91,7 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt("second stop signal: the rows flushed so far are kept; --resume continues")
         self.signum = signum
-        logger.warning("%s: finishing this image, flushing, then stopping (again: stop at once)",
-                       signal.Signals(signum).name)
+        logger.warning("%s: %s (again: stop at once)", signal.Signals(signum).name, self.doing)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -161,6 +162,8 @@ class Extraction:
         done_before = int((state != TODO).sum())
         if rank == 0 and done_before:
             logger.info("resuming: %d of %d images done, %d to do", done_before, len(state), len(todo))
+        if not len(mine):          # nothing left here (a --resume of a finished run): no workers to start
+            return {"images": 0, "seconds": 0.0}
         loader = torch.utils.data.DataLoader(_Decoded(self.images, mine), batch_size=batch_size, shuffle=False,
                                              num_workers=workers, collate_fn=_collate,
                                              worker_init_fn=_worker_init if workers else None)
@@ -204,8 +207,10 @@ class Extraction:
                     stop = request.signum
                     break
         seconds = time.perf_counter() - started
-        if stop is not None:
-            left = int((state == TODO).sum())
+        left = int((state == TODO).sum())
+        if stop is not None and left == 0:     # the signal came with the last image: the outputs are written
+            logger.warning("%s came after the last image: writing the outputs", signal.Signals(stop).name)
+        elif stop is not None:
             raise Stopped(stop, f"{count} image{'s' if count != 1 else ''} done in this run, {left} left; the work is kept in "
                                 f"{self.work}: run the same command with --resume to continue")
         return {"images": count, "seconds": seconds}

@@ -203,3 +203,87 @@ def test_bounds_are_refused_before_any_work(setup, tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+SLOW_EXTRACTION = ("import sys, time; from detector import extraction; real = extraction.extract; "
+                   "extraction.extract = lambda *a, **k: (time.sleep(0.7), real(*a, **k))[1]; "
+                   "from cli.guard import run_guarded; from tools.extract_regions import main; "
+                   "sys.exit(run_guarded(main, sys.argv[1:]))")
+
+
+def test_sigterm_with_decoding_workers_stops_promptly_then_resumes(setup, tmp_path):
+    """With DataLoader workers, SIGTERM stops the process (not only its workers) after the image at hand,
+    with 128 + 15, and --resume completes the same output as an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+    detector, images = setup
+    common = ["--detector", detector, "--images", images, "--regions", "5", "--protocol", "lxmert",
+              "--batch_size", "1"]
+    whole = str(tmp_path / "whole.npy")
+    assert run(*common, "--out", whole, "--workers", "0") == 0
+    out = str(tmp_path / "feats.npy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACTION, *common, "--out", out, "--workers", "2"],
+                               cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 50
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if np.load(out + ".partial/state.npy").any():
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and not os.path.exists(out)
+    assert run(*common, "--out", out, "--workers", "2", "--resume") == 0
+    assert np.array_equal(np.load(out), np.load(whole))
+    assert json.load(open(tmp_path / "feats.json"))["images"] == json.load(open(tmp_path / "whole.json"))["images"]
+
+
+def test_a_signal_after_the_last_image_still_writes_the_outputs(setup, tmp_path, monkeypatch):
+    from detector.images import list_images
+    detector, images = setup
+    good = [name for name, _ in list_images(images)][:4]       # the images extract() is called for
+    assert good == ["a.jpg", "b.png", "c_gray.png", "d_exif.jpg"]
+    folder = tmp_path / "good"
+    os.makedirs(folder)
+    for name in good:
+        os.symlink(os.path.join(images, name), folder / name)
+    real, calls = extraction.extract, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == len(good):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract", stopping)
+    out = str(tmp_path / "feats.npy")
+    assert run("--detector", detector, "--images", str(folder), "--out", out, "--regions", "4", "--workers", "0") == 0
+    assert np.load(out).shape[0] == 4 and not os.path.exists(out + ".partial")
+
+
+def test_resume_with_nothing_left_writes_the_outputs_at_once(setup, tmp_path, monkeypatch):
+    detector, images = setup
+    common = ["--detector", detector, "--images", images, "--regions", "4", "--workers", "0"]
+    whole = str(tmp_path / "whole.npy")
+    assert run(*common, "--out", whole) == 0
+    real = extraction.Extraction.finish
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt("stopped while finishing")
+
+    monkeypatch.setattr(extraction.Extraction, "finish", interrupted)
+    out = str(tmp_path / "feats.npy")
+    assert run(*common, "--out", out) != 0 and not os.path.exists(out)
+    assert (np.load(out + ".partial/state.npy") != 0).all()
+    monkeypatch.setattr(extraction.Extraction, "finish", real)
+    monkeypatch.setattr(extraction, "extract", lambda *a, **k: pytest.fail("an image was extracted again"))
+    assert run(*common, "--out", out, "--resume", "--workers", "2") == 0
+    assert np.array_equal(np.load(out), np.load(whole)) and not os.path.exists(out + ".partial")

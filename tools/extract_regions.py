@@ -104,7 +104,7 @@ def main(argv=None):
     paths = plan_outputs(args)
 
     from devices import distributed, resolve_device
-    from detector.extraction import FORMAT, VERSION, Extraction, images_sha
+    from detector.extraction import FORMAT, VERSION, Extraction, StopRequest, images_sha
     from detector.images import list_images
     from detector.config import CONFIG_NAME, read_config
     from detector.model import load_detector, resolve_detector
@@ -151,7 +151,8 @@ def main(argv=None):
                   "options": {"protocol": args.protocol, "regions": args.regions, "batch_size": args.batch_size,
                               "device": str(device), "workers": args.workers,
                               "processes": distributed.world_size()}}
-        record = job.finish(record, args.overwrite or args.resume)
+        with StopRequest("writing the outputs first"):      # a signal now would leave them half renamed
+            record = job.finish(record, args.overwrite or args.resume)
     finally:
         if lock is not None:
             lock.release()
