@@ -98,7 +98,7 @@ def test_weights_load_strictly_with_lxmert_names(tmp_path):
     with pytest.raises(CheckpointError, match="misses roi_heads.res5.1.conv1.weight"):
         load_detector(folder)
     (tmp_path / "det" / "pytorch_model.bin").write_bytes(b"not a file")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch weights file"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch weights file"):
         load_detector(folder)
 
 
