@@ -22,9 +22,10 @@ def retrieve(argv):
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
+    """36 proposals: the default --regions 36 of lxmert is at most RPN.POST_NMS_TOPK_TEST."""
     assert REGION_DIM == 64
     return write_detector(str(tmp_path_factory.mktemp("det")), config_dict(res2=8, min_size=64, max_size=96,
-                                                                             post_nms=36), seed=2)   # 36 regions (the default) need 36 proposals
+                                                                             post_nms=36), seed=2)
 
 
 def test_index_of_photos_answers_text_queries(short_region_checkpoint, detector, tmp_path, capsys):
