@@ -69,6 +69,10 @@ def input_files(cfg, split: str) -> list[str]:
 def collection(cfg, path: str):
     """A BUTD feature file (images x regions x dim), one item per row."""
     rows = RegionFileSet(path, cfg.img_dim)
+    from detector.record import regions_record
+    found = regions_record(path, len(rows))      # written by tools/extract_regions.py: the images' names
+    if found is not None:
+        return rows, [image["name"] for image in found[0]["images"]]
     return rows, [f"{os.path.basename(path)}[{row}]" for row in range(len(rows))]
 
 

@@ -15,7 +15,7 @@ from cli.guard import stop_signals_unwind
 from cli.outputs import Outputs
 from datasets.batching import CaptionSet, Collate
 from datasets.precomp import read_captions
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, Stopped
 from evaluation.scoring import EncodedItems, encode_items, score_all
 from pairs import pair_of
 from provenance import check_checkpoint, checkpoint_identity, image_identity, record
@@ -52,6 +52,8 @@ def command_index(args, device) -> dict:
     if args.overwrite and os.path.isdir(args.out):
         collection.check_replaceable(args.out.rstrip("/"))
     model, cfg, _ = load(args.checkpoint, device)
+    if getattr(args, "detector", None) or args.images and pair_of(cfg).collection_option == "regions":
+        args.regions = regions_of_images(args, cfg)
     dataset, names = collection_of(cfg, args, args.checkpoint)
     shortlist_model, checkpoints = None, [checkpoint_identity(args.checkpoint)]
     first_stage = "exact: the head's own inner product" if model.head.exact_global else "pooled encoder features"
@@ -74,6 +76,57 @@ def command_index(args, device) -> dict:
     print(f"indexed {len(names)} images -> {args.out} ({args.dtype} features, {args.index_type} index; "
           f"{meta['build_seconds']['features']:.1f}s encoding, {meta['build_seconds']['index']:.1f}s indexing)")
     return meta
+
+
+def regions_of_images(args, cfg) -> str:
+    """A region model indexing --images: their regions, extracted with --detector into
+    OUT_STEM.regions.npy (+ _boxes.npy, .json) beside the index, or reused from there when that file
+    holds the same images from the same detector and protocol; a stopped extraction is continued."""
+    from detector.config import read_config
+    from detector.extraction import output_paths
+    from detector.images import list_images
+    from detector.model import resolve_detector
+    from detector.record import regions_record
+    from provenance import file_sha256
+    from tools import extract_regions
+
+    if pair_of(cfg).collection_option != "regions":
+        raise ConfigError(f"--detector extracts regions for region models; {args.checkpoint} reads --images itself")
+    if not args.images or not args.detector:
+        pair = pair_of(cfg)
+        raise ConfigError(f"{args.checkpoint} is a {pair.name} model ({pair.summary}): index its collection with "
+                          "--regions, or give --detector with --images to extract their regions first")
+    if args.regions:
+        raise ConfigError("give --regions FEATS.npy or --images with --detector, not both")
+    folder = resolve_detector(args.detector)
+    width = read_config(folder).res2_out_channels * 8
+    if width != cfg.img_dim:
+        raise ConfigError(f"--detector {args.detector} gives {width}-d regions; {args.checkpoint} reads "
+                          f"{cfg.img_dim}-d ones")
+    target = args.out.rstrip("/")[:-len(".index")] + ".regions.npy"
+    found = regions_record(target)
+    if found is not None and not args.overwrite:
+        record = found[0]
+        listed = {name for name, _ in list_images(args.images)}
+        had = {image["name"] for image in record["images"]} | {item["name"] for item in record["skipped"]}
+        if (record["detector"]["sha256"] == file_sha256(os.path.join(folder, "pytorch_model.bin"))
+                and record["protocol"] == args.protocol and listed == had):
+            print(f"using the regions extracted before: {target}")
+            return target
+        raise ConfigError(f"{target} holds regions of other images, detector or protocol; give --overwrite to "
+                          "extract them again")
+    argv = ["--detector", args.detector, "--images", args.images, "--out", target, "--protocol", args.protocol,
+            "--device", args.device]
+    if os.path.isdir(output_paths(target)["work"]) and not args.overwrite:
+        argv.append("--resume")
+    elif args.overwrite:
+        argv.append("--overwrite")
+    try:
+        extract_regions.main(argv)
+    except Stopped as exc:
+        raise Stopped(exc.signum, f"the extraction of {args.images} stopped; its work is kept beside {target}: run "
+                                  "the same index command again to continue it") from None
+    return target
 
 
 def open_index(args, device, index=None):

@@ -48,7 +48,8 @@ def test_wrong_collections_are_one_line_errors(short_region_checkpoint, tmp_path
     assert run_guarded(retrieve, ["index", "--checkpoint", str(short_region_checkpoint), "--images", str(tmp_path),
                                   "--out", str(tmp_path / "x.index")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {short_region_checkpoint} is a region_bert model (BUTD "
-                                               "regions + BERT words): index its collection with --regions")
+                                               "regions + BERT words): index its collection with --regions, or give "
+                                               "--detector with --images to extract their regions first")
     assert run_guarded(retrieve, ["text", "--index", str(tmp_path / "none.index"), "--query", "a dog"]) == 2
     assert capsys.readouterr().err.strip() == (f"error: index {tmp_path / 'none.index'} does not exist (an index is "
                                                "the folder tools/retrieve.py index wrote)")

@@ -4,7 +4,8 @@
     python tools/report.py --checkpoint runs/x/model_best --sims sims.npy --out report/
     python tools/report.py --checkpoint X --dataset f30k --image_root ... --ann_path ... --split test --out report/
 
-For sampled caption queries, the top-5 images (thumbnails for raw-image datasets; for region
+For sampled caption queries, the top-5 images (thumbnails for raw-image datasets and for region
+features extracted by tools/extract_regions.py, with their top 5 regions boxed; for other region
 datasets the image number and its first caption) and, for sampled images, the top-5 captions, the
 correct items marked and the failures first; the Recall@K curve for K = 1..100; and what the head
 learned: X-Dim's dependency matrix D and its sparsity, ESL's level weights a_l and the H kernels or
@@ -116,11 +117,44 @@ def dimension_figure(plt, head, path: str) -> tuple[str, str]:
     return uri, caption
 
 
+TOP_REGIONS = 5
+BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")
+
+
+class RegionImage(str):
+    """The path of an image whose regions were extracted (tools/extract_regions.py), with its boxes."""
+
+    def __new__(cls, path: str, boxes):
+        made = super().__new__(cls, path)
+        made.boxes = boxes
+        return made
+
+
+def region_images(image_set):
+    """For region features written by tools/extract_regions.py (FEATS.json and FEATS_boxes.npy
+    beside {split}_ims.npy): each image's path with its boxes; otherwise None."""
+    from detector.record import regions_record
+    split = getattr(image_set, "split", None)
+    path = getattr(split, "ims_file", None)
+    found = regions_record(path, len(image_set)) if path and getattr(split, "image_divisor", 5) == 5 else None
+    if found is None:
+        return None
+    record, boxes = found
+    return [RegionImage(image["path"], np.asarray(boxes[row][:min(TOP_REGIONS, image.get("regions", TOP_REGIONS))]))
+            for row, image in enumerate(record["images"])]
+
+
 def thumbnail(path: str) -> str:
-    from PIL import Image
+    from PIL import Image, ImageDraw, ImageOps
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        width = image.width
         image.thumbnail((THUMBNAIL, THUMBNAIL))
+        boxes = getattr(path, "boxes", None)
+        if boxes is not None:        # the top regions (the extractor's row order), boxed
+            draw, scale = ImageDraw.Draw(image), image.width / width
+            for colour, box in zip(BOX_COLOURS, boxes):
+                draw.rectangle([float(v) * scale for v in box], outline=colour, width=2)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -281,7 +315,7 @@ def main(argv=None) -> str:
     lock = FolderLock(args.out, "--out").acquire()
     try:
         outputs.claim()
-        paths = getattr(image_set, "paths", None)
+        paths = getattr(image_set, "paths", None) or region_images(image_set)
         curve = recall_curve(plt, results, os.path.join(args.out, "recall_at_k.png"))
         dims, dims_caption = dimension_figure(plt, loaded.model.cpu().head, os.path.join(args.out, "dimensions.png"))
         title = f"{loaded.source}: split {args.split} ({len(image_set)} images, {len(captions)} captions){title_note}"

@@ -38,6 +38,9 @@ def main(argv=None):
     index.add_argument("--checkpoint", required=True)
     index.add_argument("--images", help="folder of images (models on raw images, e.g. ESL-CLIP)")
     index.add_argument("--regions", help="BUTD feature file, images x regions x dim (region models)")
+    index.add_argument("--detector", help="region models indexing --images: the detector that extracts their "
+                                          "regions first (tools/extract_regions.py), kept as OUT.regions.npy")
+    index.add_argument("--protocol", default="butd", choices=("butd", "lxmert"), help="with --detector")
     index.add_argument("--shortlist", default=None, help="a checkpoint whose global embeddings shortlist (a cosine "
                                                           "model of the same collection kind)")
     index.add_argument("--dtype", default="fp16", choices=DTYPES,
