@@ -20,6 +20,7 @@ logger = logging.getLogger("dimmatch")
 # what train.py writes into --output_dir (and --overwrite replaces)
 RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
 RUN_FOLDERS = ("tensorboard", "model_best")   # model_best: a model folder (model_best.pth: earlier versions)
+MODEL_FOLDERS = ("model_best",)                # written whole by the run: set aside whole by --overwrite
 PROGRAM = "train.py"           # the writer of a run folder, in its manifest
 LOCK = ".lock"
 PREVIOUS = ".previous-run"     # an --overwrite'n run, kept until the new one's first checkpoint
@@ -201,7 +202,9 @@ def set_aside_previous_run(output_dir: str) -> str | None:
     is the older run: it is kept, and the interrupted attempt's files are removed."""
     aside = os.path.join(output_dir, PREVIOUS)
     keep = not os.path.isdir(aside)
-    names = sorted(name for name in run_entries(output_dir) if os.path.isfile(os.path.join(output_dir, name)))
+    # files, and the model folders written whole (model_best/); tensorboard/ holds others' files too
+    names = sorted(name for name in run_entries(output_dir) if os.path.isfile(os.path.join(output_dir, name))
+                   or name in MODEL_FOLDERS and os.path.isdir(os.path.join(output_dir, name)))
     if keep and names and os.path.isfile(os.path.join(output_dir, manifest.MANIFEST)):
         # a copy: the new run adds its files to the manifest, a restored run gets its own back
         os.makedirs(aside)
@@ -211,6 +214,8 @@ def set_aside_previous_run(output_dir: str) -> str | None:
         if keep:
             os.makedirs(os.path.dirname(os.path.join(aside, name)), exist_ok=True)
             os.replace(path, os.path.join(aside, name))
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
         else:
             os.remove(path)
     if os.path.isdir(aside):
