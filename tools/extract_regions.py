@@ -64,8 +64,8 @@ def check_regions(regions: int, protocol: str, cfg) -> None:
                           f"({source})")
 
 
-def plan_outputs(args) -> dict:
-    """Every check that needs no model: options, outputs, the work folder."""
+def plan_outputs(args) -> tuple:
+    """Every check that needs no model (options, outputs, the work folder): (output paths, Outputs)."""
     from detector.extraction import output_paths
 
     for option, least, most in (("regions", 1, None), ("batch_size", 1, MAX_BATCH), ("workers", 0, max_workers())):
@@ -76,7 +76,7 @@ def plan_outputs(args) -> dict:
             raise ConfigError(f"--{option} must be at most {most} (got {value})")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a stopped extraction, --overwrite starts again: give one of them")
-    outputs = Outputs(args.overwrite or args.resume)
+    outputs = Outputs(args.overwrite or args.resume, "extract_regions.py")
     outputs.file(args.out, "--out", ".npy", side=("_boxes.npy", ".json"))
     if os.path.isfile(args.images):
         outputs.reads(args.images, "--images")
@@ -95,13 +95,13 @@ def plan_outputs(args) -> dict:
         FolderLock(paths["work"], "--out").acquire().release()     # one being written: says by whom
         raise ConfigError(f"{paths['work']} holds a stopped extraction into {args.out}; continue it with --resume, "
                           "or start again with --overwrite")
-    return paths
+    return paths, outputs
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    paths = plan_outputs(args)
+    paths, outputs = plan_outputs(args)
 
     from devices import distributed, resolve_device
     from detector.extraction import FORMAT, VERSION, Extraction, StopRequest, images_sha
@@ -123,6 +123,11 @@ def main(argv=None):
     job = Extraction(args.out, images, plan, args.regions, width)
     lock = None
     if distributed.is_main_process():
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot create its folder ({exc.strerror or exc})") from exc
+        outputs.claim()     # the three outputs are ours from now on: a later --overwrite may replace them
         try:
             lock = FolderLock(paths["work"], "--out").acquire()     # before anything in it is read or removed
         except OSError as exc:
