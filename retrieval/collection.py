@@ -44,7 +44,8 @@ from .search import build_index, faiss, search
 FORMAT = "dimmatch-index"
 VERSION = 4
 READABLE = (3, 4)
-FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss", "paths.txt", "boxes.npy")
+REQUIRED_FILES = ("index.json", "names.txt", "local.npy", "global.npy", "global.faiss")
+FILES = REQUIRED_FILES + ("paths.txt", "boxes.npy")      # the last two when the items' files are known
 REGIONS_FORMAT = "dimmatch-regions"
 
 
@@ -132,7 +133,8 @@ def build(folder: str, chunks, count: int, names: list[str], provenance: dict, *
     partial, previous = f"{folder}.tmp-{os.getpid()}", f"{folder}.old-{os.getpid()}"
     remove_abandoned(folder)
     try:
-        manifest.claim(partial, PROGRAM, FILES)
+        manifest.claim(partial, PROGRAM, REQUIRED_FILES + (("paths.txt",) if paths is not None else ())
+                       + (("boxes.npy",) if boxes is not None else ()))
         meta = _write(partial, chunks, count, names, provenance, dtype, kind, first_stage, progress)
         if paths is not None:
             with open(os.path.join(partial, "paths.txt"), "w", encoding="utf-8") as handle:

@@ -168,7 +168,7 @@ def test_an_index_build_stopped_by_sigterm_or_killed_leaves_nothing(tmp_path):
     deeper = str(tmp_path / "new" / "folder" / "photos.index")     # a folder that does not exist yet
     collection.build(deeper, iter([(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))]), 4, list("abcd"), {},
                      first_stage="test", progress=False)
-    assert sorted(os.listdir(deeper)) == sorted([MANIFEST, *collection.FILES])
+    assert sorted(os.listdir(deeper)) == sorted([MANIFEST, *collection.REQUIRED_FILES])
 
 
 def test_an_image_name_with_a_line_break_is_refused_at_indexing(tmp_path):
@@ -186,8 +186,9 @@ def test_a_shortlist_the_index_was_built_without_is_refused(short_region_checkpo
     index = tmp_path / "x.index"
     assert run_cli(main, ["index", "--checkpoint", str(short_region_checkpoint), "--regions",
                           f"{region_data[0]}/f30k_precomp/test_ims.npy", "--out", str(index), "--device", "cpu"]) == 0
-    assert json.loads((index / MANIFEST).read_text())["files"].keys() == {
-        "index.json", "names.txt", "local.npy", "global.npy", "global.faiss"}
+    from retrieval import collection
+    # the test split's region record beside its features gives the image paths and boxes too
+    assert json.loads((index / MANIFEST).read_text())["files"].keys() == set(collection.FILES)
     line = error_line(main, ["text", "--index", str(index), "--query", "a dog", "--shortlist",
                              str(short_region_checkpoint)], capsys)
     assert line.startswith(f"--shortlist {short_region_checkpoint}: index {index} was built without a shortlist "
