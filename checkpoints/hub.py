@@ -17,13 +17,14 @@ released ones. Resolution by name (`ORG/NAME`, `ORG/NAME@REVISION`) and publishi
 huggingface_hub's own cache and API, so a folder in the cache is found offline.
 """
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from errors import CheckpointError, ConfigError, first_line
@@ -69,7 +70,6 @@ def save_folder(folder: str, payload: dict, card: str | None = None, replace: bo
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
     try:
         weights = {key: value.detach().to("cpu").contiguous().clone() for key, value in payload["model"].items()}
-        save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "library": native.FORMAT})
         tokenizer = payload.get("tokenizer")
         tokenizer_files = {}
         for name, text in sorted((tokenizer or {}).get("files", {}).items()):
@@ -82,8 +82,13 @@ def save_folder(folder: str, payload: dict, card: str | None = None, replace: bo
         meta = {key: value for key, value in payload.items()
                 if key not in ("model", "tokenizer", "optimizer", "scaler", "rng", "rng_ranks")}
         meta.update(format=native.FORMAT, version=native.VERSION, layout="folder",
-                    tokenizer={"kind": tokenizer["kind"], "files": tokenizer_files} if tokenizer else None,
-                    weights={"file": WEIGHTS, "sha256": file_sha256(os.path.join(tmp, WEIGHTS))})
+                    tokenizer={"kind": tokenizer["kind"], "files": tokenizer_files} if tokenizer else None)
+        # config.json records the weights' hash and the weights record the config's (all but that
+        # entry): an edited config.json (a backbone's activation, say) is refused, not silently used
+        save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "library": native.FORMAT,
+                                                                 "config_sha256": config_sha256(meta)})
+        os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
+        meta["weights"] = {"file": WEIGHTS, "sha256": file_sha256(os.path.join(tmp, WEIGHTS))}
         _write_text(os.path.join(tmp, CONFIG), json.dumps(meta, indent=2, sort_keys=True) + "\n")
         digest = folder_sha256(tmp)
         if card is not None:
@@ -166,6 +171,12 @@ def _verified(folder: str, name: str, recorded: str | None) -> str:
     return path
 
 
+def config_sha256(meta: dict) -> str:
+    """The hash of a folder's config.json contents less its record of the weights (which hold it)."""
+    text = json.dumps({key: value for key, value in meta.items() if key != "weights"}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def read_folder(folder: str) -> dict:
     """The payload of a model folder, every file checked against the hashes its config.json records;
     the weights are read into memory (safetensors: no code is ever run)."""
@@ -174,8 +185,13 @@ def read_folder(folder: str) -> dict:
     path = _verified(folder, weights.get("file", WEIGHTS), weights.get("sha256"))
     try:
         model = load_file(path)
+        with safe_open(path, "pt") as handle:
+            recorded_config = (handle.metadata() or {}).get("config_sha256")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(exc)}); copy it again") from exc
+    if recorded_config != config_sha256(meta):
+        raise CheckpointError(f"{os.path.join(folder, CONFIG)} is not the config the weights were saved with (it was "
+                              "edited or comes from another folder); copy the model folder again")
     tokenizer = None
     if meta.get("tokenizer"):
         files = {}

@@ -86,6 +86,12 @@ def make_way(folder: str, program: str, parts: tuple, overwrite: bool, option: s
         raise ConfigError(f"{option} {folder} holds {', '.join(others)}, which no command of ours wrote (no "
                           f"{MANIFEST} records {them}); {program} never replaces {them}: choose another folder")
     present = [part for part in parts if os.path.lexists(os.path.join(folder, part))]
+    for part in present:         # a file the user put inside a part since is never removed with it
+        inside = foreign_inside(folder, part, mine) if os.path.isdir(os.path.join(folder, part)) else []
+        if inside:
+            raise ConfigError(f"{option} {folder}: {inside[0]}{f' (and {len(inside) - 1} more)' if len(inside) > 1 else ''}"
+                              f" is not a file {program} or the demo wrote; move it out of {part} first, or choose "
+                              "another folder")
     if present and not overwrite:
         raise ConfigError(f"{folder} already holds {', '.join(present)}; give --overwrite to replace "
                           f"{'them' if len(present) > 1 else 'it'}, or another folder")
@@ -93,3 +99,9 @@ def make_way(folder: str, program: str, parts: tuple, overwrite: bool, option: s
         path = os.path.join(folder, part)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     claim(folder, program, parts)
+
+
+def claim_contents(folder: str, program: str, parts) -> None:
+    """Record every file now inside the sub-folders `parts` (just written whole by `program`), so
+    that a later make_way can tell them from files added by someone else."""
+    claim(folder, program, [relative for part in parts for relative in foreign_inside(folder, part, set())])

@@ -15,7 +15,7 @@ import time
 
 from cli.main import evaluate, train
 from cli.guard import run_guarded
-from cli.manifest import make_way
+from cli.manifest import claim_contents, make_way
 from cli.outputs import FolderLock, check_output_dir
 from config.parsers import Parser, add_schema_options
 from errors import ConfigError
@@ -76,6 +76,7 @@ def prepare(args) -> list[str]:
                 "--data_name", "f30k_precomp", "--img_dim", str(REGION_DIM), "--bert_path", bert,
                 "--embed_size", "128", "--batch_size", "64", "--learning_rate", "1e-3", "--lr_update",
                 str(max(1, args.epochs - 1))]
+    claim_contents(args.output, "demo", ("data", *backbone))
     # each system its own run folder; the demo regenerates everything, so it replaces its earlier run
     argv += ["--num_epochs", str(args.epochs), "--output_dir", run_folder(args), "--overwrite",
              "--workers", "0", "--seed", str(args.seed), "--save_every_steps", "0"]

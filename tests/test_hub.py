@@ -146,6 +146,14 @@ def test_a_changed_file_in_a_folder_is_refused_in_one_line(run, region_data, tmp
     vocab.write_text(vocab.read_text().replace("[MASK]", "[MASQ]"))
     assert error_line(TEST, ["--checkpoint", str(folder), "--data_path", region_data[0], "--workers", "0"],
                       capsys).startswith(f"checkpoint {folder}: tokenizer.json is not the file its config.json records")
+    shutil.copy(run / "model_best" / "tokenizer.json", folder / "tokenizer.json")
+    config = folder / "config.json"     # an edited backbone config would change the scores silently
+    config.write_text(config.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
+    assert '"relu"' in config.read_text()
+    assert error_line(TEST, ["--checkpoint", str(folder), "--data_path", region_data[0], "--workers", "0"],
+                      capsys) == f"{config} is not the config the weights were saved with (it was edited or comes " \
+                                 "from another folder); copy the model folder again"
+    assert oct(os.stat(run / "model_best" / "model.safetensors").st_mode & 0o777) == "0o644"
     assert error_line(TEST, ["--checkpoint", str(run), "--data_path", region_data[0], "--workers", "0"], capsys) \
         == f"checkpoint {run} is a training run's folder; give the checkpoint in it ({run / 'model_best'})"
 
@@ -240,3 +248,19 @@ def test_an_interrupted_folder_write_leaves_the_old_folder_and_is_cleaned_up(run
     assert error_line(main, [str(run / "checkpoint_last.pth"), str(tmp_path / "x.pth"), "--format", "hub"],
                       capsys) == (f"output {tmp_path / 'x.pth'}: --format hub writes a model folder; give a folder "
                                   "name (without .pth), or --format pth for one file")
+
+
+def test_convert_never_writes_inside_its_input_or_over_a_runs_model_best(run, tmp_path, capsys):
+    from tools.convert_checkpoint import main
+    folder = tmp_path / "copy"
+    shutil.copytree(run / "model_best", folder)
+    assert error_line(main, [str(folder), str(folder / "inner"), "--format", "hub"], capsys) == \
+        f"output {folder / 'inner'} lies inside input {folder}; write it elsewhere"
+    assert error_line(main, [str(run / "checkpoint_last.pth"), str(run / "model_best"), "--format", "hub",
+                             "--overwrite"], capsys).startswith(f"output {run / 'model_best'} is the model_best of the "
+                                                                "training run")
+    (tmp_path / "afile").write_text("mine")
+    assert error_line(main, [str(folder), str(tmp_path / "afile"), "--format", "hub", "--overwrite"], capsys) == \
+        f"output {tmp_path / 'afile'} is a file; --format hub writes a model folder: give a folder name"
+    assert (tmp_path / "afile").read_text() == "mine" and sorted(os.listdir(folder)) == \
+        sorted(os.listdir(run / "model_best"))

@@ -110,6 +110,15 @@ def test_make_demo_data_never_replaces_a_users_data(tmp_path, capsys):
     (other / "notes.txt").write_text("mine")
     assert run_cli(main, [str(other), *small, "--overwrite", "--seed", "1"]) == 0
     assert (other / "notes.txt").read_text() == "mine"
+    # a file of the user's put inside a data set written whole: --overwrite refuses to take it along
+    mine = other / "regions" / "f30k_precomp" / "mine.txt"
+    mine.write_text("mine")
+    assert error_line(main, [str(other), *small, "--overwrite"], capsys) == (
+        f"output {other}: regions/f30k_precomp/mine.txt is not a file tools/make_demo_data.py or the demo wrote; "
+        "move it out of regions first, or choose another folder")
+    assert mine.read_text() == "mine"
+    mine.unlink()
+    assert run_cli(main, [str(other), *small, "--overwrite"]) == 0
 
 
 def test_the_demo_never_replaces_a_users_data_or_run(tmp_path, capsys):

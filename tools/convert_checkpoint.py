@@ -43,6 +43,13 @@ def main(argv=None) -> str:
         if args.output.rstrip("/").endswith((".pth", ".tar", ".pt", ".bin")):
             raise ConfigError(f"output {args.output}: --format hub writes a model folder; give a folder name "
                               "(without .pth), or --format pth for one file")
+        if os.path.isfile(args.output):
+            raise ConfigError(f"output {args.output} is a file; --format hub writes a model folder: give a folder name")
+        parent = os.path.dirname(os.path.abspath(args.output.rstrip("/")))
+        if os.path.basename(args.output.rstrip("/")) == "model_best" and os.path.isfile(os.path.join(parent,
+                                                                                                      "config.json")):
+            raise ConfigError(f"output {args.output} is the model_best of the training run in {parent}, which its "
+                              "best_metrics.json and train.log describe; write elsewhere")
         outputs.file(args.output, "output", "", folder=True)
     else:
         if os.path.isdir(args.output) or not args.output.endswith(".pth"):
@@ -52,6 +59,8 @@ def main(argv=None) -> str:
     from checkpoints.convert import convert
     from checkpoints.hub import resolve
     source_path = resolve(args.input, "input")
+    if os.path.realpath(args.output).startswith(os.path.realpath(source_path) + os.sep):
+        raise ConfigError(f"output {args.output} lies inside input {args.input}; write it elsewhere")
     outputs.reads(source_path, "input")
     outputs.check()
     outputs.claim()

@@ -14,7 +14,7 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from demo.__main__ import check_output  # noqa: E402
-from cli.manifest import make_way  # noqa: E402
+from cli.manifest import claim_contents, make_way  # noqa: E402
 from cli.outputs import FolderLock  # noqa: E402
 
 PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
@@ -34,6 +34,7 @@ def main(argv=None) -> None:
     try:
         make_way(args.output, "tools/make_demo_data.py", PARTS, args.overwrite, "output")
         write_all(args)
+        claim_contents(args.output, "tools/make_demo_data.py", PARTS)
     except BaseException:
         lock.release(undo=True)
         raise
