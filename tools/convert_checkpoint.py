@@ -59,7 +59,8 @@ def main(argv=None) -> str:
     from checkpoints.convert import convert
     from checkpoints.hub import resolve
     source_path = resolve(args.input, "input")
-    if os.path.realpath(args.output).startswith(os.path.realpath(source_path) + os.sep):
+    if os.path.isfile(os.path.join(source_path, "config.json")) and \
+            os.path.realpath(args.output).startswith(os.path.realpath(source_path) + os.sep):
         raise ConfigError(f"output {args.output} lies inside input {args.input}; write it elsewhere")
     outputs.reads(source_path, "input")
     outputs.check()
