@@ -75,6 +75,15 @@ def synthetic_chunks(count: int, regions: int, dim: int, chunk: int = 2000, seed
         yield local, pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
 
 
+def build_synthetic_index(folder: str, size: int) -> None:
+    """An X-Dim-sized index (36 x 1024 fp16 per image) of `size` synthetic images, as `scale` times it."""
+    from provenance import record
+    from retrieval import collection
+    collection.build(folder, synthetic_chunks(size, 36, 1024), size, [f"image_{i}" for i in range(size)],
+                     record("index", [], {"images": size}), dtype="fp16", first_stage="synthetic pooled",
+                     progress=False)
+
+
 def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(base, name)) for base, _, names in os.walk(folder) for name in names)
 
@@ -134,8 +143,6 @@ def region_encoder_seconds_per_image(model, images: int = 256) -> float:
 
 
 def scale(args) -> list[dict]:
-    from provenance import record
-    from retrieval import collection
     work = tempfile.mkdtemp(prefix="bench_retrieval_", dir=args.work)
     rows = []
     try:
@@ -144,9 +151,7 @@ def scale(args) -> list[dict]:
         for size in args.sizes:
             folder = os.path.join(work, f"synthetic_{size}.index")
             started = time.perf_counter()
-            collection.build(folder, synthetic_chunks(size, 36, 1024), size, [f"image_{i}" for i in range(size)],
-                             record("index", [], {"images": size}), dtype="fp16", first_stage="synthetic pooled",
-                             progress=False)
+            build_synthetic_index(folder, size)
             build = time.perf_counter() - started
             two_stage = measure_queries(folder, bert, args.queries, False, args.rerank_k, args.threads)
             exhaustive = measure_queries(folder, bert, max(2, args.queries // 10 if size <= 10000 else 2), True,

@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from bench_retrieval import (folder_bytes, load_bert_tokenizer, queries, synthetic_chunks,  # noqa: E402
+from bench_retrieval import (build_synthetic_index, folder_bytes, load_bert_tokenizer, queries,  # noqa: E402
                              tiny_vocab_bert, xdim_config, xdim_model)
 
 
@@ -128,8 +128,6 @@ def main(argv=None) -> list[dict]:
         parser.error("sizes, --queries, --rerank_k and --top must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    from provenance import record
-    from retrieval import collection
     work = tempfile.mkdtemp(prefix="bench_serve_", dir=args.work)
     rows = []
     try:
@@ -137,9 +135,7 @@ def main(argv=None) -> list[dict]:
         for size in args.sizes:
             folder = os.path.join(work, f"synthetic_{size}.index")
             started = time.perf_counter()
-            collection.build(folder, synthetic_chunks(size, 36, 1024), size, [f"image_{i}" for i in range(size)],
-                             record("index", [], {"images": size}), dtype="fp16", first_stage="synthetic pooled",
-                             progress=False)
+            build_synthetic_index(folder, size)
             row = {"images": size, "build_seconds": round(time.perf_counter() - started, 1),
                    "disk_gb": folder_bytes(folder) / 2**30, "rerank_k": args.rerank_k, "top": args.top,
                    **measure(folder, bert, args.queries, args.top, args.rerank_k)}

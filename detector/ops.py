@@ -165,6 +165,16 @@ def _block_max_table(maps: torch.Tensor, levels_h: int, levels_w: int) -> torch.
     return torch.stack(table)
 
 
+def _corners(ctr_x, ctr_y, width, height, like: torch.Tensor) -> torch.Tensor:
+    """Boxes (N, 4k) as x1, y1, x2, y2 from their centres and sizes (N, k): both decoders end so."""
+    out = torch.empty_like(like)
+    out[:, 0::4] = ctr_x - 0.5 * width
+    out[:, 1::4] = ctr_y - 0.5 * height
+    out[:, 2::4] = ctr_x + 0.5 * width
+    out[:, 3::4] = ctr_y + 0.5 * height
+    return out
+
+
 def decode_boxes(deltas: torch.Tensor, boxes: torch.Tensor, weights) -> torch.Tensor:
     """detectron2 Box2BoxTransform.apply_deltas: deltas (N, 4k), boxes (N, 4) -> (N, 4k)."""
     boxes = boxes.to(deltas.dtype)
@@ -181,12 +191,7 @@ def decode_boxes(deltas: torch.Tensor, boxes: torch.Tensor, weights) -> torch.Te
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
     pred_w = torch.exp(dw) * widths[:, None]
     pred_h = torch.exp(dh) * heights[:, None]
-    out = torch.empty_like(deltas)
-    out[:, 0::4] = pred_ctr_x - 0.5 * pred_w
-    out[:, 1::4] = pred_ctr_y - 0.5 * pred_h
-    out[:, 2::4] = pred_ctr_x + 0.5 * pred_w
-    out[:, 3::4] = pred_ctr_y + 0.5 * pred_h
-    return out
+    return _corners(pred_ctr_x, pred_ctr_y, pred_w, pred_h, deltas)
 
 
 def decode_boxes_caffe(deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -201,12 +206,7 @@ def decode_boxes_caffe(deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
     pred_ctr_y = deltas[:, 1::4] * heights[:, None] + ctr_y[:, None]
     pred_w = torch.exp(deltas[:, 2::4]) * widths[:, None]
     pred_h = torch.exp(deltas[:, 3::4]) * heights[:, None]
-    out = torch.empty_like(deltas)
-    out[:, 0::4] = pred_ctr_x - 0.5 * pred_w
-    out[:, 1::4] = pred_ctr_y - 0.5 * pred_h
-    out[:, 2::4] = pred_ctr_x + 0.5 * pred_w
-    out[:, 3::4] = pred_ctr_y + 0.5 * pred_h
-    return out
+    return _corners(pred_ctr_x, pred_ctr_y, pred_w, pred_h, deltas)
 
 
 def resize_bilinear_scale(image: torch.Tensor, scale: float) -> torch.Tensor:
