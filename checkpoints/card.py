@@ -11,7 +11,7 @@ PAPERS = {
              "Conference on Multimedia", 2023, "zhang2023xdim", "CrossmodalGroup/X-Dim"),
 }
 from evaluation.metrics import RECALL_AT, RECALL_KEYS
-from pairs import pair_of
+from pairs import layout_of, pair_of
 
 DATA_NAMES = {"f30k_precomp": "Flickr30K (BUTD regions)", "coco_precomp": "MS-COCO (BUTD regions)",
               "f30k": "Flickr30K (images, Karpathy splits)", "coco": "MS-COCO (images, Karpathy splits)"}
@@ -29,7 +29,7 @@ def system_of(cfg) -> tuple[str, str | None]:
 
 
 def _dataset(cfg) -> str | None:
-    names = [getattr(cfg, option, None) for option in pair_of(cfg).data_options]
+    names = [getattr(cfg, option, None) for option in layout_of(cfg).option_names]
     return next((name for name in names if name in DATA_NAMES), None)
 
 
@@ -44,10 +44,12 @@ def _metrics_table(metrics: dict) -> list[str]:
 
 def evaluate_command(cfg, name: str) -> str:
     """test.py (testall.py for MS-COCO) with the pair's data options: names kept, folders to be given."""
-    pair = pair_of(cfg)
-    program = "testall.py" if pair.coco(cfg) else "test.py"
+    layout = layout_of(cfg)
+    program = "testall.py" if layout.coco(cfg) else "test.py"
+    options = [option.name for option in layout.options if option.name in layout.required
+               or getattr(cfg, option.name, None) in DATA_NAMES]
     data = " ".join(f"--{option} {value if value in DATA_NAMES else option.upper()}"
-                    for option in pair.data_options for value in [getattr(cfg, option, None)])
+                    for option in options for value in [getattr(cfg, option, None)])
     return f"python {program} --checkpoint {name} {data}"
 
 

@@ -11,9 +11,10 @@ import torch
 from config.options import all_options, config_from_saved
 from config.schema import Config
 from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
-from errors import CheckpointError, ConfigError
+from errors import CheckpointError, ConfigError, first_line
 from modules.backbones import weights_from_checkpoint
-from pairs import PAIRS, build_model, pair_of
+from datasets.layouts import LAYOUTS
+from pairs import build_model, layout_of, pair_of
 from . import hub, native as checkpoint
 from .released import (RELEASED_NAMES, build_released, read_checkpoint, region_backbone_config, released_config,
                        released_history)
@@ -29,14 +30,24 @@ def apply_overrides(cfg: Config, args) -> Config:
 
 
 def check_data_options(cfg: Config, path: str) -> None:
-    """The checkpoint's encoder pair has all its data options, and none of another pair's alone."""
+    """The checkpoint's layout has all its data options, and the data given is of a layout its
+    encoder pair reads."""
     pair = pair_of(cfg)
-    if not all(getattr(cfg, name, None) for name in pair.data_options):
-        for other in PAIRS.values():
-            if other is not pair and any(getattr(cfg, name, None) for name in other.data_options):
-                raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): "
-                                  f"evaluate it with {pair.data_hint}, not {other.data_hint}")
-        raise ConfigError(f"give {pair.data_hint} for checkpoint {path} ({pair.name}: {pair.summary})")
+    readable = [layout for layout in LAYOUTS.values() if layout.images == pair.reads]
+    try:
+        layout = layout_of(cfg)
+    except ConfigError as exc:
+        hints = " or ".join(layout.hint for layout in readable)
+        raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): evaluate "
+                          f"it with {hints} ({first_line(exc)})") from exc
+    if not all(getattr(cfg, name, None) for name in layout.required):
+        others = [other for other in LAYOUTS.values() if other.images != pair.reads
+                  and any(getattr(cfg, name, None) for name in other.required if name not in layout.option_names)]
+        if others:
+            raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): "
+                              f"evaluate it with {layout.hint}, not {others[0].hint}")
+        raise ConfigError(f"give {layout.hint} for checkpoint {path} ({pair.name}: {pair.summary}; the "
+                          f"{layout.name} layout)")
 
 
 @dataclass
@@ -188,14 +199,18 @@ def native_history(payload: dict) -> str:
 
 
 def _clear_foreign_data(cfg: Config, args) -> Config:
-    """Data options of only one encoder pair given on the command line clear the saved ones of the
-    others, so a saved data_name cannot linger next to a --dataset the user gave. With the options
-    of several pairs given (an ensemble of region and CLIP models) each model keeps what it needs."""
-    given = [pair for pair in PAIRS.values() if any(getattr(args, name, None) is not None
-                                                     for name in pair.data_options)]
+    """Data options of layouts that deliver one kind of images (region features or image files)
+    given on the command line clear the saved ones of the other kind, so a saved data_name cannot
+    linger next to a --dataset the user gave; with both kinds given (an ensemble of region and CLIP
+    models) each model keeps what it needs. Data options given without --layout let them select
+    the layout again (--dataset coco for a model trained on f30k)."""
+    given = {layout.images for layout in LAYOUTS.values()
+             if any(getattr(args, name, None) is not None for name in layout.option_names)}
     if len(given) == 1:
-        for pair in PAIRS.values():
-            if pair is not given[0]:
-                for name in pair.data_options:
+        for layout in LAYOUTS.values():
+            if layout.images not in given:
+                for name in layout.option_names:
                     setattr(cfg, name, None)
+    if given and getattr(args, "layout", None) is None:
+        cfg.layout = None
     return cfg

@@ -9,11 +9,12 @@ import numpy as np
 
 from checkpoints.atomic import atomic_save_npy, write_json
 from checkpoints.hub import resolve as resolve_checkpoint
-from config.resolve import check_device_options, resolve_train_config, resumed_config
+from config.resolve import check_device_options, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
 from evaluation.metrics import DIRECTIONS, RECALL_KEYS
-from pairs import pair_of
+from pairs import layout_of, pair_of
+from pairs.resolve import resolve_train_config
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
 from .logs import attach_log_file, setup_logging
@@ -154,7 +155,7 @@ class Member:
     name: str             # "member N (path)" in an ensemble, else the path
     weight: float
     read: object          # checkpoints.loading.CheckpointConfig
-    split_data: tuple     # (image set, captions)
+    split_data: object    # datasets.layouts.EvalSplit
     ids: tuple | None     # --extended: (COCO image id per row, caption id per column)
     identity: dict        # provenance: the checkpoint's content
 
@@ -195,21 +196,22 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
         shortlister = prepare_member(args.shortlist, f"--shortlist {args.shortlist}", 1.0, args, coco_testall, None,
                                      keep_payload=False)
     for later in members[1:] + ([shortlister] if shortlister else []):
-        check_same_captions((members[0].name, members[0].split_data[1]), (later.name, later.split_data[1]))
+        check_same_captions((members[0].name, members[0].split_data.captions), (later.name, later.split_data.captions))
     check_evaluation_options(args, members + ([shortlister] if shortlister else []))
     for member in members + ([shortlister] if shortlister else []):
-        for path in pair_of(member.read.cfg).input_files(member.read.cfg, args.split):
+        for path in layout_of(member.read.cfg).input_files(member.read.cfg, args.split):
             outputs.reads(path, f"the data of split {args.split}")
     outputs.check()
     if args.rerank_k:
         return evaluate_two_stage(args, members[0], shortlister, device, coco_testall, say, outputs)
+    per_image = members[0].split_data.captions_per_image
     mean, reports = RunningMean(), []
     for member in members:
         scored = score_member(member, args, device, say)
         if not main:
             continue
         report, text = protocol_report(scored.sims, coco_testall,
-                                       f"{args.split}, {member.name}" if ensemble else args.split)
+                                       f"{args.split}, {member.name}" if ensemble else args.split, per_image)
         say(text)
         mean.add(scored.sims, member.weight, member.name)
         reports.append({"checkpoint": member.path, "history": member.read.history, "weight": member.weight,
@@ -219,7 +221,8 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
     sims = mean.total
     if ensemble:
         report, text = protocol_report(sims, coco_testall, f"{args.split}, ensemble of {len(members)} "
-                                                           f"(weights {' '.join(f'{w:.3g}' for w in weights)})")
+                                                           f"(weights {' '.join(f'{w:.3g}' for w in weights)})",
+                                       per_image)
         say(text)
     else:
         report = reports[0]["metrics"]
@@ -227,9 +230,9 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
         report = {**report, "extended": extended_metrics(sims, *members[0].ids, annotations)}
         say(format_extended(report["extended"]))
     provenance = record("scores", [member.identity for member in members],
-                        data_identity(*members[0].split_data, args.split), weights=weights,
+                        data_identity(members[0].split_data.images, members[0].split_data.captions, args.split), weights=weights,
                         protocol="coco_5fold" if coco_testall else "single", amp=args.amp)
-    write_outputs(args, outputs, sims, report, reports, provenance, say)
+    write_outputs(args, outputs, sims, report, reports, provenance, say, per_image)
     return {"report": report, "members": reports, "sims": sims, "provenance": provenance}
 
 
@@ -241,8 +244,7 @@ def check_evaluation_options(args, members: list) -> None:
         if name in present:
             continue
         for option in pair.options:
-            if option.evaluation and option.name not in pair.data_options and getattr(args, option.name, None) \
-                    is not None:
+            if option.evaluation and getattr(args, option.name, None) is not None:
                 raise ConfigError(f"--{option.name} applies to {name} models ({pair.summary}); "
                                   f"{members[0].path} is a {pair_of(members[0].read.cfg).name} model")
 
@@ -257,7 +259,8 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     from evaluation.protocol import encode_split, protocol_report
     from retrieval.two_stage import two_stage_report
     from provenance import read_scores
-    data = data_identity(*member.split_data, args.split)
+    data = data_identity(member.split_data.images, member.split_data.captions, args.split)
+    per_image = member.split_data.captions_per_image
     exhaustive = read_scores(args.compare_sims, member.path, data) if args.compare_sims else None
     options = dict(amp=args.amp, batch_size=args.eval_batch_size, workers=args.workers,
                    progress=distributed.is_main_process())
@@ -279,12 +282,12 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     encode_seconds = time.perf_counter() - started
     report, text, whole = two_stage_report(model.head, encoded[:2], first_stage, args.rerank_k, args.first_stage_index,
                                            coco_testall, args.split, device, args.eval_mem_gb, args.amp,
-                                           distributed.is_main_process())
+                                           distributed.is_main_process(), per_image)
     say(text)
     say(f"first stage: {source}; encoding {encode_seconds:.1f}s")
     report["first_stage"], report["encode_seconds"] = source, round(encode_seconds, 3)
     if exhaustive is not None:
-        full, _ = protocol_report(exhaustive, coco_testall, args.split)
+        full, _ = protocol_report(exhaustive, coco_testall, args.split, per_image)
         report["exhaustive"], report["lost"] = full, recall_lost(full, report)
         say("recall lost against exhaustive scoring: " + ", ".join(
             f"{direction} R@{k[1:]} {report['lost']['full_5k' if coco_testall else 'split'][direction][k]:.2f}"
@@ -294,7 +297,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     if args.save_ranks:
         from evaluation.metrics import shortlist_results
         outputs.claim()
-        write_json({"provenance": provenance, **shortlist_results(whole)}, args.save_ranks, args.overwrite)
+        write_json({"provenance": provenance, **shortlist_results(whole, per_image=per_image)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
     return {"report": report, "provenance": provenance}
 
@@ -342,11 +345,11 @@ def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool
     from evaluation.protocol import COCO_FOLDS
     from pairs import load_eval_split
     read = read_checkpoint_config(path, args)
-    if annotations is not None and not pair_of(read.cfg).coco(read.cfg):
+    if annotations is not None and not layout_of(read.cfg).coco(read.cfg):
         raise ConfigError(f"--extended adds ECCV Caption and CxC, which annotate MS-COCO's 5K test images; {path} "
                           "is evaluated on other data")
     split_data = load_eval_split(read.cfg, args.split, folds=COCO_FOLDS if coco_testall else 1)
-    ids = None if annotations is None else coco_ids(read.cfg, args, len(split_data[0]), annotations)
+    ids = None if annotations is None else coco_ids(read.cfg, args, len(split_data.images), annotations)
     if not keep_payload:
         read.payload = None
     return Member(path, name, weight, read, split_data, ids, checkpoint_identity(path))
@@ -367,12 +370,13 @@ def score_member(member: Member, args, device, say) -> Scored:
     return Scored(sims, info)
 
 
-def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, provenance: dict, say) -> None:
+def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, provenance: dict, say,
+                  per_image: int) -> None:
     """--save_ranks and --save_sims (+ .json), each with the provenance record of the scores."""
     from evaluation.metrics import per_query_results
     outputs.claim()
     if args.save_ranks:
-        write_json({"provenance": provenance, **per_query_results(sims)}, args.save_ranks, args.overwrite)
+        write_json({"provenance": provenance, **per_query_results(sims, per_image=per_image)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
     if args.save_sims:
         metrics_path = os.path.splitext(args.save_sims)[0] + ".json"
@@ -389,10 +393,14 @@ def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, pro
 
 def coco_ids(cfg, args, n_images: int, annotations: dict):
     """(COCO image id per row, caption id per column) of the evaluated split, checked (--extended)."""
-    from evaluation.extended import read_ids, row_ids
+    from datasets.precomp import read_ids
+    from evaluation.extended import row_ids
     if args.ids_file is not None:
         ids, source = read_ids(args.ids_file), args.ids_file
     else:
-        ids, source = pair_of(cfg).caption_ids(cfg, args.split)
+        layout = layout_of(cfg)
+        if layout.caption_ids is None:
+            raise ConfigError(f"the {layout.name} layout gives no COCO ids of its captions; give --ids_file")
+        ids, source = layout.caption_ids(cfg, args.split)
     return row_ids(np.asarray(ids, dtype=np.int64), n_images, annotations, source)
 

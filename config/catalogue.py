@@ -27,32 +27,17 @@ class Declared:
 
 
 REGION_BERT = Declared("region_bert", "BUTD regions + BERT words", (
-    Option("data_path", str, None, "folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K",
-           LOCATION, evaluation=True),
-    Option("data_name", str, None, "precomputed-region dataset", TRAINING, choices=("f30k_precomp", "coco_precomp"),
-           evaluation=True),
     Option("bert_path", str, "bert-base-uncased", "hub name or local BERT folder (evaluation: must agree with the "
                                                   "checkpoint's tokenizer)", LOCATION, evaluation=True),
     Option("img_dim", int, 2048, "region feature size", MODEL, low=1, high=1 << 16, evaluation=True),
-    Option("region_drop", float, 0.2, "train: probability of dropping a region", TRAINING, low=0, high=1,
-           closed="[)"),
     Option("word_aug", float, 0.2, "train: probability of altering a word (50% [MASK], 10% random, 40% delete)",
            TRAINING, low=0, high=1),
 ))
 
 CLIP = Declared("clip", "CLIP image and text towers", (
-    Option("dataset", str, None, "raw-image dataset", TRAINING, choices=("f30k", "coco"), evaluation=True),
-    Option("image_root", str, None, "Flickr30K image folder, or the COCO folder holding train2014/ and val2014/",
-           LOCATION, evaluation=True),
-    Option("ann_path", str, None, "Karpathy JSON file, or the folder holding dataset_flickr30k.json / "
-                                  "{train,dev,testall}_coco.json", LOCATION, evaluation=True),
     Option("clip_path", str, "openai/clip-vit-base-patch16", "hub name or local CLIP folder (evaluation: a folder "
                                                              "with the tokenizer files is enough)",
            LOCATION, evaluation=True),
-    Option("truncated_images", str, "refuse", "raw images whose file is cut short: load = decode what is there "
-                                              "(the released COCO loader), refuse = unreadable (skipped in training, "
-                                              "an error in evaluation) [COCO: load]",
-           TRAINING, choices=TRUNCATED_IMAGES, evaluation=True),
     Option("clip_truncation", str, "released", "captions longer than 77 tokens: released = the first 77 ids (end "
                                                "token lost, pooling at the start token, as the released ESL-CLIP "
                                                "code); keep_eot = 76 ids and the end token",
@@ -66,6 +51,33 @@ CLIP = Declared("clip", "CLIP image and text towers", (
 ))
 
 PAIRS = {pair.name: pair for pair in (REGION_BERT, CLIP)}
+
+# Data layouts (datasets.layouts); the two raw-image layouts share their options.
+PRECOMP = Declared("precomp", "precomputed regions: <data_path>/<data_name>/{split}_ims.npy + {split}_caps.txt", (
+    Option("data_path", str, None, "folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K",
+           LOCATION, evaluation=True),
+    Option("data_name", str, None, "precomputed-region dataset", TRAINING, choices=("f30k_precomp", "coco_precomp"),
+           evaluation=True),
+    Option("region_drop", float, 0.2, "train: probability of dropping a region", TRAINING, low=0, high=1,
+           closed="[)"),
+))
+RAW_IMAGES = (
+    Option("dataset", str, None, "raw-image dataset: f30k = the karpathy layout, coco = the coco layout", TRAINING,
+           choices=("f30k", "coco"), evaluation=True),
+    Option("image_root", str, None, "Flickr30K image folder, or the COCO folder holding train2014/ and val2014/",
+           LOCATION, evaluation=True),
+    Option("ann_path", str, None, "Karpathy JSON file, or the folder holding dataset_flickr30k.json / "
+                                  "{train,dev,testall}_coco.json", LOCATION, evaluation=True),
+    Option("truncated_images", str, "refuse", "raw images whose file is cut short: load = decode what is there "
+                                              "(the released COCO loader), refuse = unreadable (skipped in training, "
+                                              "an error in evaluation) [COCO: load]",
+           TRAINING, choices=TRUNCATED_IMAGES, evaluation=True),
+)
+KARPATHY = Declared("karpathy", "Flickr30K images with Karpathy's dataset_flickr30k.json (--dataset f30k)",
+                    RAW_IMAGES)
+COCO = Declared("coco", "MS-COCO images (train2014/, val2014/) with {train,dev,testall}_coco.json (--dataset coco)",
+                RAW_IMAGES)
+LAYOUTS = {layout.name: layout for layout in (PRECOMP, KARPATHY, COCO)}
 
 KERNEL_SIZE = Option("kernel_size", int, 2, "ESL measure-unit size k", MODEL, low=2, high=64)
 ESL_LEVELS = Option("esl_levels", int, None, "ESL levels above the input [8, fewer when embed_size is not "

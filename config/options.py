@@ -6,7 +6,6 @@ A default of None is decided by the recipe, the encoder pair or the head (config
 """
 
 import os
-import sys
 
 from config import catalogue
 from config.catalogue import VALIDATION_PROTOCOLS
@@ -134,39 +133,32 @@ LEGACY_VALUES = {"clip_truncation": "keep_eot", "clip_text_cleaning": "tokenizer
                  "last_batch": "drop", "val_protocol": "first_1k", "global_loss_weight": 0.0}
 
 
-def registries() -> tuple[dict, dict, dict]:
-    """(encoder pairs, heads, losses) by name: the registries once the model code is imported (one
-    registered at run time included); before that, their declarations in config.catalogue, which
-    agree with them (tests/test_cli_startup.py), so that a command line is parsed without
-    importing torch."""
-    pairs = getattr(sys.modules.get("pairs"), "PAIRS", None)
-    heads = getattr(sys.modules.get("modules.heads"), "HEADS", None)
-    losses = getattr(sys.modules.get("modules.losses"), "LOSSES", None)
-    return pairs or catalogue.PAIRS, heads or catalogue.HEADS, losses or catalogue.LOSSES
-
-
-def model_choices() -> tuple[Option, Option, Option]:
-    """--encoders, --sim_head and --loss, whose choices are the registries."""
-    pairs, heads, losses = registries()
+def model_choices() -> tuple[Option, ...]:
+    """--encoders, --sim_head, --loss and --layout, whose choices are the registries (declared in
+    config.catalogue, which registering a spec extends)."""
+    pairs, heads, losses, layouts = catalogue.PAIRS, catalogue.HEADS, catalogue.LOSSES, catalogue.LAYOUTS
     return (Option("encoders", str, "region_bert", "; ".join(f"{name}: {pair.summary}" for name, pair in pairs.items()),
                    MODEL, choices=tuple(pairs)),
             Option("sim_head", str, None, "; ".join(f"{name}: {head.summary}" for name, head in heads.items())
                    + " [region_bert: xdim; clip: esl_h]", MODEL, choices=tuple(heads)),
             Option("loss", str, None, " or ".join(spec.summary for spec in losses.values())
-                   + " [the encoder pair's recipe: region hinge, clip infonce]", choices=tuple(losses)))
+                   + " [the encoder pair's recipe: region hinge, clip infonce]", choices=tuple(losses)),
+            Option("layout", str, None, "; ".join(f"{name}: {layout.summary}" for name, layout in layouts.items())
+                   + " [the one the data options select: --data_path precomp, --dataset f30k karpathy, coco coco]",
+                   choices=tuple(layouts), evaluation=True))
 
 
 def owned_options() -> list[tuple[str, tuple]]:
-    """(title, options) of every encoder pair and head, for the parsers' groups; heads that share
-    their options (esl_h, esl_a) share a group."""
-    pairs, heads, _ = registries()
-    groups = [(f"{name} encoders ({pair.summary})", pair.options) for name, pair in pairs.items()]
-    shared: dict[tuple, list[str]] = {}
-    for name, head in heads.items():
-        if head.options:
-            shared.setdefault(head.options, []).append(name)
-    groups += [(f"{', '.join(names)} head{'s' if len(names) > 1 else ''}", options)
-               for options, names in shared.items()]
+    """(title, options) of every encoder pair, data layout and head, for the parsers' groups;
+    layouts or heads that share their options (karpathy and coco, esl_h and esl_a) share a group."""
+    groups = [(f"{name} encoders ({pair.summary})", pair.options) for name, pair in catalogue.PAIRS.items()]
+    for kind, table in (("layout", catalogue.LAYOUTS), ("head", catalogue.HEADS)):
+        shared: dict[tuple, list[str]] = {}
+        for name, declared in table.items():
+            if declared.options:
+                shared.setdefault(declared.options, []).append(name)
+        groups += [(f"{', '.join(names)} {kind}{'s' if len(names) > 1 else ''}", options)
+                   for options, names in shared.items()]
     return groups
 
 

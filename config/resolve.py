@@ -1,17 +1,12 @@
-"""From a command line to the one training config a run saves (config.json) and checkpoints carry.
-
-Layers, each overriding the one before: the schema's defaults; the encoder pair's released recipe
-(its `default_recipe`); `--recipe NAME`; the options given on the command line. Then what follows
-from other options is derived by the encoder pair and the head, and every value is checked.
-An `--init_from` run takes the network options of its checkpoint; a resumed run is its saved config,
-where the command line may change only where and how the run goes on (locations, runtime limits).
+"""The layers of a config that need no model code: --init_from's network options, a resumed run's
+config, absolute locations and the checks of an invocation. A new run's config, which the encoder
+pair, layout and head complete, is resolved by `pairs.resolve` (above the registries).
 """
 
 import os
 
 from errors import ConfigError
 from .options import all_options, config_from_saved
-from .recipes import read_recipe
 from .schema import COMMAND, LOCATION, MODEL, RUNTIME, Config
 
 
@@ -60,47 +55,6 @@ def resumed_config(given: dict, saved: dict, path: str) -> Config:
         raise ConfigError(f"--resume {given['resume']}: {described}; a resumed run keeps its training options "
                           f"(see {path}); start a new run, e.g. with --init_from, to change them")
     values = {**cfg.to_dict(), **given}
-    absolute_locations(values, options)
-    return Config(**values)
-
-
-def resolve_train_config(given: dict, init_cfg=None) -> Config:
-    """The config of a new run from the options `given` on the command line (and, with
-    --init_from, the config `init_cfg` of its checkpoint)."""
-    from modules.heads import HEADS
-    from modules.losses import LOSSES
-    from pairs import PAIRS
-    options = all_options()
-    values = {name: option.default for name, option in options.items()}
-    recipe = read_recipe(given["recipe"], options) if given.get("recipe") else {}
-    encoders = (init_cfg.encoders if init_cfg is not None else None) or given.get("encoders") \
-        or recipe.get("encoders") or values["encoders"]
-    if recipe.get("encoders", encoders) != encoders:
-        raise ConfigError(f"--recipe {given['recipe']} trains {recipe['encoders']} encoders, not {encoders}")
-    pair = PAIRS[encoders]
-    values.update(read_recipe(pair.default_recipe, options))
-    values.update(recipe)
-    values.update(given)
-    if init_cfg is not None:
-        take_model_options(values, given, recipe, init_cfg, given["init_from"], options)
-    for name, value in values.items():
-        options[name].check(value)
-    pair.resolve(values, set(given) | set(recipe))
-    head = HEADS[values["sim_head"]]
-    if head.resolve is not None:
-        head.resolve(values)
-
-    if LOSSES[values["loss"]].needs_logit_scale and not pair.logit_scale:
-        raise ConfigError(f"--loss {values['loss']} needs CLIP's logit scale; use --loss hinge with {encoders} "
-                          "encoders")
-    if values["val_split"] in ("test", "testall"):
-        raise ConfigError(f"--val_split {values['val_split']}: the model would be selected on the test set, which "
-                          "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
-    if values["batch_size"] < 2:
-        raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if values["batch_size"] % world:
-        raise ConfigError(f"--batch_size {values['batch_size']} (global) is not divisible by the {world} processes")
     absolute_locations(values, options)
     return Config(**values)
 

@@ -15,7 +15,6 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from errors import DataError
-from .transforms import clip_preprocess
 from .precomp import CAPTIONS_PER_IMAGE, read_text
 
 logger = logging.getLogger("dimmatch")
@@ -178,10 +177,10 @@ class KarpathyTrainDataset(Dataset):
 
     MAX_SKIPPED = 100
 
-    def __init__(self, entries, caption_encoder, image_size: int = 224, truncated: str = "refuse"):
+    def __init__(self, entries, caption_encoder, transform, truncated: str = "refuse"):
         self.pairs = [(path, caption) for path, captions in entries for caption in captions]
         self.caption_encoder = caption_encoder
-        self.image_size = image_size
+        self.transform = transform
         self.truncated = truncated
         self.epoch = 0
         self.warned = set()
@@ -203,7 +202,7 @@ class KarpathyTrainDataset(Dataset):
             path, caption = self.pairs[(index + skipped) % len(self.pairs)]
             image, problem = read_image(path, self.truncated)
             if image is not None:
-                return {"image": clip_preprocess(image, self.image_size), "ids": self.caption_encoder(caption),
+                return {"image": self.transform(image), "ids": self.caption_encoder(caption),
                         "index": index, "skipped": skipped}
             if path not in self.warned:
                 self.warned.add(path)
@@ -214,12 +213,12 @@ class KarpathyTrainDataset(Dataset):
 
 class ImageFileSet(Dataset):
     """Each evaluation image once; an unreadable image is an error (it would change the metrics).
-    `what` names the images in that error (an index build says it is indexing)."""
+    `transform` is the encoder pair's preprocessing (PIL image -> tensor); `what` names the images
+    in that error (an index build says it is indexing)."""
 
-    def __init__(self, paths: list[str], image_size: int = 224, truncated: str = "refuse",
-                 what: str = "evaluation image"):
+    def __init__(self, paths: list[str], transform, truncated: str = "refuse", what: str = "evaluation image"):
         self.paths, self.what = paths, what
-        self.image_size = image_size
+        self.transform = transform
         self.truncated = truncated
 
     def __len__(self) -> int:
@@ -233,7 +232,7 @@ class ImageFileSet(Dataset):
         image, problem = read_image(self.paths[index], self.truncated)
         if image is None:
             raise DataError(f"{self.what} {self.paths[index]} {problem}")
-        return {"image": clip_preprocess(image, self.image_size), "index": index}
+        return {"image": self.transform(image), "index": index}
 
 
 def check_images_exist(paths: list[str]) -> None:

@@ -36,6 +36,15 @@ def read_captions(path: str) -> list[str]:
     return captions
 
 
+def read_ids(path: str) -> np.ndarray:
+    """One integer COCO id a line (SCAN's <split>_ids.txt, or a file given with --ids_file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return np.array([int(line) for line in handle if line.strip()], dtype=np.int64)
+    except ValueError as exc:
+        raise DataError(f"{path} must hold one integer COCO id per line ({exc})") from exc
+
+
 def load_region_features(path: str, img_dim: int) -> np.ndarray:
     """A checked, memory-mapped (images x regions x img_dim) float feature file."""
     from provenance import is_npy

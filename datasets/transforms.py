@@ -49,3 +49,13 @@ def clip_preprocess(image: Image.Image, size: int = 224) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     return (pixels - mean) / std
+
+
+class ClipPreprocess:
+    """`clip_preprocess` at one size, as an object a data-loader worker can receive (pickled)."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return clip_preprocess(image, self.size)

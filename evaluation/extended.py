@@ -51,14 +51,6 @@ def load_annotations(folder: str | None = None) -> dict:
             **{name: _positives(folder, name) for name in ("original", "eccv", "cxc")}}
 
 
-def read_ids(path: str) -> np.ndarray:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return np.array([int(line) for line in handle if line.strip()], dtype=np.int64)
-    except ValueError as exc:
-        raise DataError(f"{path} must hold one integer COCO id per line ({exc})") from exc
-
-
 def row_ids(ids: np.ndarray, n_images: int, annotations: dict, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(COCO image id per row, COCO caption id per column) from an id list: caption ids (5 per
     image), image ids repeated per caption, or image ids once per image. Image ids alone fix the

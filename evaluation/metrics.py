@@ -1,6 +1,7 @@
 """Recall@K, MedR, MeanR and rSum from an (images x captions) score matrix, vectorised.
 
-Image i owns captions 5i..5i+4. The i2t rank of image i is the number of other images'
+Image i owns captions ki..ki+k-1, k = `per_image` (the split's captions per image: 5 for
+Flickr30K and COCO, the default; a layout may give another). The i2t rank of image i is the number of other images'
 captions scoring at least as high as its best caption; the t2i rank of caption j is the
 number of other images scoring at least as high as its own image. Ties with a negative
 therefore count against the model: a constant score matrix gets the worst ranks, never
@@ -16,33 +17,33 @@ from errors import UserError
 ROW_CHUNK = 500
 
 
-def _as_array(sims) -> np.ndarray:
+def _as_array(sims, per_image: int) -> np.ndarray:
     sims = sims.detach().cpu().numpy() if torch.is_tensor(sims) else np.asarray(sims)
-    if sims.ndim != 2 or sims.shape[1] != CAPTIONS_PER_IMAGE * sims.shape[0]:
-        raise UserError(f"score matrix of shape {tuple(sims.shape)} is not (N images x 5N captions)")
+    if sims.ndim != 2 or sims.shape[1] != per_image * sims.shape[0]:
+        raise UserError(f"score matrix of shape {tuple(sims.shape)} is not (N images x {per_image}N captions)")
     # one reduction instead of an elementwise isfinite pass: NaN and inf propagate into the sum
     if not np.isfinite(sims.sum(dtype=np.float64)):
         raise UserError("the score matrix has NaN or infinite entries; the model's scores are broken")
     return sims
 
 
-def i2t_ranks(sims) -> np.ndarray:
-    sims = _as_array(sims)
+def i2t_ranks(sims, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    sims = _as_array(sims, per_image)
     n_images = sims.shape[0]
     ranks = []
     for start in range(0, n_images, ROW_CHUNK):
         block = sims[start:start + ROW_CHUNK]
         rows = np.arange(block.shape[0])
-        own = block.reshape(block.shape[0], n_images, CAPTIONS_PER_IMAGE)[rows, start + rows]
+        own = block.reshape(block.shape[0], n_images, per_image)[rows, start + rows]
         best = own.max(1, keepdims=True)
         ranks.append(np.count_nonzero(block >= best, axis=1) - np.count_nonzero(own >= best, axis=1))
     return np.concatenate(ranks)
 
 
-def t2i_ranks(sims) -> np.ndarray:
-    sims = _as_array(sims)
+def t2i_ranks(sims, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    sims = _as_array(sims, per_image)
     n_images, n_captions = sims.shape
-    own = sims[np.arange(n_captions) // CAPTIONS_PER_IMAGE, np.arange(n_captions)]
+    own = sims[np.arange(n_captions) // per_image, np.arange(n_captions)]
     at_least = np.zeros(n_captions, dtype=np.int64)
     for start in range(0, n_images, ROW_CHUNK):
         at_least += np.add.reduce(sims[start:start + ROW_CHUNK] >= own[None, :], axis=0, dtype=np.int64)
@@ -61,12 +62,15 @@ def shortlist_ranks(items: np.ndarray, scores: np.ndarray, positive: np.ndarray,
     return np.where(positive.any(1), above, outside_rank)
 
 
-def two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores) -> tuple[np.ndarray, np.ndarray]:
-    """(i2t ranks, t2i ranks) of re-ranked shortlists (image i owns captions 5i..5i+4)."""
+def two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores,
+                    per_image: int = CAPTIONS_PER_IMAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(i2t ranks, t2i ranks) of re-ranked shortlists (image i owns captions ki..ki+k-1)."""
     n_images, n_captions = len(i2t_items), len(t2i_items)
-    i2t = shortlist_ranks(i2t_items, i2t_scores, i2t_items // CAPTIONS_PER_IMAGE == np.arange(n_images)[:, None],
-                          n_captions - CAPTIONS_PER_IMAGE)
-    t2i = shortlist_ranks(t2i_items, t2i_scores, t2i_items == (np.arange(n_captions) // CAPTIONS_PER_IMAGE)[:, None],
+    if n_captions != per_image * n_images:
+        raise UserError(f"{n_captions} caption queries for {n_images} images, not {per_image} per image")
+    i2t = shortlist_ranks(i2t_items, i2t_scores, i2t_items // per_image == np.arange(n_images)[:, None],
+                          n_captions - per_image)
+    t2i = shortlist_ranks(t2i_items, t2i_scores, t2i_items == (np.arange(n_captions) // per_image)[:, None],
                           n_images - 1)
     return i2t, t2i
 
@@ -87,9 +91,10 @@ def recall_line(metrics: dict, direction: str, width: int = 0, sep: str = "  ") 
     return sep.join(f"R@{k} {metrics[direction][f'r{k}']:{width}.1f}" for k in RECALL_AT)
 
 
-def two_stage_metrics(i2t_items, i2t_scores, t2i_items, t2i_scores) -> dict:
+def two_stage_metrics(i2t_items, i2t_scores, t2i_items, t2i_scores, per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """Recall@K, MedR, MeanR and rSum of re-ranked shortlists."""
-    i2t, t2i = (recall_summary(ranks) for ranks in two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores))
+    i2t, t2i = (recall_summary(ranks)
+                for ranks in two_stage_ranks(i2t_items, i2t_scores, t2i_items, t2i_scores, per_image))
     return {"i2t": i2t, "t2i": t2i, "rsum": rsum_of(i2t, t2i)}
 
 
@@ -99,17 +104,17 @@ def recall_summary(ranks: np.ndarray) -> dict:
     return {**recalls, "medr": float(np.floor(np.median(ranks)) + 1), "meanr": round(float(ranks.mean() + 1), 10)}
 
 
-def retrieval_metrics(sims) -> dict:
+def retrieval_metrics(sims, per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """{'i2t': {...}, 't2i': {...}, 'rsum': float} of one score matrix."""
-    i2t = recall_summary(i2t_ranks(sims))
-    t2i = recall_summary(t2i_ranks(sims))
+    i2t = recall_summary(i2t_ranks(sims, per_image))
+    t2i = recall_summary(t2i_ranks(sims, per_image))
     return {"i2t": i2t, "t2i": t2i, "rsum": rsum_of(i2t, t2i)}
 
 
-def coco_five_fold(sims, folds: int = 5) -> dict:
+def coco_five_fold(sims, folds: int = 5, per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """COCO 1K: the mean over the 5 diagonal blocks of the 5K matrix, 1,000 images each
     (scores are pairwise, so a block equals scoring that fold on its own)."""
-    sims = _as_array(sims)
+    sims = _as_array(sims, per_image)
     n_images = sims.shape[0]
     if n_images % folds:
         raise UserError(f"{n_images} images do not split into {folds} equal folds")
@@ -117,8 +122,8 @@ def coco_five_fold(sims, folds: int = 5) -> dict:
     results = []
     for fold in range(folds):
         rows = slice(fold * size, (fold + 1) * size)
-        cols = slice(fold * size * CAPTIONS_PER_IMAGE, (fold + 1) * size * CAPTIONS_PER_IMAGE)
-        results.append(retrieval_metrics(sims[rows, cols]))
+        cols = slice(fold * size * per_image, (fold + 1) * size * per_image)
+        results.append(retrieval_metrics(sims[rows, cols], per_image))
     return {"folds": results, "mean": mean_metrics(results), "fold_images": size}
 
 
@@ -141,10 +146,10 @@ def format_metrics(metrics: dict, title: str = "") -> str:
             f"rSum {metrics['rsum']:.1f}")
 
 
-def per_query_results(sims, top: int = 10) -> dict:
+def per_query_results(sims, top: int = 10, per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """For every image query and every caption query: the rank of its ground truth (0 = first;
     for an image, its best caption) and its `top` retrieved items with their scores, best first."""
-    sims = _as_array(sims)
+    sims = _as_array(sims, per_image)
     top = min(top, sims.shape[0], sims.shape[1])
 
     def best(matrix):
@@ -154,18 +159,18 @@ def per_query_results(sims, top: int = 10) -> dict:
         return np.take_along_axis(picks, order, 1), np.take_along_axis(scores, order, 1)
 
     results = {}
-    for direction, matrix, ranks in (("i2t", sims, i2t_ranks(sims)), ("t2i", sims.T, t2i_ranks(sims))):
+    for direction, matrix, ranks in (("i2t", sims, i2t_ranks(sims, per_image)), ("t2i", sims.T, t2i_ranks(sims, per_image))):
         items, scores = best(matrix)
         results[direction] = [{"query": q, "rank": int(ranks[q]), "top": items[q].tolist(),
                                "scores": [round(float(s), 6) for s in scores[q]]} for q in range(matrix.shape[0])]
     return results
 
 
-def shortlist_results(reranked, top: int = 10) -> dict:
+def shortlist_results(reranked, top: int = 10, per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """`per_query_results` of two-stage retrieval: every query's rank (its ground truth outside the
     shortlist ranks last) and its `top` re-ranked items with their scores, best first."""
     lists = reranked.lists
-    all_ranks = two_stage_ranks(lists.i2t, reranked.i2t_scores, lists.t2i, reranked.t2i_scores)
+    all_ranks = two_stage_ranks(lists.i2t, reranked.i2t_scores, lists.t2i, reranked.t2i_scores, per_image)
     results = {}
     for direction, items, scores, ranks in (("i2t", lists.i2t, reranked.i2t_scores, all_ranks[0]),
                                             ("t2i", lists.t2i, reranked.t2i_scores, all_ranks[1])):

@@ -1,17 +1,18 @@
 """Evaluation protocols: one split (Flickr30K 1K, validation) and COCO testall (5-fold 1K + 5K).
 
-The split's files are read and checked by `pairs.load_eval_split` before any model
-is built; these functions then encode every image and caption once and score all pairs."""
+The split's files are read and checked by `pairs.load_eval_split` (a datasets.layouts.EvalSplit)
+before any model is built; these functions then encode every image and caption once and score all
+pairs."""
 
 import logging
 import time
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from datasets.batching import CaptionSet, Collate, ignore_stop_signals
+from datasets.layouts import CAPTIONS_PER_IMAGE, EvalSplit
 from devices import distributed
-from datasets.precomp import CAPTIONS_PER_IMAGE
 from .metrics import coco_five_fold, format_metrics, mean_metrics, retrieval_metrics
 from .scoring import encode_items, score_all
 
@@ -59,30 +60,28 @@ def encode_split(model, split_data, caption_encoder, device: torch.device, *, am
     """(images, captions) as EncodedItems, each item encoded once, and with `global_vectors` their
     global embeddings too: (images, captions, image vectors, caption vectors). Leaves the model in
     eval mode."""
-    image_set, captions = split_data
     model.eval()
     vectors = ([], []) if global_vectors else (None, None)
-    images = encode_items(model, _loader(image_set, batch_size, workers, caption_encoder.pad_id), "images", device,
+    images = encode_items(model, _loader(split_data.images, batch_size, workers, caption_encoder.pad_id), "images", device,
                           amp, progress, vectors[0])
-    caption_items = encode_items(model, _loader(CaptionSet(captions, caption_encoder), batch_size, workers,
+    caption_items = encode_items(model, _loader(CaptionSet(split_data.captions, caption_encoder), batch_size, workers,
                                                 caption_encoder.pad_id), "captions", device, amp, progress, vectors[1])
     if not global_vectors:
         return images, caption_items
     return images, caption_items, torch.cat(vectors[0]).numpy(), torch.cat(vectors[1]).numpy()
 
 
-def evaluate_split(model, split_data, caption_encoder, device: torch.device, **kwargs) -> dict:
+def evaluate_split(model, split_data: EvalSplit, caption_encoder, device: torch.device, **kwargs) -> dict:
     sims, info = compute_split_scores(model, split_data, caption_encoder, device, **kwargs)
-    return {"metrics": retrieval_metrics(sims), "info": info, "sims": sims}
+    return {"metrics": retrieval_metrics(sims, split_data.captions_per_image), "info": info, "sims": sims}
 
 
-def fold_subsets(split_data, folds: int):
-    """The (image set, captions) of each of `folds` equal consecutive folds of a split."""
-    from torch.utils.data import Subset
-    image_set, captions = split_data
-    size = len(image_set) // folds
-    return [(Subset(image_set, range(fold * size, (fold + 1) * size)),
-             captions[fold * size * CAPTIONS_PER_IMAGE:(fold + 1) * size * CAPTIONS_PER_IMAGE])
+def fold_subsets(split_data: EvalSplit, folds: int) -> list[EvalSplit]:
+    """Each of `folds` equal consecutive folds of a split."""
+    size, per_image = len(split_data.images) // folds, split_data.captions_per_image
+    return [EvalSplit(Subset(split_data.images, range(fold * size, (fold + 1) * size)),
+                      split_data.captions[fold * size * per_image:(fold + 1) * size * per_image], per_image,
+                      f"{split_data.where}, fold {fold + 1}")
             for fold in range(folds)]
 
 
@@ -106,15 +105,15 @@ def fold_note(fold_images: int) -> str:
             "comparable with published COCO 1K results")
 
 
-def protocol_report(sims, coco_testall: bool, label: str) -> tuple[dict, str]:
+def protocol_report(sims, coco_testall: bool, label: str, per_image: int = CAPTIONS_PER_IMAGE) -> tuple[dict, str]:
     """(metrics for the JSON report, printed table) of a score matrix under one protocol."""
     n_images, n_captions = sims.shape
     if coco_testall:
-        folds = coco_five_fold(sims, COCO_FOLDS)
-        full = retrieval_metrics(sims)
+        folds = coco_five_fold(sims, COCO_FOLDS, per_image)
+        full = retrieval_metrics(sims, per_image)
         mean_title = f"{label}: mean of {COCO_FOLDS} folds of {folds['fold_images']} images"
         text = (format_metrics(folds["mean"], mean_title) + "\n"
                 + format_metrics(full, f"{label}: full {n_images} images") + fold_note(folds["fold_images"]))
         return {"five_fold_1k": folds["mean"], "full_5k": full, "folds": folds["folds"]}, text
-    metrics = retrieval_metrics(sims)
+    metrics = retrieval_metrics(sims, per_image)
     return metrics, format_metrics(metrics, f"{label}: {n_images} images, {n_captions} captions")

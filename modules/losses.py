@@ -13,6 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from config import catalogue
+from config.catalogue import Declared
+
 
 class HingeLoss(nn.Module):
     """VSE hinge with margin: violations summed over negatives, or only the hardest (VSE++)."""
@@ -78,6 +81,7 @@ def register_loss(spec: LossSpec) -> LossSpec:
     if spec.name in LOSSES:
         raise ValueError(f"loss {spec.name} is registered twice")
     LOSSES[spec.name] = spec
+    catalogue.LOSSES[spec.name] = Declared(spec.name, spec.summary)
     return spec
 
 

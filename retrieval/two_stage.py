@@ -124,7 +124,8 @@ def rerank(head, images, captions, lists: Shortlists, device: torch.device, mem_
 
 
 def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall: bool, label: str,
-                     device: torch.device, mem_gb: float | None = None, amp: str = "off", progress: bool = True):
+                     device: torch.device, mem_gb: float | None = None, amp: str = "off", progress: bool = True,
+                     per_image: int = CAPTIONS_PER_IMAGE):
     """(metrics, printed table, re-ranked shortlists of the whole split) of two-stage retrieval: the
     first stage's global vectors (images, captions) shortlist K items per query, the head re-ranks.
     COCO testall: each 1K fold on its own (its shortlists within the fold), and the whole 5K."""
@@ -133,12 +134,12 @@ def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall
     n_images = len(images)
 
     def run(first: int, stop: int):
-        per = CAPTIONS_PER_IMAGE
+        per = per_image
         lists = shortlist(image_vectors[first:stop], caption_vectors[first * per:stop * per], k, kind)
         result = rerank(head, images.subset(first, stop), captions.subset(first * per, stop * per), lists, device,
                         mem_gb, amp, progress)
-        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
-        return {**metrics, "two_stage": result.cost(stop - first, CAPTIONS_PER_IMAGE * (stop - first))}, result
+        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores, per)
+        return {**metrics, "two_stage": result.cost(stop - first, per * (stop - first))}, result
 
     full, whole = run(0, n_images)
     cost = full["two_stage"]
@@ -148,7 +149,7 @@ def two_stage_report(head, encoded, first_stage, k: int, kind: str, coco_testall
             + (f"; the index holds {100 * cost['index_recall_vs_exact']:.1f}% of the exact shortlists"
                if cost["index_recall_vs_exact"] is not None else ""))
     if not coco_testall:
-        title = f"{label}: {n_images} images, {CAPTIONS_PER_IMAGE * n_images} captions"
+        title = f"{label}: {n_images} images, {per_image * n_images} captions"
         return full, format_metrics(full, title) + "\n" + line, whole
     size = n_images // COCO_FOLDS
     folds = [run(fold * size, (fold + 1) * size)[0] for fold in range(COCO_FOLDS)]

@@ -2,7 +2,8 @@
 directly (test_distributed.py, ddp_worker.py)."""
 
 from config.parsers import train_parser
-from config.resolve import check_command, resolve_train_config
+from config.resolve import check_command
+from pairs.resolve import resolve_train_config
 from config.schema import Config
 
 

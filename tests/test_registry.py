@@ -136,7 +136,8 @@ def region_args(region_data, tiny_bert, out, *extra):
 def test_a_registered_head_with_its_own_option_trains_and_evaluates(monkeypatch, tmp_path, region_data, tiny_bert,
                                                                     capsys):
     from conftest import error_line
-    monkeypatch.setitem(HEADS, "toy", TOY_HEAD)
+    from config import catalogue
+    register(monkeypatch, HEADS, catalogue.HEADS, TOY_HEAD)
     out = tmp_path / "run"
     assert run_cli(train, region_args(region_data, tiny_bert, out, "--sim_head", "toy", "--toy_temperature", "3")) == 0
     assert json.loads((out / "config.json").read_text())["toy_temperature"] == 3.0
@@ -210,36 +211,55 @@ class GridBertEncoders(nn.Module):
         return [{"params": list(self.parameters()), "lr": cfg.learning_rate, "name": "grid_bert"}]
 
 
+def grid_layout(captions_per_image: int = 5, name: str = "grid"):
+    """A layout of region-like rows: <grid_path>/{split}_grid.npy with {split}_caps.txt."""
+    from datasets.layouts import REGIONS, DataLayout, EvalSplit
+    from errors import ConfigError
+
+    def resolve(values, given):
+        if not values["grid_path"]:
+            raise ConfigError(f"the {name} layout needs --grid_path")
+        values["val_split"] = values["val_split"] or "dev"
+
+    def eval_split(cfg, split, max_images, transform):
+        grid = GridFiles(cfg.grid_path, split, cfg.grid_dim)
+        return EvalSplit(grid, grid.captions, captions_per_image, f"{cfg.grid_path} {split}")
+
+    return DataLayout(
+        name=name, summary=f"grid rows, {captions_per_image} captions each (test only)", images=REGIONS,
+        options=(Option("grid_path", str, None, "folder of {split}_grid.npy", LOCATION, evaluation=True),
+                 Option("grid_dim", int, 24, "grid feature size", MODEL, low=1, evaluation=True)),
+        required=("grid_path",), captions_per_image=captions_per_image, resolve=resolve,
+        train_dataset=lambda cfg, encoder, transform: GridPairs(GridFiles(cfg.grid_path, "train", cfg.grid_dim),
+                                                                encoder),
+        eval_split=eval_split,
+        input_files=lambda cfg, split: [os.path.join(cfg.grid_path, f"{split}_{name}") for name in ("grid.npy",
+                                                                                                 "caps.txt")])
+
+
 def toy_pair(recipe: str):
+    from datasets.layouts import REGIONS
     from modules.text_encoder import bert_text_tokens, build_bert
     from pairs import EncoderPair, region_bert
 
     def resolve(values, given):
-        if not values["grid_path"]:
-            from errors import ConfigError
-            raise ConfigError("grid_bert training needs --grid_path")
         values["embed_size"] = values["embed_size"] or HEADS[values["sim_head"]].embed_size
-        values["val_split"] = values["val_split"] or "dev"
-
-    def eval_split(cfg, split, max_images):
-        grid = GridFiles(cfg.grid_path, split, cfg.grid_dim)
-        return grid, grid.captions, f"{cfg.grid_path} {split}"
 
     return EncoderPair(
         name="grid_bert", summary="grid features + BERT words (test only)", feature_kind=LOCAL, text_kind="grid_words",
-        backbone_option="bert_path", data_options=("grid_path",), data_hint="--grid_path",
-        options=(Option("grid_path", str, None, "folder of {split}_grid.npy", LOCATION, evaluation=True),
-                 Option("grid_dim", int, 24, "grid feature size", MODEL, low=1)),
-        default_recipe=recipe, head_lr_option="learning_rate", logit_scale=False,
+        backbone_option="bert_path", options=(), default_recipe=recipe, head_lr_option="learning_rate",
+        logit_scale=False, reads=REGIONS, default_layout=lambda values: "grid",
         build_encoders=lambda cfg, backbone: GridBertEncoders(cfg.grid_dim, cfg.embed_size,
                                                               build_bert(cfg.bert_path, config=backbone)),
         text_tokens=bert_text_tokens, text_positions=region_bert.text_positions,
-        caption_encoder=region_bert.caption_encoder,
-        train_dataset=lambda cfg, encoder: GridPairs(GridFiles(cfg.grid_path, "train", cfg.grid_dim), encoder),
-        eval_split=eval_split, resolve=resolve, caption_ids=None,
-        input_files=lambda cfg, split: [os.path.join(cfg.grid_path, f"{split}_{name}") for name in ("grid.npy",
-                                                                                                 "caps.txt")],
-        coco=lambda cfg: False)
+        caption_encoder=region_bert.caption_encoder, resolve=resolve)
+
+
+def register(monkeypatch, registry: dict, declarations: dict, spec) -> None:
+    """A spec registered for this test only, with its declaration for the command line."""
+    from config.catalogue import Declared
+    monkeypatch.setitem(registry, spec.name, spec)
+    monkeypatch.setitem(declarations, spec.name, Declared(spec.name, spec.summary, getattr(spec, "options", ())))
 
 
 def write_grid_data(folder, region_data):
@@ -257,6 +277,8 @@ def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, 
     """The toy pair brings its own tokenizer family and its own loss, registered here only."""
     from transformers import BertTokenizer
     from datasets.captions import TOKENIZER_FAMILIES, TokenizerFamily
+    from config import catalogue
+    from datasets.layouts import LAYOUTS
     from modules.losses import LOSSES, HingeLoss, LossSpec
     from pairs import PAIRS
     recipe = tmp_path / "grid_recipe.json"
@@ -264,7 +286,8 @@ def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, 
         "encoders": "grid_bert", "sim_head": "esl_a", "batch_size": 16, "num_epochs": 2, "schedule": "step",
         "optimizer": "adamw", "weight_decay": 1e-4, "adam_eps": 1e-8, "grad_clip": 2.0, "loss": "toy_hinge",
         "evals_per_epoch": 1, "last_batch": "drop", "val_protocol": "first_1k"}}))
-    monkeypatch.setitem(PAIRS, "grid_bert", toy_pair(str(recipe)))
+    register(monkeypatch, PAIRS, catalogue.PAIRS, toy_pair(str(recipe)))
+    register(monkeypatch, LAYOUTS, catalogue.LAYOUTS, grid_layout())
     monkeypatch.setitem(TOKENIZER_FAMILIES, "grid_words", TokenizerFamily(
         "grid_words", "--bert_path", (("vocab.txt",),), BertTokenizer, ("pad_token", "cls_token", "sep_token"),
         pad_masked=True))
@@ -273,7 +296,8 @@ def test_a_registered_encoder_pair_trains_and_evaluates_end_to_end(monkeypatch, 
     def toy_loss(cfg):
         built.append(cfg.margin)
         return HingeLoss(0.1, max_violation=True)
-    monkeypatch.setitem(LOSSES, "toy_hinge", LossSpec("toy_hinge", "a hardest-negative hinge (test only)", toy_loss))
+    register(monkeypatch, LOSSES, catalogue.LOSSES, LossSpec("toy_hinge", "a hardest-negative hinge (test only)",
+                                                             toy_loss))
     grid = tmp_path / "grid"
     write_grid_data(grid, region_data)
     out = tmp_path / "run"

@@ -59,16 +59,21 @@ def main(argv=None) -> dict:
         outputs.reads(path, "matrix")
         outputs.reads(os.path.splitext(path)[0] + ".json", "record")
     outputs.check()
-    from evaluation.protocol import protocol_report   # torch: only once the command line holds
+    # torch: only once the command line holds
+    from datasets.layouts import CAPTIONS_PER_IMAGE
+    from evaluation.protocol import protocol_report
     records = check_members(args.matrices, args.unverified)
     mean = RunningMean()
+    per_image = CAPTIONS_PER_IMAGE     # the benchmarks' 5, unless the records say otherwise
+    if records and records[0]["data"]:
+        per_image = records[0]["data"]["captions"] // max(1, records[0]["data"]["images"])
     for path, weight in zip(args.matrices, weights):
         sims = read_matrix(path)
-        _, text = protocol_report(sims, args.coco_5fold, path)
+        _, text = protocol_report(sims, args.coco_5fold, path, per_image)
         print(text)
         mean.add(sims, weight, path)
     report, text = protocol_report(mean.total, args.coco_5fold,
-                                   f"ensemble of {len(weights)} (weights {' '.join(f'{w:.3g}' for w in weights)})")
+                                   f"ensemble of {len(weights)} (weights {' '.join(f'{w:.3g}' for w in weights)})", per_image)
     print(text)
     if args.save:
         provenance = record("scores", [identity for member in records for identity in member["checkpoints"]],

@@ -295,12 +295,13 @@ def main(argv=None) -> str:
     plt = pyplot()
     setup_logging()
     read = read_checkpoint_config(args.checkpoint, args)
-    image_set, captions = split_data = load_eval_split(read.cfg, args.split)
+    split_data = load_eval_split(read.cfg, args.split)
+    image_set, captions, per_image = split_data.images, split_data.captions, split_data.captions_per_image
     data = data_identity(image_set, captions, args.split)
     shortlister = read_checkpoint_config(args.shortlist, args) if args.shortlist else None
     if shortlister is not None:
         check_same_captions((args.checkpoint, captions), (f"--shortlist {args.shortlist}",
-                                                          load_eval_split(shortlister.cfg, args.split)[1]))
+                                                          load_eval_split(shortlister.cfg, args.split).captions))
     sims = read_scores(args.sims, args.checkpoint, data) if args.sims else None
     loaded = load_model(read)
     device = resolve_device(args.device)
@@ -311,7 +312,7 @@ def main(argv=None) -> str:
         if sims is None:
             sims, _ = compute_split_scores(loaded.model.to(device), split_data, loaded.caption_encoder(), device,
                                            mem_gb=args.eval_mem_gb, **options)
-        results, metrics, title_note = per_query_results(sims), retrieval_metrics(sims), ""
+        results, metrics, title_note = per_query_results(sims, per_image=per_image), retrieval_metrics(sims, per_image), ""
     lock = FolderLock(args.out, "--out").acquire()
     try:
         outputs.claim()

@@ -67,10 +67,11 @@ def sweep(args, plt, outputs) -> list[dict]:
     read = read_checkpoint_config(args.checkpoint, args)
     identity = checkpoint_identity(args.checkpoint)     # the file read, as load_model checks it still is
     split_data = load_eval_split(read.cfg, args.split)
-    data = data_identity(*split_data, args.split)
+    data = data_identity(split_data.images, split_data.captions, args.split)
+    per_image = split_data.captions_per_image
     exhaustive = None
     if args.compare_sims:
-        exhaustive = retrieval_metrics(read_scores(args.compare_sims, args.checkpoint, data))
+        exhaustive = retrieval_metrics(read_scores(args.compare_sims, args.checkpoint, data), per_image)
     loaded = load_model(read)
     device = resolve_device(args.device)
     model = loaded.model.to(device)
@@ -83,7 +84,7 @@ def sweep(args, plt, outputs) -> list[dict]:
         lists = Shortlists(widest.i2t[:, :k], widest.t2i[:, :k], widest.seconds, "flat")
         started = time.perf_counter()
         result = rerank(model.head, images, captions, lists, device, progress=False)
-        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores)
+        metrics = two_stage_metrics(lists.i2t, result.i2t_scores, lists.t2i, result.t2i_scores, per_image)
         rows.append({"k": k, "k_used": {"i2t": lists.i2t.shape[1], "t2i": lists.t2i.shape[1]},   # K <= items
                      "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
                      "pairs_scored": result.pairs_scored, "rerank_seconds": round(time.perf_counter() - started, 4)})

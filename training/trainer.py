@@ -17,7 +17,7 @@ from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_sn
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import build_loss
-from pairs import build_model, pair_of
+from pairs import build_model, pair_of, train_dataset
 from provenance import data_identity
 from .history import MetricsHistory
 from .optimizers import build_optimizer
@@ -90,7 +90,7 @@ class Trainer:
         text_kind, text_option = pair.text_kind, pair.backbone_option
         tokenizer, backbone, positions = text_tower(cfg, pair, init, resume)
         self.caption_encoder = pair.caption_encoder(cfg, tokenizer, positions)
-        self.train_set = pair.train_dataset(cfg, self.caption_encoder)
+        self.train_set = train_dataset(cfg, self.caption_encoder)
         self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
                                              distributed.rank(), self.world, drop_last=cfg.last_batch == "drop")
         steps_per_epoch = self.sampler.batches_per_epoch()
@@ -105,7 +105,9 @@ class Trainer:
                                  pin_memory=device.type == "cuda", generator=torch.Generator())
         self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
         self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
-        data = {"train": self.train_set.identity(), "validation": data_identity(*self.validate.data, cfg.val_split)}
+        validation = self.validate.data
+        data = {"train": self.train_set.identity(),
+                "validation": data_identity(validation.images, validation.captions, cfg.val_split)}
         if resume:
             check_same_run_data(resume, data)
 

@@ -324,7 +324,7 @@ def encoding_section(rows, sizes, dry) -> None:
 # --------------------------------------------------------------------------- training
 def system_config(recipe: str, sizes, device):
     """The recipe's resolved config, with placeholder data locations (nothing is read)."""
-    from config.resolve import resolve_train_config
+    from pairs.resolve import resolve_train_config
     given = {"recipe": recipe, "device": device.type, "workers": 0}
     if "clip" in recipe:
         given.update(dataset="coco", image_root=".", ann_path=".", batch_size=sizes["clip_batch"],

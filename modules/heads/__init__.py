@@ -4,6 +4,8 @@ builds the head from the config with its own options).
 A new head is its module (the class, its options, its HeadSpec) plus one `register_head` line here;
 the command-line options, recipes, checkpoints and tests pick it up from the registry."""
 
+from config import catalogue
+from config.catalogue import Declared
 from errors import ConfigError
 from . import cosine, esl, xdim
 from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
@@ -16,7 +18,9 @@ HEADS: dict[str, HeadSpec] = {}
 
 
 def register_head(spec: HeadSpec) -> HeadSpec:
+    """The head, and its declaration for the command line (config.catalogue)."""
     HEADS[spec.name] = spec
+    catalogue.HEADS[spec.name] = Declared(spec.name, spec.summary, spec.options)
     return spec
 
 
