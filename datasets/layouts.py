@@ -60,6 +60,7 @@ class DataLayout:
     input_files: Callable              # (cfg, split) -> the files a split is read from (never an output)
     coco: Callable = lambda cfg: False  # (cfg) -> whether the data is MS-COCO (--extended, testall.py 5 folds)
     caption_ids: Callable | None = None  # (cfg, split) -> (COCO caption ids, source) for --extended
+    data_hint: str = ""                # how to give the data, for messages [its required options]
 
     @property
     def option_names(self) -> tuple:
@@ -68,7 +69,7 @@ class DataLayout:
     @property
     def hint(self) -> str:
         """How to give the data, for messages."""
-        return "/".join(f"--{name}" for name in self.required)
+        return self.data_hint or "/".join(f"--{name}" for name in self.required)
 
 
 LAYOUTS: dict[str, DataLayout] = {}
@@ -157,41 +158,54 @@ def _raw_resolve(name: str, dataset: str):
     return resolve
 
 
-def _raw_train(cfg, caption_encoder, transform) -> KarpathyTrainDataset:
-    entries = load_karpathy_split(cfg.dataset, cfg.ann_path, cfg.image_root, "train")
-    return KarpathyTrainDataset(entries, caption_encoder, transform, cfg.truncated_images)
+class RawImages:
+    """The reading of one raw-image layout, whose annotation files are those of `dataset` (the
+    layout, not a saved --dataset, decides: --layout coco reads COCO's files)."""
+
+    def __init__(self, name: str, dataset: str):
+        self.name, self.dataset = name, dataset
+
+    def _checked(self, cfg) -> str:
+        if cfg.dataset not in (None, self.dataset):
+            raise ConfigError(f"--layout {self.name} reads --dataset {self.dataset}, not --dataset {cfg.dataset}")
+        return self.dataset
+
+    def train_dataset(self, cfg, caption_encoder, transform) -> KarpathyTrainDataset:
+        entries = load_karpathy_split(self._checked(cfg), cfg.ann_path, cfg.image_root, "train")
+        return KarpathyTrainDataset(entries, caption_encoder, transform, cfg.truncated_images)
+
+    def eval_split(self, cfg, split: str, max_images: int | None, transform) -> EvalSplit:
+        dataset = self._checked(cfg)
+        where = f"{dataset} split '{split}'"
+        entries = evaluation_entries(load_karpathy_split(dataset, cfg.ann_path, cfg.image_root, split), where,
+                                     max_images)
+        paths = [path for path, _ in entries]
+        check_images_exist(paths)
+        captions = [caption for _, captions in entries for caption in captions]
+        return EvalSplit(ImageFileSet(paths, transform, cfg.truncated_images), captions, CAPTIONS_PER_IMAGE, where)
+
+    def caption_ids(self, cfg, split: str):
+        dataset = self._checked(cfg)
+        found = karpathy_caption_ids(dataset, cfg.ann_path, split)
+        source = annotation_file(dataset, cfg.ann_path, split)
+        if found is None:
+            raise ConfigError(f"{source} gives its captions no COCO ids (sentences[].id), so --extended cannot "
+                              "identify them; give --ids_file with the caption ids in the file's order")
+        return found, source
+
+    def input_files(self, cfg, split: str) -> list[str]:
+        return [annotation_file(self._checked(cfg), cfg.ann_path, split)]
 
 
-def _raw_eval(cfg, split: str, max_images: int | None, transform) -> EvalSplit:
-    where = f"{cfg.dataset} split '{split}'"
-    entries = evaluation_entries(load_karpathy_split(cfg.dataset, cfg.ann_path, cfg.image_root, split), where,
-                                 max_images)
-    paths = [path for path, _ in entries]
-    check_images_exist(paths)
-    captions = [caption for _, captions in entries for caption in captions]
-    return EvalSplit(ImageFileSet(paths, transform, cfg.truncated_images), captions, CAPTIONS_PER_IMAGE, where)
+def _raw_layout(declared, dataset: str, coco: bool) -> DataLayout:
+    reading = RawImages(declared.name, dataset)
+    return DataLayout(
+        name=declared.name, summary=declared.summary, images=IMAGES, options=declared.options,
+        required=("image_root", "ann_path"), captions_per_image=CAPTIONS_PER_IMAGE,
+        resolve=_raw_resolve(declared.name, dataset), train_dataset=reading.train_dataset,
+        eval_split=reading.eval_split, input_files=reading.input_files, coco=lambda cfg: coco,
+        caption_ids=reading.caption_ids, data_hint="--dataset/--image_root/--ann_path")
 
 
-def _raw_caption_ids(cfg, split: str):
-    found = karpathy_caption_ids(cfg.dataset, cfg.ann_path, split)
-    source = annotation_file(cfg.dataset, cfg.ann_path, split)
-    if found is None:
-        raise ConfigError(f"{source} gives its captions no COCO ids (sentences[].id), so --extended cannot "
-                          "identify them; give --ids_file with the caption ids in the file's order")
-    return found, source
-
-
-def _raw_files(cfg, split: str) -> list[str]:
-    return [annotation_file(cfg.dataset, cfg.ann_path, split)]
-
-
-KARPATHY = register_layout(DataLayout(
-    name=KARPATHY_DECLARED.name, summary=KARPATHY_DECLARED.summary, images=IMAGES, options=KARPATHY_DECLARED.options,
-    required=("image_root", "ann_path"), captions_per_image=CAPTIONS_PER_IMAGE, resolve=_raw_resolve("karpathy", "f30k"),
-    train_dataset=_raw_train, eval_split=_raw_eval, input_files=_raw_files, caption_ids=_raw_caption_ids))
-
-COCO = register_layout(DataLayout(
-    name=COCO_DECLARED.name, summary=COCO_DECLARED.summary, images=IMAGES, options=COCO_DECLARED.options,
-    required=("image_root", "ann_path"), captions_per_image=CAPTIONS_PER_IMAGE, resolve=_raw_resolve("coco", "coco"),
-    train_dataset=_raw_train, eval_split=_raw_eval, input_files=_raw_files, coco=lambda cfg: True,
-    caption_ids=_raw_caption_ids))
+KARPATHY = register_layout(_raw_layout(KARPATHY_DECLARED, "f30k", coco=False))
+COCO = register_layout(_raw_layout(COCO_DECLARED, "coco", coco=True))

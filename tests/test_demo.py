@@ -9,6 +9,7 @@ import torch
 
 from conftest import error_line, make_config
 from checkpoints.loading import read_payload
+from datasets.transforms import ClipPreprocess
 from datasets.captions import tokenizer_from_snapshot
 from datasets.karpathy import ImageFileSet, load_karpathy_split
 from datasets.precomp import PrecompSplit
@@ -52,7 +53,7 @@ def test_image_generator_is_deterministic_and_loads(tmp_path):
     assert same_tree(tmp_path / "a", tmp_path / "b")
     entries = load_karpathy_split("f30k", str(tmp_path / "a"), str(tmp_path / "a" / "images"), "test")
     assert len(entries) == 2 and all(len(captions) == 5 for _, captions in entries)
-    assert ImageFileSet([path for path, _ in entries], image_size=32)[0]["image"].shape == (3, 32, 32)
+    assert ImageFileSet([path for path, _ in entries], ClipPreprocess(32))[0]["image"].shape == (3, 32, 32)
 
 
 def test_chance_level():

@@ -11,6 +11,7 @@ import torch
 from conftest import REGION_DIM, error_line, run_cli
 from cli.commands import evaluate, train
 from errors import DataError
+from datasets.transforms import ClipPreprocess
 from datasets.karpathy import ImageFileSet, KarpathyTrainDataset, load_karpathy_split
 
 
@@ -134,7 +135,7 @@ def test_unreadable_training_images_are_skipped_and_counted(image_copy, tmp_path
     (images / "00000.jpg").write_bytes(b"not a jpeg")
     os.remove(images / "00001.jpg")
     dataset = KarpathyTrainDataset(load_karpathy_split("f30k", str(root), str(images), "train"),
-                                   caption_encoder=lambda caption: [0], image_size=32)
+                                   caption_encoder=lambda caption: [0], transform=ClipPreprocess(32))
     item = dataset[0]          # pairs 0-4 show 00000.jpg (unreadable), 5-9 00001.jpg (missing)
     assert item["skipped"] == 10 and item["image"].shape == (3, 32, 32)
     assert run_cli(train, clip_args(root, images, tiny_clip, tmp_path)) == 0
@@ -148,7 +149,7 @@ def test_missing_or_unreadable_evaluation_images_are_errors(image_copy, tmp_path
     test_image = images / "00074.jpg"   # the first test image (64 train + 10 val before it)
     test_image.write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match=r"evaluation image .*00074.jpg cannot be read"):
-        ImageFileSet([str(test_image)])[0]
+        ImageFileSet([str(test_image)], ClipPreprocess())[0]
     os.remove(test_image)
     out = tmp_path / "clip"
     assert run_cli(train, clip_args(root, images, tiny_clip, tmp_path, "--output_dir", str(out),

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import REGION_DIM, error_line, run_cli, train_args, tree_state
+from datasets.transforms import ClipPreprocess
 from cli.commands import evaluate, train
 from demo.data import write_region_dataset
 from demo.tiny_models import write_tiny_bert
@@ -169,8 +170,9 @@ def test_images_too_large_to_decode(tmp_path, monkeypatch):
     Image.new("RGB", (4, 4)).save(small)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100 x 100 is more than twice this
     with pytest.raises(DataError, match=r"^evaluation image .*big.png is too large to decode safely \(Image size"):
-        ImageFileSet([str(big)], image_size=8)[0]
-    train_set = KarpathyTrainDataset([(str(big), ["a"]), (str(small), ["b"])], lambda caption: [0], image_size=8)
+        ImageFileSet([str(big)], ClipPreprocess(8))[0]
+    train_set = KarpathyTrainDataset([(str(big), ["a"]), (str(small), ["b"])], lambda caption: [0],
+                                     transform=ClipPreprocess(8))
     assert train_set[0]["skipped"] == 1
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import REGION_DIM, ROOT, make_config
+from datasets.transforms import ClipPreprocess
 from datasets.batching import Collate
 from datasets.captions import load_tokenizer
 from datasets.karpathy import KarpathyTrainDataset, load_karpathy_split
@@ -58,7 +59,7 @@ def test_clip_heads_reduce_the_loss(image_data, tiny_clip, head):
     cfg = make_config(encoders="clip", sim_head=head, embed_size=32, kernel_size=2, esl_levels=5, cosine_pool="mean",
                       clip_path=tiny_clip, image_size=32, clip_lr=1e-4, noclip_lr=1e-3)
     encoder = pair_of(cfg).caption_encoder(cfg, load_tokenizer("clip", tiny_clip), 77)
-    dataset = KarpathyTrainDataset(load_karpathy_split("f30k", root, images, "train"), encoder, image_size=32)
+    dataset = KarpathyTrainDataset(load_karpathy_split("f30k", root, images, "train"), encoder, transform=ClipPreprocess(32))
     batch = Collate(encoder.pad_id)([dataset[i * 5] for i in range(16)])
     model = build_model(cfg)
     losses = train_steps(model, batch, InfoNCELoss(), lr=1e-3)
