@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from checkpoints.atomic import publish
 from checkpoints.loading import load_model, read_checkpoint_config
-from cli.guard import stop_signals_unwind
-from cli.outputs import Outputs
 from datasets.batching import CaptionSet, Collate
 from datasets.precomp import read_captions
 from errors import ConfigError, DataError, Stopped
 from evaluation.scoring import EncodedItems, encode_items, score_all
+from outputs.folders import Outputs
+from outputs.signals import stop_signals_unwind
 from pairs import pair_of
 from provenance import check_checkpoint, checkpoint_identity, image_identity, record
 from retrieval import collection

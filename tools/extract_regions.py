@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
-from cli.outputs import FolderLock, Outputs  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from errors import ConfigError  # noqa: E402
+from outputs.folders import FolderLock, Outputs  # noqa: E402
 
 
 

@@ -158,8 +158,8 @@ class Trainer:
         except ImportError:
             logger.warning("tensorboard is not installed; scalars go to train.log only")
             return None
-        from cli import manifest
-        from cli.outputs import PROGRAM
+        from outputs import manifest
+        from outputs.folders import PROGRAM
         folder = os.path.join(self.cfg.output_dir, "tensorboard")
         before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         # a resumed run replaces only what was logged after its checkpoint (steps > global_step)
