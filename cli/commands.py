@@ -13,14 +13,14 @@ from config.resolve import check_device_options, resumed_config
 from devices import distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
 from evaluation.metrics import DIRECTIONS, RECALL_KEYS
+from outputs.folders import (FolderLock, Outputs, check_output_dir, claim_run, discard_previous_run, holds_run,
+                             remove_partial_files, restore_previous_run, set_aside_previous_run)
 from pairs import layout_of, pair_of
 from pairs.resolve import resolve_train_config
 from provenance import array_sha256, checkpoint_identity, data_identity, record
 from training.rng import seed_everything
 from .logs import attach_log_file, setup_logging
 from .main import evaluate, train  # noqa: F401  (the entry points, for callers that pass an argv)
-from .outputs import (FolderLock, Outputs, check_output_dir, claim_run, discard_previous_run, holds_run,
-                      remove_partial_files, restore_previous_run, set_aside_previous_run)
 
 logger = logging.getLogger("dimmatch")
 

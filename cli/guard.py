@@ -1,7 +1,6 @@
 """How the programs end: user errors as one `error: ...` line and exit status 2; a run stopped by
 a signal after its checkpoint with 128 + the signal number (SIGINT 130, SIGTERM 143, SIGUSR1 138)."""
 
-import contextlib
 import os
 import signal
 import sys
@@ -40,18 +39,3 @@ def run_guarded(main, argv=None) -> int:
     _cleanup()
     return 0
 
-
-@contextlib.contextmanager
-def stop_signals_unwind(what: str):
-    """SIGTERM, SIGHUP and SIGUSR1 raise Stopped inside the block, so that its `finally` clauses
-    remove what it left half-written (their default action ends the process where it stands); the
-    program then exits with 128 + the signal number, saying `what` was not written."""
-    def stop(signum, _frame):
-        raise Stopped(signum, f"{what} was not written; nothing half-written is left")
-    signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
-    previous = {signum: signal.signal(signum, stop) for signum in signals}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

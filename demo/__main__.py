@@ -15,10 +15,10 @@ import time
 
 from cli.main import evaluate, train
 from cli.guard import run_guarded
-from cli.manifest import claim_contents, make_way
-from cli.outputs import FolderLock, check_output_dir
 from config.parsers import Parser, add_schema_options
 from errors import ConfigError
+from outputs.folders import FolderLock, check_output_dir
+from outputs.manifest import claim_contents, make_way
 
 REGION_DIM = 256
 

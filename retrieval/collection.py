@@ -18,7 +18,7 @@ Version 3 indexes (no paths, no boxes) are still read.
 It is written in chunks into a temporary folder next to the target and renamed into place when
 complete, so a reader never sees half an index and an interrupted build leaves nothing behind (a
 build killed outright leaves its temporary folder, which the next build into the same place
-removes). Its manifest (cli.manifest) lists these files: --overwrite replaces an index folder only
+removes). Its manifest (outputs.manifest) lists these files: --overwrite replaces an index folder only
 when it holds nothing else.
 """
 
@@ -33,11 +33,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cli import manifest
-from cli.outputs import alive
 from datasets.batching import Collate
 from errors import ConfigError, DataError, first_line
 from evaluation.scoring import EncodedItems
+from outputs import manifest
+from outputs.folders import alive
 from provenance import read_record
 from .search import build_index, faiss, search
 

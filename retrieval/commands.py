@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from checkpoints.atomic import publish
 from checkpoints.loading import load_model, read_checkpoint_config
-from cli.guard import stop_signals_unwind
-from cli.outputs import Outputs
 from datasets.batching import CaptionSet, Collate
 from datasets.precomp import read_captions
 from errors import ConfigError, DataError, Stopped
 from evaluation.scoring import EncodedItems, encode_items, score_all
+from outputs.folders import FolderLock, Outputs
+from outputs.signals import stop_signals_unwind
 from pairs import pair_of
 from provenance import check_checkpoint, checkpoint_identity, image_identity, record
 from retrieval import collection
@@ -82,13 +82,13 @@ def regions_of_images(args, cfg) -> str:
     """A region model indexing --images: their regions, extracted with --detector into
     OUT_STEM.regions.npy (+ _boxes.npy, .json) beside the index, or reused from there when that file
     holds the same images from the same detector and protocol; a stopped extraction is continued."""
+    from detector.command import build_parser, extract
     from detector.config import read_config
     from detector.extraction import output_paths
     from detector.images import list_images
     from detector.model import resolve_detector
     from detector.record import regions_record
     from provenance import file_sha256
-    from tools import extract_regions
 
     if pair_of(cfg).collection_option != "regions":
         raise ConfigError(f"--detector extracts regions for region models; {args.checkpoint} reads --images itself")
@@ -122,7 +122,7 @@ def regions_of_images(args, cfg) -> str:
     elif args.overwrite:
         argv.append("--overwrite")
     try:
-        extract_regions.main(argv)
+        extract(build_parser().parse_args(argv), Outputs, FolderLock)
     except Stopped as exc:
         raise Stopped(exc.signum, f"the extraction of {args.images} stopped; its work is kept beside {target}: run "
                                   "the same index command again to continue it") from None

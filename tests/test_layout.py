@@ -20,7 +20,8 @@ def test_top_level_matches_the_design_card():
     present = set(os.listdir(ROOT))
     assert set(CARD) <= present
     assert "dimmatch" not in present
-    for package in ("modules", "datasets", "config", "evaluation", "training", "checkpoints", "devices", "cli"):
+    for package in ("modules", "datasets", "config", "evaluation", "training", "checkpoints", "devices", "outputs",
+                    "cli"):
         assert os.path.isfile(os.path.join(ROOT, package, "__init__.py")), package
 
 

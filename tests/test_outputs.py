@@ -138,7 +138,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, region_data, tiny_b
 
 @pytest.mark.slow
 def test_a_lock_held_by_a_living_process_is_refused(tmp_path, region_data, tiny_bert, capsys):
-    from cli.outputs import FolderLock
+    from outputs.folders import FolderLock
     out = tmp_path / "run"
     holder = FolderLock(str(out), "--output_dir").acquire()
     try:

@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from cli.main import train
-from cli.manifest import MANIFEST
 from conftest import REGION_DIM, error_line, run_cli
+from outputs.manifest import MANIFEST
 
 
 def tree_state(folder) -> dict:
@@ -159,7 +159,7 @@ def test_an_index_build_stopped_by_sigterm_or_killed_leaves_nothing(tmp_path):
 
     import numpy as np
 
-    from cli.guard import stop_signals_unwind
+    from outputs.signals import stop_signals_unwind
     from errors import Stopped
     from retrieval import collection
     target = str(tmp_path / "photos.index")
@@ -210,7 +210,7 @@ def test_a_shortlist_the_index_was_built_without_is_refused(short_region_checkpo
 
 def test_two_demo_data_writers_into_one_folder_at_once(tmp_path, capsys):
     """The second would replace the data the first is writing: it stops in one line instead."""
-    from cli.outputs import FolderLock
+    from outputs.folders import FolderLock
     from tools.make_demo_data import main
     folder = tmp_path / "data"
     held = FolderLock(str(folder), "output").acquire()

@@ -216,7 +216,7 @@ def test_a_run_that_never_checkpointed_starts_again_with_resume_auto(tmp_path, r
     """Killed (or failed) before its first checkpoint: the folder holds config.json and train.log
     only, and --resume auto (what a requeued job runs) starts it afresh; a model_best without a
     checkpoint_last is refused, and files of the user's are left alone."""
-    from cli.outputs import claim_run
+    from outputs.folders import claim_run
     out = tmp_path / "run"
     claim_run(str(out))             # a run records its files in the folder's manifest before writing them
     (out / "config.json").write_text("{}")

@@ -18,10 +18,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cli.guard import run_guarded  # noqa: E402
-from cli.outputs import Outputs  # noqa: E402
 from config.options import all_options  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from errors import ConfigError  # noqa: E402
+from outputs.folders import Outputs  # noqa: E402
 
 
 def main(argv=None) -> str:

@@ -17,10 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoints.atomic import atomic_save_npy, write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
-from cli.outputs import Outputs  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from errors import UserError  # noqa: E402
 from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
+from outputs.folders import Outputs  # noqa: E402
 from provenance import array_sha256, check_same_data, read_matrix, record, side_record  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cli.guard import run_guarded  # noqa: E402
-from cli.outputs import Outputs  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from errors import DataError  # noqa: E402
+from outputs.folders import Outputs  # noqa: E402
 
 CAPTIONS = 5
 

@@ -14,8 +14,8 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from demo.__main__ import check_output  # noqa: E402
-from cli.manifest import claim_contents, make_way  # noqa: E402
-from cli.outputs import FolderLock  # noqa: E402
+from outputs.folders import FolderLock  # noqa: E402
+from outputs.manifest import claim_contents, make_way  # noqa: E402
 
 PARTS = ("regions", "images", "tiny_bert", "tiny_clip")
 

@@ -255,8 +255,8 @@ def two_stage_results(loaded, split_data, shortlister, args, device, options):
 
 
 def main(argv=None) -> str:
-    from cli.outputs import FolderLock, Outputs
     from config.parsers import Parser, add_schema_options, data_parser
+    from outputs.folders import FolderLock, Outputs
 
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)

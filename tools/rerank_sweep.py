@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoints.atomic import write_json  # noqa: E402
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
-from cli.outputs import FolderLock, Outputs  # noqa: E402
 from config.parsers import Parser, add_schema_options, data_parser  # noqa: E402
+from outputs.folders import FolderLock, Outputs  # noqa: E402
 
 SWEEP = (10, 20, 50, 100, 200, 500)
 

@@ -17,6 +17,8 @@ from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_sn
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import build_loss
+from outputs import manifest
+from outputs.folders import PROGRAM
 from pairs import build_model, pair_of, train_dataset
 from provenance import data_identity
 from .history import MetricsHistory
@@ -160,8 +162,6 @@ class Trainer:
         except ImportError:
             logger.warning("tensorboard is not installed; scalars go to train.log only")
             return None
-        from cli import manifest
-        from cli.outputs import PROGRAM
         folder = os.path.join(self.cfg.output_dir, "tensorboard")
         before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         # a resumed run replaces only what was logged after its checkpoint (steps > global_step)

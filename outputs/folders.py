@@ -1,6 +1,6 @@
 """Where the programs write, checked before any work starts: no output may replace an input or
 another output of the same command, an existing file is replaced only with --overwrite, a used run
-folder only with --resume or --overwrite, only what a run wrote (its manifest, cli.manifest) is
+folder only with --resume or --overwrite, only what a run wrote (its manifest, outputs.manifest) is
 ever replaced, and a folder being written is held by one process."""
 
 import fcntl
