@@ -2,9 +2,7 @@
 before any work, and the run into FEATS.npy / FEATS_boxes.npy / FEATS.json. tools/extract_regions.py
 is its command line; `retrieve.py index --images DIR --detector DET` runs it too.
 
-What a command writes and who holds a folder (outputs.folders: Outputs, FolderLock) lies in a layer
-above this package, so the caller hands those two classes in (`outputs_type`, `lock_type`). The
-imports of torch and the detector's model wait until the options and outputs are checked.
+The imports of torch and the detector's model wait until the options and outputs are checked.
 """
 
 import os
@@ -12,6 +10,7 @@ import time
 
 from config.parsers import Parser
 from errors import ConfigError
+from outputs.folders import FolderLock, Outputs
 
 PROGRAM = "extract_regions.py"      # the writer of the outputs, in their folder's manifest
 MAX_BATCH = 4096      # images held decoded at once: more only costs memory
@@ -51,9 +50,9 @@ def check_regions(regions: int, protocol: str, cfg) -> None:
                           f"({source})")
 
 
-def plan_outputs(args, outputs_type, lock_type) -> tuple:
+def plan_outputs(args) -> tuple:
     """Every check that needs no model (options, outputs, the work folder): (output paths, the
-    checked `outputs_type` of the three outputs)."""
+    checked Outputs of the three outputs)."""
     from .extraction import output_paths
 
     for option, least, most in (("regions", 1, None), ("batch_size", 1, MAX_BATCH), ("workers", 0, max_workers())):
@@ -64,7 +63,7 @@ def plan_outputs(args, outputs_type, lock_type) -> tuple:
             raise ConfigError(f"--{option} must be at most {most} (got {value})")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a stopped extraction, --overwrite starts again: give one of them")
-    outputs = outputs_type(args.overwrite or args.resume, PROGRAM)
+    outputs = Outputs(args.overwrite or args.resume, PROGRAM)
     outputs.file(args.out, "--out", ".npy", side=("_boxes.npy", ".json"))
     if os.path.isfile(args.images):
         outputs.reads(args.images, "--images")
@@ -80,17 +79,17 @@ def plan_outputs(args, outputs_type, lock_type) -> tuple:
                 raise ConfigError(f"--resume: {paths[target]} exists already beside a stopped extraction; remove "
                                   "it, or start again with --overwrite")
     elif os.path.isdir(paths["work"]) and not args.overwrite:
-        lock_type(paths["work"], "--out").acquire().release()     # one being written: says by whom
+        FolderLock(paths["work"], "--out").acquire().release()     # one being written: says by whom
         raise ConfigError(f"{paths['work']} holds a stopped extraction into {args.out}; continue it with --resume, "
                           "or start again with --overwrite")
     return paths, outputs
 
 
-def extract(args, outputs_type, lock_type) -> dict | None:
+def extract(args) -> dict | None:
     """Extract the regions of args.images with args.detector into args.out (the options of
     `build_parser`); the record written as FEATS.json, or None on the ranks other than the main one
-    under torchrun. `outputs_type` and `lock_type`: outputs.folders' Outputs and FolderLock."""
-    paths, outputs = plan_outputs(args, outputs_type, lock_type)
+    under torchrun."""
+    paths, outputs = plan_outputs(args)
 
     from devices import distributed, resolve_device
     from provenance import file_sha256
@@ -118,7 +117,7 @@ def extract(args, outputs_type, lock_type) -> dict | None:
             raise ConfigError(f"--out {args.out}: cannot create its folder ({exc.strerror or exc})") from exc
         outputs.claim()     # the three outputs are ours from now on: a later --overwrite may replace them
         try:
-            lock = lock_type(paths["work"], "--out").acquire()     # before anything in it is read or removed
+            lock = FolderLock(paths["work"], "--out").acquire()     # before anything in it is read or removed
         except OSError as exc:
             raise ConfigError(f"--out {args.out}: cannot create its work folder {paths['work']} "
                               f"({exc.strerror or exc})") from exc

@@ -122,7 +122,7 @@ def regions_of_images(args, cfg) -> str:
     elif args.overwrite:
         argv.append("--overwrite")
     try:
-        extract(build_parser().parse_args(argv), Outputs, FolderLock)
+        extract(build_parser().parse_args(argv))
     except Stopped as exc:
         raise Stopped(exc.signum, f"the extraction of {args.images} stopped; its work is kept beside {target}: run "
                                   "the same index command again to continue it") from None

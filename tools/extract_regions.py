@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from detector import command  # noqa: E402
-from outputs.folders import FolderLock, Outputs  # noqa: E402
 
 
 def build_parser():
@@ -33,7 +32,7 @@ def main(argv=None):
     (detector.command.extract); the record written as FEATS.json (None on the other ranks)."""
     args = build_parser().parse_args(argv)
     setup_logging()
-    return command.extract(args, Outputs, FolderLock)
+    return command.extract(args)
 
 
 if __name__ == "__main__":
