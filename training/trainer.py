@@ -52,8 +52,8 @@ def text_tower(cfg, pair, init, resume):
     if resume is None:
         return load_tokenizer(pair.text_kind, getattr(cfg, option)), None, pair.text_positions(cfg)
     path, payload = resume
-    backbone, tokens = payload["backbone_config"], pair.text_tokens(payload["backbone_config"])
-    snapshot = payload.get("tokenizer")
+    backbone, tokens = payload.backbone_config, pair.text_tokens(payload.backbone_config)
+    snapshot = payload.tokenizer
     reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
     folder = getattr(cfg, option)
     if reference is None or os.path.isdir(folder):
@@ -65,7 +65,7 @@ def text_tower(cfg, pair, init, resume):
 def check_same_run_data(resume, data: dict) -> None:
     """A resumed run trains and validates on the data it started with."""
     path, payload = resume
-    saved = payload.get("data")
+    saved = payload.data
     if saved is None:           # checkpoints written before data identities were recorded
         return
     for part, label in (("train", "training"), ("validation", "validation")):
