@@ -10,7 +10,7 @@ import torch
 
 from config.options import all_options, config_from_saved
 from config.schema import Config
-from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
+from datasets.captions import checkpoint_tokenizer
 from errors import CheckpointError, ConfigError
 from modules.backbones import weights_from_checkpoint
 from pairs import PAIRS, build_model, pair_of
@@ -106,7 +106,13 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
         source, history = f"released {RELEASED_NAMES[kind]} checkpoint", released_history(payload)
     if require_data:
         check_data_options(cfg, path)
-    tokenizer = evaluation_tokenizer(cfg, args, snapshot, path, pair_of(cfg).text_tokens(backbone))
+    pair = pair_of(cfg)
+    # the checkpoint's own tokenizer, or the one a path names; a path given on the command line must
+    # agree with the one the checkpoint carries, and without one (released formats, our format 1) the
+    # path is the only source, so it is at least checked against the embedding table
+    tokenizer = checkpoint_tokenizer(pair.text_kind, pair.backbone_option, snapshot, pair.text_tokens(backbone),
+                                     f"checkpoint {path}", given=getattr(args, pair.backbone_option, None),
+                                     named=getattr(cfg, pair.backbone_option))
     return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts, file_state)
 
 
@@ -149,31 +155,6 @@ def load_model(read: CheckpointConfig) -> LoadedModel:
                               "run again once it is written")
     model.eval()
     return LoadedModel(model, read.cfg, read.source, read.tokenizer, read.history)
-
-
-def evaluation_tokenizer(cfg, args, snapshot: dict | None, path: str, text_tokens: dict):
-    """The checkpoint's own tokenizer, or the one a path names, checked against the text tower.
-
-    A path given on the command line must agree with the tokenizer the checkpoint carries;
-    without one (released formats, our format 1) the path is the only source, so it is at
-    least checked against the embedding table before anything is encoded."""
-    pair = pair_of(cfg)
-    kind, option = pair.text_kind, pair.backbone_option
-    override = getattr(args, option, None)
-    reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
-    if override is None and reference is not None:
-        check_tokenizer(reference, kind, text_tokens, f"checkpoint {path}")
-        return reference
-    name = override or getattr(cfg, option)
-    try:
-        tokenizer = load_tokenizer(kind, name, need_config=False)
-    except ConfigError as exc:
-        if override is None:
-            raise ConfigError(f"checkpoint {path} carries no tokenizer, and the one it names is not found: "
-                              f"{exc}") from exc
-        raise
-    check_tokenizer(tokenizer, kind, text_tokens, f"--{option} {name}", reference=reference)
-    return tokenizer
 
 
 def native_history(payload: Payload) -> str:
