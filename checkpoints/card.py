@@ -53,7 +53,7 @@ def evaluate_command(cfg, name: str) -> str:
     return f"python {program} --checkpoint {name} {data}"
 
 
-def model_card(payload: dict, cfg, name: str = "FOLDER") -> str:
+def model_card(payload, cfg, name: str = "FOLDER") -> str:
     """README.md of a model folder; `{content_sha256}` is left for the writer to fill."""
     system, paper = system_of(cfg)
     dataset = _dataset(cfg)
@@ -61,9 +61,10 @@ def model_card(payload: dict, cfg, name: str = "FOLDER") -> str:
              "- image-text-retrieval",
              f"- {cfg.sim_head}", f"- {cfg.encoders}", "---", ""]
     lines = [f"# {system} ({cfg.encoders} encoders, {cfg.sim_head} head)", ""]
-    converted = payload.get("converted_from")
+    converted = payload.converted_from
     if converted:
-        lines += [f"Converted from the authors' released checkpoint `{converted}` ({payload.get('source', '')}).", ""]
+        source = payload.source if payload.source is not None else ""
+        lines += [f"Converted from the authors' released checkpoint `{converted}` ({source}).", ""]
     lines += ["## System", "", f"* encoders: `{cfg.encoders}`; similarity head: `{cfg.sim_head}`; joint embedding "
               f"size {cfg.embed_size}", ""]
     if paper:
@@ -77,14 +78,14 @@ def model_card(payload: dict, cfg, name: str = "FOLDER") -> str:
         if getattr(cfg, option, None) is not None:
             lines.append(f"* {option}: `{getattr(cfg, option)}`")
     lines += ["", "## Training data", "", f"* {DATA_NAMES.get(dataset, dataset or 'not recorded')}"]
-    data = payload.get("data") or {}
+    data = payload.data or {}
     for split, identity in sorted(data.items()) if isinstance(data, dict) else ():
         if isinstance(identity, dict) and "captions" in identity:
             lines.append(f"* {split}: {identity.get('images')} images, {identity.get('captions')} captions "
                          f"(captions sha256 {str(identity.get('captions_sha256'))[:12]})")
     lines += [""]
-    metrics = payload.get("metrics")
-    progress = payload.get("progress")
+    metrics = payload.metrics
+    progress = payload.progress
     lines += ["## Validation metrics", ""]
     if metrics:
         where = f"split `{getattr(cfg, 'val_split', None)}`"

@@ -1,13 +1,15 @@
 """Conversions between checkpoint forms: an authors' released file or a `.pth` of ours to a model
 folder (`--format hub`), or a released file or a model folder to a `.pth` of ours (`--format pth`)."""
 
+import dataclasses
 import os
 
 from datasets.captions import tokenizer_snapshot
 from errors import CheckpointError
-from . import hub, native
+from . import hub
 from .card import model_card
 from .loading import load_model, read_checkpoint_config
+from .payload import Payload
 
 FORMATS = ("pth", "hub")
 
@@ -22,15 +24,12 @@ def convert(path: str, out_path: str, args, form: str = "pth", replace: bool = F
     loaded = load_model(read)
     if read.kind == "native":
         # ours: the payload as it was (progress, metrics and data identities kept), without the training state
-        payload = {key: value for key, value in read.payload.items()
-                   if key not in ("optimizer", "scaler", "rng", "rng_ranks", "format", "version")}
-        payload["model"] = loaded.model.state_dict()
+        payload = dataclasses.replace(read.payload.weights_only(), model=loaded.model.state_dict())
     else:
-        payload = native.make_payload(read.cfg, loaded.model, tokenizer_snapshot(loaded.tokenizer,
-                                                                                 loaded.model.text_kind),
-                                      converted_from=path, source=read.source)
+        payload = Payload.of_model(read.cfg, loaded.model, tokenizer_snapshot(loaded.tokenizer, loaded.model.text_kind),
+                                   converted_from=path, source=read.source)
     if form == "hub":
         hub.save_folder(out_path, payload, card=model_card(payload, read.cfg, out_path), replace=replace)
     else:
-        native.save(out_path, payload)
+        payload.save(out_path)
     return read.source

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from errors import CheckpointError, ConfigError, first_line
 from modules.backbones import hub_snapshot
 from provenance import FOLDER_FILES, content_sha256, file_sha256
-from . import native
+from .payload import FORMAT, VERSION, Payload
 
 CONFIG, WEIGHTS = FOLDER_FILES
 CARD = "README.md"
@@ -59,8 +59,8 @@ def resolve(name: str, option: str = "--checkpoint", revision: str | None = None
 
 
 # --------------------------------------------------------------------------- writing
-def save_folder(folder: str, payload: dict, card: str | None = None, replace: bool = True) -> str:
-    """Write `payload` (checkpoints.native's schema, without optimiser state) as a model folder,
+def save_folder(folder: str, payload: Payload, card: str | None = None, replace: bool = True) -> str:
+    """Write `payload` (without its training state) as a model folder,
     atomically: the folder is built beside its place and moved in whole, so a reader sees the old
     folder or the complete new one. Returns the folder's content hash."""
     folder = os.path.abspath(folder.rstrip("/"))
@@ -69,8 +69,8 @@ def save_folder(folder: str, payload: dict, card: str | None = None, replace: bo
     _remove_stale(folder)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
     try:
-        weights = {key: value.detach().to("cpu").contiguous().clone() for key, value in payload["model"].items()}
-        tokenizer = payload.get("tokenizer")
+        weights = {key: value.detach().to("cpu").contiguous().clone() for key, value in payload.model.items()}
+        tokenizer = payload.tokenizer
         tokenizer_files = {}
         for name, text in sorted((tokenizer or {}).get("files", {}).items()):
             name = os.path.basename(name)
@@ -79,13 +79,13 @@ def save_folder(folder: str, payload: dict, card: str | None = None, replace: bo
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
                 handle.write(text)
             tokenizer_files[name] = file_sha256(os.path.join(tmp, name))
-        meta = {key: value for key, value in payload.items()
-                if key not in ("model", "tokenizer", "optimizer", "scaler", "rng", "rng_ranks")}
-        meta.update(format=native.FORMAT, version=native.VERSION, layout="folder",
+        meta = {key: value for key, value in payload.to_dict(training_state=False).items()
+                if key not in ("model", "tokenizer")}
+        meta.update(format=FORMAT, version=VERSION, layout="folder",
                     tokenizer={"kind": tokenizer["kind"], "files": tokenizer_files} if tokenizer else None)
         # config.json records the weights' hash and the weights record the config's (all but that
         # entry): an edited config.json (a backbone's activation, say) is refused, not silently used
-        save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "library": native.FORMAT,
+        save_file(weights, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "library": FORMAT,
                                                                  "config_sha256": config_sha256(meta)})
         os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
         meta["weights"] = {"file": WEIGHTS, "sha256": file_sha256(os.path.join(tmp, WEIGHTS))}
@@ -154,9 +154,9 @@ def read_meta(folder: str) -> dict:
             meta = json.load(handle)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not readable JSON ({first_line(exc)})") from exc
-    if not native.is_native(meta) or meta.get("layout") != "folder" or not isinstance(meta.get("config"), dict):
+    if not Payload.is_ours(meta) or meta.get("layout") != "folder" or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{folder} is not a dimmatch model folder ({CONFIG} is another library's)")
-    native.check_version(meta, folder)
+    Payload.check_version(meta, folder)
     return meta
 
 
@@ -177,7 +177,7 @@ def config_sha256(meta: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_folder(folder: str) -> dict:
+def read_folder(folder: str) -> Payload:
     """The payload of a model folder, every file checked against the hashes its config.json records;
     the weights are read into memory (safetensors: no code is ever run)."""
     meta = read_meta(folder)
@@ -201,7 +201,7 @@ def read_folder(folder: str) -> dict:
         tokenizer = {"kind": meta["tokenizer"]["kind"], "files": files}
     payload = {key: value for key, value in meta.items() if key not in ("layout", "weights")}
     payload.update(model=model, tokenizer=tokenizer)
-    return payload
+    return Payload.from_dict(payload, folder)
 
 
 def file_state(folder: str) -> tuple:

@@ -10,12 +10,13 @@ import torch
 
 from config.options import all_options, config_from_saved
 from config.schema import Config
-from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot
+from datasets.captions import checkpoint_tokenizer
+from datasets.layouts import LAYOUTS
 from errors import CheckpointError, ConfigError, first_line
 from modules.backbones import weights_from_checkpoint
-from datasets.layouts import LAYOUTS
 from pairs import build_model, layout_of, pair_of
 from . import hub, native as checkpoint
+from .payload import Payload
 from .released import (RELEASED_NAMES, build_released, read_checkpoint, region_backbone_config, released_config,
                        released_history)
 
@@ -62,7 +63,8 @@ class CheckpointConfig:
     history: str         # which state of which training run
     tokenizer: object
     backbone_config: dict
-    payload: dict        # weights in memory; a training checkpoint's optimiser state left mapped, unread
+    payload: Payload | dict  # weights in memory; a training checkpoint's optimiser state left mapped, unread
+                             # (a released file: the dict it holds)
     parts: list | None = None   # released formats: the key-rule parts
     file_state: tuple = ()      # (inode, size, mtime) when it was read
 
@@ -80,11 +82,12 @@ class LoadedModel:
         return pair_of(self.cfg).caption_encoder(self.cfg, self.tokenizer, self.model.text_tokens()["positions"])
 
 
-def read_payload(path: str, training_state: bool = False) -> tuple[dict, tuple]:
+def read_payload(path: str, training_state: bool = False) -> tuple[Payload | dict, tuple]:
     """The one reader of checkpoints, for evaluation, --init_from and resume: (payload, file state)
-    of a model folder, a file of ours or an authors' released file. Nothing is unpickled but plain
-    tensors and values; a folder's files are checked against the hashes its config.json records.
-    With `training_state` (resume) the optimiser state is read into memory too."""
+    of a model folder or a file of ours (a Payload, its format and version checked), or of an
+    authors' released file (the dict it holds). Nothing is unpickled but plain tensors and values;
+    a folder's files are checked against the hashes its config.json records. With `training_state`
+    (resume) the optimiser state is read into memory too."""
     if os.path.isdir(path):
         inside = [name for name in ("model_best", "model_best.pth", "checkpoint_last.pth")
                   if os.path.exists(os.path.join(path, name))]
@@ -94,17 +97,18 @@ def read_payload(path: str, training_state: bool = False) -> tuple[dict, tuple]:
         state = hub.file_state(path) if hub.is_folder(path) else ()
         return hub.read_folder(path), state
     file_state = _file_state(path) if os.path.isfile(path) else ()
-    return _weights_in_memory(read_checkpoint(path), training_state), file_state
+    payload = _weights_in_memory(read_checkpoint(path), training_state)
+    return (Payload.from_dict(payload, path) if Payload.is_ours(payload) else payload), file_state
 
 
 def read_checkpoint_config(path: str, args, require_data: bool = True) -> CheckpointConfig:
     """Read a checkpoint's config and tokenizer (the weights are not mapped yet). Without
     `require_data` (--init_from, tools on own collections) its data options may be absent."""
     payload, file_state = read_payload(path)
-    if checkpoint.is_native(payload):
-        checkpoint.check_version(payload, path)
-        cfg = apply_overrides(_clear_foreign_data(config_from_saved(payload["config"]), args), args)
-        kind, parts, backbone = "native", None, payload["backbone_config"]
+    snapshot = None
+    if isinstance(payload, Payload):
+        cfg = apply_overrides(_clear_foreign_data(config_from_saved(payload.config), args), args)
+        kind, parts, backbone, snapshot = "native", None, payload.backbone_config, payload.tokenizer
         source, history = f"dimmatch checkpoint ({cfg.encoders} + {cfg.sim_head})", native_history(payload)
     else:
         kind, cfg, parts, backbone = released_config(path, payload, args)
@@ -113,7 +117,13 @@ def read_checkpoint_config(path: str, args, require_data: bool = True) -> Checkp
         source, history = f"released {RELEASED_NAMES[kind]} checkpoint", released_history(payload)
     if require_data:
         check_data_options(cfg, path)
-    tokenizer = evaluation_tokenizer(cfg, args, payload.get("tokenizer"), path, pair_of(cfg).text_tokens(backbone))
+    pair = pair_of(cfg)
+    # the checkpoint's own tokenizer, or the one a path names; a path given on the command line must
+    # agree with the one the checkpoint carries, and without one (released formats, our format 1) the
+    # path is the only source, so it is at least checked against the embedding table
+    tokenizer = checkpoint_tokenizer(pair.text_kind, pair.backbone_option, snapshot, pair.text_tokens(backbone),
+                                     f"checkpoint {path}", given=getattr(args, pair.backbone_option, None),
+                                     named=getattr(cfg, pair.backbone_option))
     return CheckpointConfig(path, kind, cfg, source, history, tokenizer, backbone, payload, parts, file_state)
 
 
@@ -129,7 +139,7 @@ def _weights_in_memory(payload, training_state: bool = False):
         if isinstance(value, (list, tuple)):
             return type(value)(copied(item) for item in value)
         return value
-    if checkpoint.is_native(payload):
+    if Payload.is_ours(payload):
         return {key: value if key == "optimizer" and not training_state else copied(value)
                 for key, value in payload.items()}
     return copied(payload)
@@ -147,7 +157,7 @@ def load_model(read: CheckpointConfig) -> LoadedModel:
     with weights_from_checkpoint():
         if read.kind == "native":
             model = build_model(read.cfg, backbone_config=read.backbone_config)
-            checkpoint.load_weights(model, read.payload["model"], read.path)
+            checkpoint.load_weights(model, read.payload.model, read.path)
         else:
             model = build_released(read.path, read.kind, read.cfg, read.parts, read.backbone_config)
     # the file must still be the one read: its hash, taken since, is what records name these weights by
@@ -158,41 +168,17 @@ def load_model(read: CheckpointConfig) -> LoadedModel:
     return LoadedModel(model, read.cfg, read.source, read.tokenizer, read.history)
 
 
-def evaluation_tokenizer(cfg, args, snapshot: dict | None, path: str, text_tokens: dict):
-    """The checkpoint's own tokenizer, or the one a path names, checked against the text tower.
-
-    A path given on the command line must agree with the tokenizer the checkpoint carries;
-    without one (released formats, our format 1) the path is the only source, so it is at
-    least checked against the embedding table before anything is encoded."""
-    pair = pair_of(cfg)
-    kind, option = pair.text_kind, pair.backbone_option
-    override = getattr(args, option, None)
-    reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
-    if override is None and reference is not None:
-        check_tokenizer(reference, kind, text_tokens, f"checkpoint {path}")
-        return reference
-    name = override or getattr(cfg, option)
-    try:
-        tokenizer = load_tokenizer(kind, name, need_config=False)
-    except ConfigError as exc:
-        if override is None:
-            raise ConfigError(f"checkpoint {path} carries no tokenizer, and the one it names is not found: "
-                              f"{exc}") from exc
-        raise
-    check_tokenizer(tokenizer, kind, text_tokens, f"--{option} {name}", reference=reference)
-    return tokenizer
-
-
-def native_history(payload: dict) -> str:
+def native_history(payload: Payload) -> str:
     """Which state of which run a checkpoint of ours holds, for the evaluation report."""
-    progress = payload.get("progress")
+    progress = payload.progress
     if progress is None:
-        return f"converted from {payload.get('converted_from', 'a released checkpoint')}"
+        converted = payload.converted_from if payload.converted_from is not None else "a released checkpoint"
+        return f"converted from {converted}"
     text = f"epoch {progress['epoch']}, step {progress['step_in_epoch']} of {progress['steps_per_epoch']} " \
            f"(global step {progress['global_step']})"
-    metrics = payload.get("metrics")
+    metrics = payload.metrics
     if metrics is not None:
-        return text + f", validation rSum {metrics['rsum']:.1f} ({payload['config'].get('val_split')})"
+        return text + f", validation rSum {metrics['rsum']:.1f} ({payload.config.get('val_split')})"
     if progress.get("best_rsum") is not None and progress["best_rsum"] > float("-inf"):
         return text + f", not validated at this step (best validation rSum so far {progress['best_rsum']:.1f})"
     return text + ", not validated yet"

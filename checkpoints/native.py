@@ -1,4 +1,6 @@
-"""Our checkpoint format: atomic writes, `weights_only` loading, one-line errors."""
+"""Our checkpoint files at the lowest level: `weights_only` loading with one-line errors, and a strict
+load of weights into a model. What a checkpoint holds, its format and version, and how it is written are
+checkpoints.payload's; checkpoints.loading.read_payload is the reader every command uses."""
 
 import os
 import pickle
@@ -7,30 +9,6 @@ import zipfile
 import torch
 
 from errors import CheckpointError, first_line
-from .atomic import atomic_torch_save
-
-FORMAT = "dimmatch"
-# 1: weights, config, backbone config; 2: also the tokenizer's files (evaluates anywhere, offline)
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
-
-
-def make_payload(cfg, model, tokenizer: dict | None, progress: dict | None = None, metrics: dict | None = None,
-                 data: dict | None = None, **extra) -> dict:
-    """What every checkpoint of ours holds (a training run's, a converted one's), in a file or a
-    model folder: the config that rebuilds the model, its backbone architecture, the tokenizer's
-    files, the weights, and what the run knew (progress, validation metrics, data identities).
-    checkpoint_last adds the optimiser, scaler and RNG states (training.state)."""
-    return {"config": cfg.to_dict(), "backbone_config": model.backbone_config(), "tokenizer": tokenizer,
-            "model": model.state_dict(), "progress": progress, "metrics": metrics, "data": data, **extra}
-
-
-def save(path: str, payload: dict) -> None:
-    try:
-        atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); "
-                              "the previous file, if any, is intact") from exc
 
 
 def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
@@ -51,16 +29,6 @@ def read_file(path: str, weights_only: bool = True, **kwargs) -> dict:
             raise CheckpointError(f"checkpoint {path} cannot be read: it is not a PyTorch checkpoint of plain "
                                   "tensors and values (code in a checkpoint is never loaded)") from exc
         raise CheckpointError(f"checkpoint {path} cannot be read: {message}") from exc
-
-
-def is_native(payload) -> bool:
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
-
-
-def check_version(payload: dict, path: str) -> None:
-    if payload.get("version") not in READABLE_VERSIONS:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads "
-                              f"{', '.join(map(str, READABLE_VERSIONS))}")
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:

@@ -12,19 +12,20 @@ import argparse
 import tempfile
 
 from datasets.captions import tokenizer_snapshot
-from . import hub, native
+from . import hub
 from .card import model_card
 from .loading import LoadedModel, load_model, read_checkpoint_config
+from .payload import Payload
 
 
 class PretrainedMatcher:
     """A loaded model with what rebuilds it (config, backbone architecture, tokenizer, the run's record)."""
 
-    def __init__(self, loaded: LoadedModel, payload: dict):
+    def __init__(self, loaded: LoadedModel, payload: Payload | dict):
         self.loaded = loaded
         self.model, self.cfg, self.tokenizer = loaded.model, loaded.cfg, loaded.tokenizer
-        self.record = {key: payload.get(key) for key in ("progress", "metrics", "data", "converted_from", "source")
-                       if payload.get(key) is not None}
+        # the run's record (progress, metrics, data) or where it was converted from; an authors' released file has none
+        self.record = payload.record() if isinstance(payload, Payload) else {}
 
     @classmethod
     def from_pretrained(cls, name: str, revision: str | None = None, local_files_only: bool = False,
@@ -34,9 +35,9 @@ class PretrainedMatcher:
         read = read_checkpoint_config(path, argparse.Namespace(**options), require_data=False)
         return cls(load_model(read), read.payload)
 
-    def payload(self) -> dict:
+    def payload(self) -> Payload:
         tokenizer = tokenizer_snapshot(self.tokenizer, self.model.text_kind)
-        return native.make_payload(self.cfg, self.model, tokenizer, **self.record)
+        return Payload.of_model(self.cfg, self.model, tokenizer, **self.record)
 
     def save_pretrained(self, folder: str, replace: bool = True) -> str:
         """Write the model folder; returns its content hash."""

@@ -37,7 +37,7 @@ def run_train(given: dict) -> dict:
         given["init_from"] = resolve_checkpoint(given["init_from"], "--init_from")
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
-        cfg = resumed_config(given, resume[1]["config"], resume[0])
+        cfg = resumed_config(given, resume[1].config, resume[0])
     else:
         init = start_weights(given) if given.get("init_from") else None
         cfg = resolve_train_config(given, init.cfg if init else None)
@@ -103,10 +103,11 @@ def run_train(given: dict) -> dict:
 
 
 def resume_checkpoint(given: dict):
-    """(path, payload) of the checkpoint --resume continues, or None for --resume auto in a
-    folder without checkpoint_last (a run that never wrote one, or none at all)."""
-    from checkpoints import native
+    """(path, Payload) of the checkpoint --resume continues, or None for --resume auto in a
+    folder without checkpoint_last (a run that never wrote one, or none at all). It is read by
+    the reader of evaluation and --init_from, with its training state."""
     from checkpoints.loading import read_payload
+    from checkpoints.payload import Payload
     from training.state import BEST, LAST
     path = given.get("resume")
     if not path:
@@ -121,11 +122,10 @@ def resume_checkpoint(given: dict):
                                   "resume; keep the run and start elsewhere, or replace it with --overwrite")
             return None
     payload, _ = read_payload(path, training_state=True)
-    if not native.is_native(payload):
+    if not isinstance(payload, Payload):
         raise ConfigError(f"{path} is an authors' released checkpoint: it cannot be resumed; start from its weights "
                           "with --init_from")
-    native.check_version(payload, path)
-    if not all(key in payload for key in ("optimizer", "progress", "rng", "config")):
+    if not payload.resumable:
         raise ConfigError(f"{path} holds weights only (like {BEST} or a converted checkpoint): it cannot be "
                           f"resumed; resume from the run's {LAST}, or start from these weights with --init_from")
     run_folder = os.path.dirname(os.path.abspath(path))

@@ -102,6 +102,34 @@ def tokenizer_from_snapshot(snapshot: dict):
         return tokenizer_class.from_pretrained(folder, local_files_only=True)
 
 
+def checkpoint_tokenizer(kind: str, option: str, snapshot: dict | None, text_tokens: dict, where: str,
+                         given: str | None = None, named: str | None = None, need_config: bool = False,
+                         keep_own: bool = False):
+    """The tokenizer of a checkpoint's text tower (`text_tokens`: its embedding table and special ids),
+    the one resolution of evaluation, --init_from and resume:
+
+    * the checkpoint carries its own (`snapshot`, our format 2) and no folder is `given`: that one,
+      checked against the table;
+    * a folder `given` (`--option`): loaded and checked against the table and against the checkpoint's
+      own, if it carries one; the given one is used, or with `keep_own` (a resumed run goes on with the
+      tokenizer it started with) the checkpoint's own;
+    * neither (released formats, our format 1): the one the checkpoint names (`named`), which must be found.
+    `where` names the checkpoint in the messages ("checkpoint PATH")."""
+    reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
+    if given is None and reference is not None:
+        check_tokenizer(reference, kind, text_tokens, where)
+        return reference
+    name = given or named
+    try:
+        tokenizer = load_tokenizer(kind, name, need_config=need_config)
+    except ConfigError as exc:
+        if given is None:
+            raise ConfigError(f"{where} carries no tokenizer, and the one it names is not found: {exc}") from exc
+        raise
+    check_tokenizer(tokenizer, kind, text_tokens, f"--{option} {name}", reference=reference)
+    return reference if keep_own and reference is not None else tokenizer
+
+
 class BertCaptionEncoder:
     """`[CLS] wordpieces [SEP]`, as the released basic + WordPiece tokenisation.
 

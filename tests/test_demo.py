@@ -67,10 +67,10 @@ def test_short_demo_beats_a_random_model(tmp_path, system):
     summary = demo(["--system", system, "--epochs", "1", "--train_images", "320", "--test_images", "20",
                     "--output", str(tmp_path)])
     payload, _ = read_payload(summary["checkpoint"])
-    cfg = make_config(**payload["config"])
+    cfg = make_config(**payload.config)
     torch.manual_seed(123)
-    untrained = build_model(cfg, backbone_config=payload["backbone_config"])
-    encoder = pair_of(cfg).caption_encoder(cfg, tokenizer_from_snapshot(payload["tokenizer"]),
+    untrained = build_model(cfg, backbone_config=payload.backbone_config)
+    encoder = pair_of(cfg).caption_encoder(cfg, tokenizer_from_snapshot(payload.tokenizer),
                                   untrained.text_tokens()["positions"])
     random_rsum = evaluate_split(untrained, load_eval_split(cfg, "test"), encoder, torch.device("cpu"), workers=0,
                                  progress=False)["metrics"]["rsum"]

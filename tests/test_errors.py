@@ -222,17 +222,17 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(region_data, ti
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    from checkpoints import native as checkpoint
+    from checkpoints.payload import Payload
     from errors import CheckpointError
     path = tmp_path / "checkpoint_last.pth"
-    checkpoint.save(str(path), {"step": 1})
+    Payload(config={"step": 1}, backbone_config={}, model={}).save(str(path))
 
     def disk_full(obj, handle):
         handle.write(b"partial")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(CheckpointError, match="No space left on device.*previous file, if any, is intact"):
-        checkpoint.save(str(path), {"step": 2})
+        Payload(config={"step": 2}, backbone_config={}, model={}).save(str(path))
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True)["step"] == 1
+    assert torch.load(path, weights_only=True)["config"]["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pth"]

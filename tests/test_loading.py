@@ -66,8 +66,8 @@ def test_only_the_model_tensors_are_read_from_the_mapped_file(short_region_check
 
     def in_mapping(tensor):
         return any(start <= tensor.data_ptr() < stop for start, stop in mapped)
-    assert not any(in_mapping(tensor) for tensor in read.payload["model"].values())
-    moments = [value for state in read.payload["optimizer"]["state"].values() for value in state.values()
+    assert not any(in_mapping(tensor) for tensor in read.payload.model.values())
+    moments = [value for state in read.payload.optimizer["state"].values() for value in state.values()
                if isinstance(value, torch.Tensor) and value.numel() > 1]
     assert moments and all(in_mapping(tensor) for tensor in moments)
 

@@ -103,3 +103,33 @@ def test_hub_names_fail_at_once_offline_or_unreachable(tmp_path):
     unreachable = hub_error(tmp_path, {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert unreachable.startswith(f"{where}, and http://127.0.0.1:9 cannot be reached (")
     assert unreachable.endswith("): give a local copy (--bert_path DIR, a folder written by save_pretrained)")
+
+
+def test_one_resolution_serves_evaluation_and_resume(tiny_bert, tmp_path):
+    """datasets.captions.checkpoint_tokenizer, which evaluation, --init_from and resume all call: the
+    checkpoint's own copy unless a folder is given; a given folder is checked against it and used
+    (evaluation) or only checked (resume: `keep_own`); without a copy the named folder must be found."""
+    from datasets.captions import checkpoint_tokenizer, load_tokenizer, tokenizer_snapshot
+    from errors import ConfigError
+    own = load_tokenizer("bert", tiny_bert)
+    snapshot = tokenizer_snapshot(own, "bert")
+    tokens = {"rows": len(own), "pad": own.pad_token_id}
+    carried = checkpoint_tokenizer("bert", "bert_path", snapshot, tokens, "checkpoint c.pth")
+    assert carried is not own and carried.get_vocab() == own.get_vocab()
+    given = checkpoint_tokenizer("bert", "bert_path", snapshot, tokens, "checkpoint c.pth", given=tiny_bert)
+    assert given.name_or_path == tiny_bert
+    kept = checkpoint_tokenizer("bert", "bert_path", snapshot, tokens, "checkpoint c.pth", given=tiny_bert,
+                                keep_own=True)
+    assert kept.name_or_path != tiny_bert and kept.get_vocab() == own.get_vocab()
+    named = checkpoint_tokenizer("bert", "bert_path", None, tokens, "checkpoint c.pth", named=tiny_bert)
+    assert named.name_or_path == tiny_bert
+    missing = str(tmp_path / "gone")
+    with pytest.raises(ConfigError) as caught:
+        checkpoint_tokenizer("bert", "bert_path", None, tokens, "checkpoint c.pth", named=missing)
+    assert str(caught.value) == (f"checkpoint c.pth carries no tokenizer, and the one it names is not found: "
+                                 f"--bert_path {missing}: no such folder (relative paths are read from {os.getcwd()})")
+    with pytest.raises(ConfigError) as caught:
+        checkpoint_tokenizer("bert", "bert_path", None, tokens, "checkpoint c.pth", given=missing)
+    assert str(caught.value).startswith(f"--bert_path {missing}: no such folder")
+    with pytest.raises(ConfigError, match="the tokenizer of checkpoint c.pth has"):
+        checkpoint_tokenizer("bert", "bert_path", snapshot, {**tokens, "rows": len(own) + 1}, "checkpoint c.pth")

@@ -6,6 +6,7 @@ import os
 
 from checkpoints import hub, native as checkpoint
 from checkpoints.card import model_card
+from checkpoints.payload import Payload
 from devices import distributed
 from errors import CheckpointError, ConfigError
 from .rng import capture_rng_state, restore_rng_state
@@ -45,19 +46,18 @@ class RunState:
                 "steps_per_epoch": self.steps_per_epoch, "best_rsum": self.best_rsum, "best_at": self.best_at,
                 "skipped_in_epoch": self.skipped_in_epoch, "validation_pending": self.validation_pending}
 
-    def payload(self, full: bool, metrics: dict | None = None, rng: list | None = None) -> dict:
-        payload = checkpoint.make_payload(self.cfg, self.model, self.tokenizer, self.progress(), metrics, self.data)
+    def payload(self, full: bool, metrics: dict | None = None, rng: list | None = None) -> Payload:
+        payload = Payload.of_model(self.cfg, self.model, self.tokenizer, self.progress(), metrics, self.data)
         if full:
             # every rank's generators: dropout draws differ per rank, and each must go on with its own
-            payload.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                           rng=rng[0], rng_ranks=rng)
+            payload = payload.with_training_state(self.optimizer.state_dict(), self.scaler.state_dict(), rng)
         return payload
 
     def save_last(self, metrics: dict | None = None) -> None:
         """checkpoint_last (rank 0 writes, every rank waits), the state a resume starts from."""
         rng = distributed.gather_objects(capture_rng_state())
         if distributed.is_main_process():
-            checkpoint.save(os.path.join(self.output_dir, LAST), self.payload(full=True, metrics=metrics, rng=rng))
+            self.payload(full=True, metrics=metrics, rng=rng).save(os.path.join(self.output_dir, LAST))
             if self.on_first_save is not None:
                 done, self.on_first_save = self.on_first_save, None
                 done()
@@ -75,17 +75,17 @@ class RunState:
         return path
 
     def resume(self, resume: tuple) -> None:
-        """Continue exactly where the checkpoint (path, payload) stopped."""
+        """Continue exactly where the checkpoint (path, Payload) stopped."""
         path, payload = resume
-        progress = payload["progress"]
+        progress = payload.progress
         if progress["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(
                 f"{path} was trained with {progress['steps_per_epoch']} steps per epoch, this run has "
                 f"{self.steps_per_epoch}: resuming exactly needs the same data and --batch_size")
-        checkpoint.load_weights(self.model, payload["model"], path)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
-        ranks = payload.get("rng_ranks") or [payload["rng"]]
+        checkpoint.load_weights(self.model, payload.model, path)
+        self.optimizer.load_state_dict(payload.optimizer)
+        self.scaler.load_state_dict(payload.scaler)
+        ranks = payload.rng_ranks or [payload.rng]
         if len(ranks) != distributed.world_size():
             logger.warning("%s was written by %d process(es), this run has %d: it goes on from the same step, but "
                            "the random draws of dropout differ from an uninterrupted run", path, len(ranks),

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.batching import Collate, ResumableBatchSampler, ignore_stop_signals
-from datasets.captions import check_tokenizer, load_tokenizer, tokenizer_from_snapshot, tokenizer_snapshot
+from datasets.captions import check_tokenizer, checkpoint_tokenizer, load_tokenizer, tokenizer_snapshot
 from devices import distributed
 from errors import ConfigError, TrainingDiverged
 from modules.losses import build_loss
@@ -54,20 +54,20 @@ def text_tower(cfg, pair, init, resume):
     if resume is None:
         return load_tokenizer(pair.text_kind, getattr(cfg, option)), None, pair.text_positions(cfg)
     path, payload = resume
-    backbone, tokens = payload["backbone_config"], pair.text_tokens(payload["backbone_config"])
-    snapshot = payload.get("tokenizer")
-    reference = tokenizer_from_snapshot(snapshot) if snapshot is not None else None
+    backbone, tokens = payload.backbone_config, pair.text_tokens(payload.backbone_config)
     folder = getattr(cfg, option)
-    if reference is None or os.path.isdir(folder):
-        tokenizer = load_tokenizer(pair.text_kind, folder)
-        check_tokenizer(tokenizer, pair.text_kind, tokens, f"--{option} {folder}", reference=reference)
-    return reference or tokenizer, backbone, tokens["positions"]
+    # the run goes on with the tokenizer it carries; a backbone folder that is here must agree with it
+    # (without one, our format 1, the folder's is loaded as when the run started)
+    given = folder if payload.tokenizer is None or os.path.isdir(folder) else None
+    tokenizer = checkpoint_tokenizer(pair.text_kind, option, payload.tokenizer, tokens, f"checkpoint {path}",
+                                     given=given, need_config=True, keep_own=True)
+    return tokenizer, backbone, tokens["positions"]
 
 
 def check_same_run_data(resume, data: dict) -> None:
     """A resumed run trains and validates on the data it started with."""
     path, payload = resume
-    saved = payload.get("data")
+    saved = payload.data
     if saved is None:           # checkpoints written before data identities were recorded
         return
     for part, label in (("train", "training"), ("validation", "validation")):
