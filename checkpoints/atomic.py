@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 from errors import ConfigError
 
 
@@ -43,7 +45,6 @@ def atomic_torch_save(obj, path: str) -> None:
 
 def atomic_save_npy(array, path: str, replace: bool = True) -> None:
     """np.save through a temporary file, so that a reader never sees half a matrix."""
-    import numpy as np
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     try:

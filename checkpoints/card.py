@@ -11,7 +11,7 @@ PAPERS = {
              "Conference on Multimedia", 2023, "zhang2023xdim", "CrossmodalGroup/X-Dim"),
 }
 from evaluation.metrics import RECALL_AT, RECALL_KEYS
-from pairs import layout_of, pair_of
+from pairs import layout_of
 
 DATA_NAMES = {"f30k_precomp": "Flickr30K (BUTD regions)", "coco_precomp": "MS-COCO (BUTD regions)",
               "f30k": "Flickr30K (images, Karpathy splits)", "coco": "MS-COCO (images, Karpathy splits)"}

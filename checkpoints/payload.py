@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from errors import CheckpointError
+from .atomic import atomic_torch_save
+
 
 FORMAT = "dimmatch"
 # 1: weights, config, backbone config; 2: also the tokenizer's files (evaluates anywhere, offline)
@@ -117,7 +119,6 @@ class Payload:
     # ------------------------------------------------------------------ to a file
     def save(self, path: str) -> None:
         """Write it as a `.pth` of ours, atomically: a reader sees the previous file or the complete new one."""
-        from .atomic import atomic_torch_save
         try:
             atomic_torch_save(self.to_dict(), path)
         except OSError as exc:

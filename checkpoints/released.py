@@ -21,13 +21,14 @@ import re
 import zipfile
 
 import torch
+from transformers import BertConfig
 
-from . import native as checkpoint
 from config.options import config_from_saved
 from errors import CheckpointError, first_line
 from modules.backbones import resolve_backbone
 from modules.levels import resolve_num_levels
 from pairs import build_model
+from . import native as checkpoint
 
 
 
@@ -318,7 +319,6 @@ def released_config(path: str, payload, args):
 
 
 def region_backbone_config(cfg, path: str) -> dict:
-    from transformers import BertConfig
     folder = resolve_backbone(cfg.bert_path, "--bert_path")
     try:
         return BertConfig.from_pretrained(folder).to_dict()

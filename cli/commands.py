@@ -1,24 +1,35 @@
 """The work of train.py, test.py and testall.py, once cli.main has parsed and checked their
 command lines (`train` and `evaluate` are re-exported for the callers that pass an argv)."""
 
+import argparse
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from checkpoints.atomic import atomic_save_npy, write_json
 from checkpoints.hub import resolve as resolve_checkpoint
-from config.resolve import check_device_options, resumed_config
-from devices import distributed, resolve_device, set_tf32
+from checkpoints.loading import load_model, read_checkpoint_config, read_payload
+from checkpoints.payload import Payload
+from config.resolve import resumed_config
+from datasets.precomp import read_ids
+from devices import check_device_options, distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
-from evaluation.metrics import DIRECTIONS, RECALL_KEYS
+from evaluation.ensemble import RunningMean, check_same_captions
+from evaluation.extended import extended_metrics, format_extended, load_annotations, row_ids
+from evaluation.metrics import DIRECTIONS, RECALL_KEYS, per_query_results, shortlist_results
+from evaluation.protocol import COCO_FOLDS, compute_split_scores, encode_split, protocol_report
 from outputs.folders import (FolderLock, Outputs, check_output_dir, claim_run, discard_previous_run, holds_run,
                              remove_partial_files, restore_previous_run, set_aside_previous_run)
-from pairs import layout_of, pair_of
+from pairs import PAIRS, layout_of, load_eval_split, pair_of
 from pairs.resolve import resolve_train_config
-from provenance import array_sha256, checkpoint_identity, data_identity, record
+from provenance import array_sha256, checkpoint_identity, data_identity, read_scores, record
+from retrieval.two_stage import two_stage_report
 from training.rng import seed_everything
+from training.state import BEST, LAST
+from training.trainer import Trainer
 from .logs import attach_log_file, setup_logging
 from .main import evaluate, train  # noqa: F401  (the entry points, for callers that pass an argv)
 
@@ -30,7 +41,6 @@ def run_train(given: dict) -> dict:
     output folder is touched, and the folder is held by this process from then on: a failed start
     leaves it as it was (with --overwrite, the previous run is set aside until the new one's first
     checkpoint)."""
-    from training.trainer import Trainer
 
     print_only = given.pop("print_config", False)
     if given.get("init_from"):
@@ -106,9 +116,6 @@ def resume_checkpoint(given: dict):
     """(path, Payload) of the checkpoint --resume continues, or None for --resume auto in a
     folder without checkpoint_last (a run that never wrote one, or none at all). It is read by
     the reader of evaluation and --init_from, with its training state."""
-    from checkpoints.loading import read_payload
-    from checkpoints.payload import Payload
-    from training.state import BEST, LAST
     path = given.get("resume")
     if not path:
         return None
@@ -140,9 +147,7 @@ def resume_checkpoint(given: dict):
 def start_weights(given: dict):
     """The model and tokenizer of --init_from (ours or a released format). A --bert_path /
     --clip_path given on the command line is checked against the checkpoint's tokenizer."""
-    import argparse
 
-    from checkpoints.loading import load_model, read_checkpoint_config
     read = read_checkpoint_config(given["init_from"], argparse.Namespace(**given), require_data=False)
     return load_model(read)
 
@@ -172,9 +177,6 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
     """Recall@K of one checkpoint, or of an ensemble: every member is read and checked with its
     data first, then each is loaded, encoded and scored in turn (one model in memory at a time);
     the weighted mean of the score matrices is reported next to every member's own numbers."""
-    from evaluation.ensemble import RunningMean, check_same_captions
-    from evaluation.extended import extended_metrics, format_extended, load_annotations
-    from evaluation.protocol import protocol_report
 
     args.checkpoint = [resolve_checkpoint(path) for path in args.checkpoint]
     args.shortlist = resolve_checkpoint(args.shortlist, "--shortlist")
@@ -238,7 +240,6 @@ def run_evaluation(args, weights: list, coco_testall: bool) -> dict:
 
 def check_evaluation_options(args, members: list) -> None:
     """Options given for models that are not there."""
-    from pairs import PAIRS
     present = {pair_of(member.read.cfg).name for member in members}
     for name, pair in PAIRS.items():
         if name in present:
@@ -253,12 +254,7 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     """Two-stage retrieval of one checkpoint: its global embeddings (or --shortlist's) shortlist
     --rerank_k items per query, its head re-ranks them; the report gives the cost next to Recall@K,
     and with --compare_sims what it loses against the exhaustive scores."""
-    import time
 
-    from checkpoints.loading import load_model
-    from evaluation.protocol import encode_split, protocol_report
-    from retrieval.two_stage import two_stage_report
-    from provenance import read_scores
     data = data_identity(member.split_data.images, member.split_data.captions, args.split)
     per_image = member.split_data.captions_per_image
     exhaustive = read_scores(args.compare_sims, member.path, data) if args.compare_sims else None
@@ -295,7 +291,6 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
     provenance = record("two_stage", [member.identity] + ([shortlister.identity] if shortlister else []), data,
                         rerank_k=args.rerank_k, first_stage=source, index=args.first_stage_index, amp=args.amp)
     if args.save_ranks:
-        from evaluation.metrics import shortlist_results
         outputs.claim()
         write_json({"provenance": provenance, **shortlist_results(whole, per_image=per_image)}, args.save_ranks, args.overwrite)
         say(f"per-query ranks and top-10 -> {args.save_ranks}")
@@ -315,7 +310,6 @@ def recall_lost(exhaustive: dict, two_stage: dict) -> dict:
 def read_again(member: Member, args):
     """A member's checkpoint read again (members let go of their weights until they are needed),
     checked to be the file it was when the evaluation started."""
-    from checkpoints.loading import read_checkpoint_config
     if checkpoint_identity(member.path)["sha256"] != member.identity["sha256"]:
         raise UserError(f"checkpoint {member.path} was replaced while the evaluation was running")
     return read_checkpoint_config(member.path, args)
@@ -341,9 +335,6 @@ def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool
     """A checkpoint's config, tokenizer and split (and COCO ids for --extended), all checked, and
     its content identity; the model is not built yet. An ensemble member lets go of its weights
     until it is scored, so that only one checkpoint is in memory at a time."""
-    from checkpoints.loading import read_checkpoint_config
-    from evaluation.protocol import COCO_FOLDS
-    from pairs import load_eval_split
     read = read_checkpoint_config(path, args)
     if annotations is not None and not layout_of(read.cfg).coco(read.cfg):
         raise ConfigError(f"--extended adds ECCV Caption and CxC, which annotate MS-COCO's 5K test images; {path} "
@@ -358,8 +349,6 @@ def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool
 def score_member(member: Member, args, device, say) -> Scored:
     """Build one member's model, encode its split once and score every pair; the model is released
     before returning. An ensemble member reads its file again here, which must not have changed."""
-    from checkpoints.loading import load_model
-    from evaluation.protocol import compute_split_scores
     read = member.read if member.read.payload is not None else read_again(member, args)
     say(f"checkpoint {member.path}: {read.source}; {read.history}")
     loaded = load_model(read)
@@ -373,7 +362,6 @@ def score_member(member: Member, args, device, say) -> Scored:
 def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, provenance: dict, say,
                   per_image: int) -> None:
     """--save_ranks and --save_sims (+ .json), each with the provenance record of the scores."""
-    from evaluation.metrics import per_query_results
     outputs.claim()
     if args.save_ranks:
         write_json({"provenance": provenance, **per_query_results(sims, per_image=per_image)}, args.save_ranks, args.overwrite)
@@ -393,8 +381,6 @@ def write_outputs(args, outputs: Outputs, sims, report: dict, members: list, pro
 
 def coco_ids(cfg, args, n_images: int, annotations: dict):
     """(COCO image id per row, caption id per column) of the evaluated split, checked (--extended)."""
-    from datasets.precomp import read_ids
-    from evaluation.extended import row_ids
     if args.ids_file is not None:
         ids, source = read_ids(args.ids_file), args.ids_file
     else:

@@ -41,7 +41,8 @@ def setup_logging(log_file: str | None = None, main_process: bool = True, buffer
         logger.addHandler(handler)
     logger._dimmatch_handlers = handlers
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
-    # transformers is chatty about unused weights of the hub checkpoints we load on purpose
+    # transformers is chatty about unused weights of the hub checkpoints we load on purpose; imported
+    # here, as it is slow to import and the tools' command lines import this module before any work
     from transformers.utils import logging as transformers_logging
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()

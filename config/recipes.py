@@ -9,6 +9,8 @@ import json
 import os
 
 from errors import ConfigError
+from .schema import COMMAND
+
 
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 
@@ -37,7 +39,6 @@ def read_recipe(name: str, options: dict, seen: tuple = (), where: str = "--reci
     """The options of recipe `name`, its bases' first, every value checked against `options`.
     A recipe holds training options only: the run's own (output folder, resume, overwrite,
     --init_from) are given on the command line."""
-    from .schema import COMMAND
     path = _recipe_file(name, where, folder)
     if path in seen:
         raise ConfigError(f"recipe {path} is its own base")

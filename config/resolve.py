@@ -68,14 +68,3 @@ def check_command(given: dict) -> None:
     if given.get("resume") and given.get("init_from"):
         raise ConfigError("--resume continues a run with its own weights and optimiser; --init_from starts a new "
                           "one from a checkpoint's weights: give one of them")
-
-
-def check_device_options(cfg) -> None:
-    """--amp fp16 and --tf32 on need CUDA (train and evaluation alike)."""
-    import torch
-    device = cfg.device
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cfg.amp == "fp16" and not cuda:
-        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
-    if cfg.tf32 == "on" and not cuda:
-        raise ConfigError("--tf32 on needs CUDA (TF32 is a mode of NVIDIA GPUs; the CPU computes in fp32)")

@@ -192,6 +192,7 @@ def released_clip_clean(text: str) -> str:
     """The text cleaning of the released ESL-CLIP tokeniser (OpenAI's `basic_clean`): ftfy's
     `fix_text`, HTML entities unescaped twice, outer whitespace stripped. The tokenizer's own
     normalisation (whitespace runs, lower case) follows."""
+    # an optional dependency, needed only by the released CLIP text cleaning
     try:
         import ftfy
     except ImportError as exc:

@@ -15,6 +15,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from errors import DataError
+from provenance import text_sha256
 from .precomp import CAPTIONS_PER_IMAGE, read_text
 
 logger = logging.getLogger("dimmatch")
@@ -190,7 +191,6 @@ class KarpathyTrainDataset(Dataset):
 
     def identity(self) -> dict:
         """What the training pairs are (a resumed run must train on the same): image names and captions."""
-        from provenance import text_sha256
         return {"pairs": len(self), "pairs_sha256": text_sha256(f"{os.path.basename(path)}\t{caption}"
                                                                 for path, caption in self.pairs)}
 

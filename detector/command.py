@@ -11,6 +11,8 @@ import time
 from config.parsers import Parser
 from errors import ConfigError
 from outputs.folders import FolderLock, Outputs
+from provenance import file_sha256
+from .config import CONFIG_NAME, read_config
 
 PROGRAM = "extract_regions.py"      # the writer of the outputs, in their folder's manifest
 MAX_BATCH = 4096      # images held decoded at once: more only costs memory
@@ -42,7 +44,7 @@ def max_workers() -> int:
 def check_regions(regions: int, protocol: str, cfg) -> None:
     """--regions beyond what the protocol can produce is padding only, and a huge one would size a
     FEATS.npy of terabytes: refused before any work."""
-    from .protocols import BUTD
+    from .protocols import BUTD     # imports torch: only once the command line holds
     most, source = ((BUTD.post_nms, "the BUTD protocol's TEST.RPN_POST_NMS_TOP_N") if protocol == "butd" else
                     (cfg.rpn_post_nms_topk, "RPN.POST_NMS_TOPK_TEST of the detector's config.yaml"))
     if regions > most:
@@ -53,7 +55,7 @@ def check_regions(regions: int, protocol: str, cfg) -> None:
 def plan_outputs(args) -> tuple:
     """Every check that needs no model (options, outputs, the work folder): (output paths, the
     checked Outputs of the three outputs)."""
-    from .extraction import output_paths
+    from .extraction import output_paths     # imports torch: only once the command line holds
 
     for option, least, most in (("regions", 1, None), ("batch_size", 1, MAX_BATCH), ("workers", 0, max_workers())):
         value = getattr(args, option)
@@ -91,9 +93,8 @@ def extract(args) -> dict | None:
     under torchrun."""
     paths, outputs = plan_outputs(args)
 
+    # torch and the detector: only now that the options and outputs are checked
     from devices import distributed, resolve_device
-    from provenance import file_sha256
-    from .config import CONFIG_NAME, read_config
     from .extraction import FORMAT, VERSION, Extraction, StopRequest, images_sha
     from .images import list_images
     from .model import load_detector, resolve_detector

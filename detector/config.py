@@ -9,6 +9,8 @@ regard to case (LXMERT's `Config` sets each key in upper case too).
 import os
 from dataclasses import asdict, dataclass
 
+import yaml
+
 from errors import ConfigError
 
 CONFIG_NAME = "config.yaml"
@@ -125,8 +127,6 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 def read_config(path: str) -> DetectorConfig:
     """`path`: a config.yaml, or a folder holding one."""
-    import yaml
-
     if os.path.isdir(path):
         path = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(path):

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from devices import distributed
 from errors import ConfigError, DataError, Stopped
@@ -170,7 +171,6 @@ class Extraction:
         skipped_log = os.path.join(self.work, f"skipped-{rank}.jsonl")
         notes_log = os.path.join(self.work, f"notes-{rank}.jsonl")
         started, count, stop = time.perf_counter(), 0, None
-        from tqdm import tqdm
         with StopRequest() as request, tqdm(total=len(mine), desc="regions", disable=not progress or rank != 0) as bar:
             for batch in loader:
                 finished = []

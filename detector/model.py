@@ -20,6 +20,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import snapshot_download
 from torch import nn
 
 from errors import CheckpointError, ConfigError, first_line
@@ -227,7 +228,6 @@ def resolve_detector(name: str, option: str = "--detector") -> str:
     elif os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1:
         raise ConfigError(f"{option} {name}: no such folder (relative paths are read from {os.getcwd()})")
     else:
-        from huggingface_hub import snapshot_download
         try:
             path = snapshot_download(name, local_files_only=True)
         except Exception:   # noqa: BLE001 - any failure of the cache lookup is "not there"

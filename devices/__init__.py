@@ -10,6 +10,16 @@ import torch
 from errors import ConfigError
 
 
+def check_device_options(cfg) -> None:
+    """--amp fp16 and --tf32 on need CUDA (train and evaluation alike)."""
+    device = cfg.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cfg.amp == "fp16" and not cuda:
+        raise ConfigError("--amp fp16 needs CUDA (use --amp bf16 on CPU, or --amp off)")
+    if cfg.tf32 == "on" and not cuda:
+        raise ConfigError("--tf32 on needs CUDA (TF32 is a mode of NVIDIA GPUs; the CPU computes in fp32)")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present, else CPU; `auto` and `cuda` mean the local rank's GPU
     under torchrun."""

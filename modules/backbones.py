@@ -11,6 +11,9 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
 from errors import ConfigError, first_line
 
 # what a backbone folder needs: the config and weights for the model, plus the tokenizer files
@@ -59,8 +62,6 @@ def hub_snapshot(repo_id: str, option: str, how: str, revision: str | None = Non
                  allow_patterns: list | None = None, what: str = "a folder") -> str:
     """The local folder of hub repository `repo_id` at `revision`: from the HuggingFace cache, else
     downloaded (unless offline or `local_files_only`); every failure is one line ending in `how`."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     shown = repo_id + (f"@{revision}" if revision else "")
     try:
         return snapshot_download(repo_id, revision=revision, local_files_only=True)
@@ -85,6 +86,7 @@ def weights_from_checkpoint():
     1 s for BERT-base on 2 CPU cores), for a model whose every parameter and persistent buffer is then
     loaded, strictly, from a checkpoint. Buffers that __init__ computes (position ids) are built as
     always; the loaded model equals one built the usual way (tested)."""
+    # transformers 5 moved it; imported where it is used, in whichever place this version has it
     try:
         from transformers.initialization import no_init_weights
     except ImportError:                     # transformers 4

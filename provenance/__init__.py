@@ -88,8 +88,9 @@ def data_identity(image_set, captions: list[str], split: str) -> dict:
 
 
 def image_identity(image_set) -> str:
-    from torch.utils.data import Subset
-    if isinstance(image_set, Subset):
+    """An image set's identity; a torch Subset (a fold) is its dataset's with the indices taken
+    (recognised by its attributes, so that this module needs no torch)."""
+    if hasattr(image_set, "indices") and hasattr(image_set, "dataset"):
         indices = list(image_set.indices)
         return hashlib.sha256(f"{image_identity(image_set.dataset)}:{indices}".encode()).hexdigest()
     return hashlib.sha256(json.dumps(image_set.identity(), sort_keys=True).encode()).hexdigest()

@@ -11,14 +11,20 @@ from torch.utils.data import DataLoader
 
 from checkpoints.atomic import publish
 from checkpoints.loading import load_model, read_checkpoint_config
+from detector.command import build_parser, extract
+from detector.config import read_config
+from detector.extraction import output_paths
+from detector.images import list_images
+from detector.model import resolve_detector
+from detector.record import regions_record
 from datasets.batching import CaptionSet, Collate
 from datasets.precomp import read_captions
 from errors import ConfigError, DataError, Stopped
 from evaluation.scoring import EncodedItems, encode_items, score_all
-from outputs.folders import FolderLock, Outputs
+from outputs.folders import Outputs
 from outputs.signals import stop_signals_unwind
 from pairs import pair_of
-from provenance import check_checkpoint, checkpoint_identity, image_identity, record
+from provenance import check_checkpoint, checkpoint_identity, file_sha256, image_identity, record
 from retrieval import collection
 
 
@@ -82,14 +88,6 @@ def regions_of_images(args, cfg) -> str:
     """A region model indexing --images: their regions, extracted with --detector into
     OUT_STEM.regions.npy (+ _boxes.npy, .json) beside the index, or reused from there when that file
     holds the same images from the same detector and protocol; a stopped extraction is continued."""
-    from detector.command import build_parser, extract
-    from detector.config import read_config
-    from detector.extraction import output_paths
-    from detector.images import list_images
-    from detector.model import resolve_detector
-    from detector.record import regions_record
-    from provenance import file_sha256
-
     if pair_of(cfg).collection_option != "regions":
         raise ConfigError(f"--detector extracts regions for region models; {args.checkpoint} reads --images itself")
     if not args.images or not args.detector:

@@ -20,6 +20,7 @@ def faiss():
     # done, or they take the cores from torch's threads (re-ranking measured 80x slower on 2 busy
     # cores). Read when that runtime loads; a value the user set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # an optional dependency (faiss-cpu), needed only by two-stage retrieval
     try:
         import faiss as module
     except ImportError as exc:

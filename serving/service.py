@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from errors import UserError, first_line
+from evaluation.scoring import score_all
 from retrieval import collection
 from retrieval.commands import encode_captions, open_index, query_vectors, rank_text, read_caption_file
 
@@ -230,7 +231,6 @@ class Service:
         self._count("k", k, LIMITS["k"])
         state = self.current()
         self._item(state, item)
-        from evaluation.scoring import score_all
         with self.lock:
             started = time.perf_counter()
             scores = score_all(self.model.head, state.index.items(np.array([item])), self._caption_items,

@@ -157,6 +157,7 @@ class Trainer:
         return self.state.optimizer
 
     def _tensorboard(self):
+        # an optional dependency, slow to import: only the main process writes scalars
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
