@@ -1,12 +1,15 @@
-"""The names, summaries and options of the encoder pairs and similarity heads, without their code.
+"""What exists: the encoder pairs, data layouts, similarity heads and losses, declared by name,
+summary and options, with where each one's code lives, without importing it.
 
 The command lines are built from these declarations before torch, transformers or the models are
 imported, so that `--help`, `--list_recipes` and a mistyped or out-of-range option answer at once.
-The specs under `pairs/` and `modules/heads/` take their name, summary and options from here
-(tests/test_cli_startup.py checks that the registries and this catalogue agree). Like
-`config.schema`, this module imports nothing heavy.
+Each registry (pairs.PAIRS, datasets.layouts.LAYOUTS, modules.heads.HEADS, modules.losses.LOSSES)
+loads the specs declared here, which take their name, summary and options from their declaration
+(tests/test_cli_startup.py checks that the registries and this catalogue agree); adding one is its
+code plus its declaration here. Like `config.schema`, this module imports nothing heavy.
 """
 
+import importlib
 from dataclasses import dataclass
 
 from .schema import LOCATION, MODEL, TRAINING, Option
@@ -19,14 +22,23 @@ TRUNCATED_IMAGES = ("load", "refuse")
 
 @dataclass(frozen=True)
 class Declared:
-    """What the command line needs of an encoder pair or a head: its name, summary and options."""
+    """What the command line needs of an encoder pair, a data layout, a head or a loss: its name,
+    summary and options; and `code`, where its spec lives ("package.module:ATTRIBUTE"), which its
+    registry loads (a spec registered at run time has none: it is registered already)."""
 
     name: str
     summary: str
     options: tuple = ()
+    code: str = ""
 
 
-REGION_BERT = Declared("region_bert", "BUTD regions + BERT words", (
+def load_code(declared: Declared):
+    """The spec a declaration names; called by the registries (above this package) as they fill."""
+    module, attribute = declared.code.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+REGION_BERT = Declared("region_bert", "BUTD regions + BERT words", code="pairs.region_bert:PAIR", options=(
     Option("bert_path", str, "bert-base-uncased", "hub name or local BERT folder (evaluation: must agree with the "
                                                   "checkpoint's tokenizer)", LOCATION, evaluation=True),
     Option("img_dim", int, 2048, "region feature size", MODEL, low=1, high=1 << 16, evaluation=True),
@@ -34,7 +46,7 @@ REGION_BERT = Declared("region_bert", "BUTD regions + BERT words", (
            TRAINING, low=0, high=1),
 ))
 
-CLIP = Declared("clip", "CLIP image and text towers", (
+CLIP = Declared("clip", "CLIP image and text towers", code="pairs.clip:PAIR", options=(
     Option("clip_path", str, "openai/clip-vit-base-patch16", "hub name or local CLIP folder (evaluation: a folder "
                                                              "with the tokenizer files is enough)",
            LOCATION, evaluation=True),
@@ -53,7 +65,8 @@ CLIP = Declared("clip", "CLIP image and text towers", (
 PAIRS = {pair.name: pair for pair in (REGION_BERT, CLIP)}
 
 # Data layouts (datasets.layouts); the two raw-image layouts share their options.
-PRECOMP = Declared("precomp", "precomputed regions: <data_path>/<data_name>/{split}_ims.npy + {split}_caps.txt", (
+PRECOMP = Declared("precomp", "precomputed regions: <data_path>/<data_name>/{split}_ims.npy + {split}_caps.txt",
+                   code="datasets.layouts:PRECOMP", options=(
     Option("data_path", str, None, "folder holding <data_name>/ (precomputed regions), e.g. data/Flickr30K",
            LOCATION, evaluation=True),
     Option("data_name", str, None, "precomputed-region dataset", TRAINING, choices=("f30k_precomp", "coco_precomp"),
@@ -74,9 +87,9 @@ RAW_IMAGES = (
            TRAINING, choices=TRUNCATED_IMAGES, evaluation=True),
 )
 KARPATHY = Declared("karpathy", "Flickr30K images with Karpathy's dataset_flickr30k.json (--dataset f30k)",
-                    RAW_IMAGES)
+                    RAW_IMAGES, code="datasets.layouts:KARPATHY")
 COCO = Declared("coco", "MS-COCO images (train2014/, val2014/) with {train,dev,testall}_coco.json (--dataset coco)",
-                RAW_IMAGES)
+                RAW_IMAGES, code="datasets.layouts:COCO")
 LAYOUTS = {layout.name: layout for layout in (PRECOMP, KARPATHY, COCO)}
 
 KERNEL_SIZE = Option("kernel_size", int, 2, "ESL measure-unit size k", MODEL, low=2, high=64)
@@ -86,13 +99,16 @@ COSINE_POOL = Option("cosine_pool", str, "mean", "pooling of local features for 
                      choices=("mean", "max"))
 
 HEADS = {head.name: head for head in (
-    Declared("xdim", "X-Dim: sparse cross-dimensional dependency weights"),
-    Declared("esl_h", "ESL, heuristic dimensional selective masks", (KERNEL_SIZE, ESL_LEVELS)),
-    Declared("esl_a", "ESL, adaptive dimensional selective masks", (KERNEL_SIZE, ESL_LEVELS)),
-    Declared("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)", (COSINE_POOL,)),
+    Declared("xdim", "X-Dim: sparse cross-dimensional dependency weights", code="modules.heads.xdim:HEAD_SPEC"),
+    Declared("esl_h", "ESL, heuristic dimensional selective masks", (KERNEL_SIZE, ESL_LEVELS),
+             code="modules.heads.esl:H_SPEC"),
+    Declared("esl_a", "ESL, adaptive dimensional selective masks", (KERNEL_SIZE, ESL_LEVELS),
+             code="modules.heads.esl:A_SPEC"),
+    Declared("cosine", "plain cosine of pooled features (the VSE / CLIP baseline)", (COSINE_POOL,),
+             code="modules.heads.cosine:HEAD_SPEC"),
 )}
 
 LOSSES = {loss.name: loss for loss in (
-    Declared("hinge", "hinge (VSE++ after the warm-up epochs)"),
-    Declared("infonce", "infonce with CLIP's logit scale"),
+    Declared("hinge", "hinge (VSE++ after the warm-up epochs)", code="modules.losses:HINGE"),
+    Declared("infonce", "infonce with CLIP's logit scale", code="modules.losses:INFONCE"),
 )}

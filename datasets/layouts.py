@@ -76,9 +76,9 @@ LAYOUTS: dict[str, DataLayout] = {}
 
 
 def register_layout(layout: DataLayout) -> DataLayout:
-    """The layout, and its declaration for the command line (config.catalogue)."""
+    """A layout, declared for the command line (config.catalogue) unless it is already."""
     LAYOUTS[layout.name] = layout
-    catalogue.LAYOUTS[layout.name] = Declared(layout.name, layout.summary, layout.options)
+    catalogue.LAYOUTS.setdefault(layout.name, Declared(layout.name, layout.summary, layout.options))
     return layout
 
 
@@ -131,11 +131,11 @@ def _precomp_files(cfg, split: str) -> list[str]:
     return [os.path.join(folder, f"{split}_{name}") for name in ("ims.npy", "caps.txt", "ids.txt")]
 
 
-PRECOMP = register_layout(DataLayout(
+PRECOMP = DataLayout(
     name=PRECOMP_DECLARED.name, summary=PRECOMP_DECLARED.summary, images=REGIONS, options=PRECOMP_DECLARED.options,
     required=("data_path", "data_name"), captions_per_image=CAPTIONS_PER_IMAGE, resolve=_precomp_resolve,
     train_dataset=_precomp_train, eval_split=_precomp_eval, input_files=_precomp_files,
-    coco=lambda cfg: cfg.data_name == "coco_precomp", caption_ids=_precomp_caption_ids))
+    coco=lambda cfg: cfg.data_name == "coco_precomp", caption_ids=_precomp_caption_ids)
 
 
 # ----------------------------------------------------------------------------- raw images + Karpathy JSON
@@ -207,5 +207,8 @@ def _raw_layout(declared, dataset: str, coco: bool) -> DataLayout:
         caption_ids=reading.caption_ids, data_hint="--dataset/--image_root/--ann_path")
 
 
-KARPATHY = register_layout(_raw_layout(KARPATHY_DECLARED, "f30k", coco=False))
-COCO = register_layout(_raw_layout(COCO_DECLARED, "coco", coco=True))
+KARPATHY = _raw_layout(KARPATHY_DECLARED, "f30k", coco=False)
+COCO = _raw_layout(COCO_DECLARED, "coco", coco=True)
+
+for _declared in list(catalogue.LAYOUTS.values()):
+    register_layout(catalogue.load_code(_declared))

@@ -78,17 +78,20 @@ LOSSES: dict[str, LossSpec] = {}
 
 
 def register_loss(spec: LossSpec) -> LossSpec:
+    """A loss, declared for the command line (config.catalogue) unless it is already."""
     if spec.name in LOSSES:
         raise ValueError(f"loss {spec.name} is registered twice")
     LOSSES[spec.name] = spec
-    catalogue.LOSSES[spec.name] = Declared(spec.name, spec.summary)
+    catalogue.LOSSES.setdefault(spec.name, Declared(spec.name, spec.summary))
     return spec
 
 
-register_loss(LossSpec("hinge", "hinge (VSE++ after the warm-up epochs)",
-                       lambda cfg: HingeLoss(cfg.margin, cfg.max_violation, cfg.vse_mean_warmup_epochs)))
-register_loss(LossSpec("infonce", "infonce with CLIP's logit scale", lambda cfg: InfoNCELoss(),
-                       needs_logit_scale=True))
+HINGE = LossSpec("hinge", catalogue.LOSSES["hinge"].summary,
+                 lambda cfg: HingeLoss(cfg.margin, cfg.max_violation, cfg.vse_mean_warmup_epochs))
+INFONCE = LossSpec("infonce", catalogue.LOSSES["infonce"].summary, lambda cfg: InfoNCELoss(), needs_logit_scale=True)
+
+for _declared in list(catalogue.LOSSES.values()):
+    register_loss(catalogue.load_code(_declared))
 
 
 def build_loss(cfg) -> nn.Module:

@@ -10,21 +10,20 @@ from datasets.layouts import LAYOUTS, EvalSplit, DataLayout, layout_named
 from errors import ConfigError, DataError
 from modules.heads import build_head
 from modules.model import Matcher
-from . import clip, region_bert
 from .base import EncoderPair
 
 PAIRS: dict[str, EncoderPair] = {}
 
 
 def register_pair(pair: EncoderPair) -> EncoderPair:
-    """The pair, and its declaration for the command line (config.catalogue)."""
+    """A pair, declared for the command line (config.catalogue) unless it is already."""
     PAIRS[pair.name] = pair
-    catalogue.PAIRS[pair.name] = Declared(pair.name, pair.summary, pair.options)
+    catalogue.PAIRS.setdefault(pair.name, Declared(pair.name, pair.summary, pair.options))
     return pair
 
 
-register_pair(region_bert.PAIR)
-register_pair(clip.PAIR)
+for _declared in list(catalogue.PAIRS.values()):
+    register_pair(catalogue.load_code(_declared))
 
 
 def pair_of(cfg) -> EncoderPair:

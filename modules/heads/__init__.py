@@ -1,13 +1,13 @@
 """Similarity heads, registered by name for `--sim_head` (timm-style: a name maps to a spec that
 builds the head from the config with its own options).
 
-A new head is its module (the class, its options, its HeadSpec) plus one `register_head` line here;
-the command-line options, recipes, checkpoints and tests pick it up from the registry."""
+A new head is its module (the class, its HeadSpec) plus its declaration in config.catalogue (name,
+summary, options, where its HeadSpec is); the command-line options, recipes, checkpoints and tests
+pick it up from the registry."""
 
 from config import catalogue
 from config.catalogue import Declared
 from errors import ConfigError
-from . import cosine, esl, xdim
 from .base import GLOBAL, LOCAL, HeadSpec, SimilarityHead
 from .cosine import CosineHead
 from .esl_clip import ESLClipHead
@@ -18,16 +18,14 @@ HEADS: dict[str, HeadSpec] = {}
 
 
 def register_head(spec: HeadSpec) -> HeadSpec:
-    """The head, and its declaration for the command line (config.catalogue)."""
+    """A head, declared for the command line (config.catalogue) unless it is already."""
     HEADS[spec.name] = spec
-    catalogue.HEADS[spec.name] = Declared(spec.name, spec.summary, spec.options)
+    catalogue.HEADS.setdefault(spec.name, Declared(spec.name, spec.summary, spec.options))
     return spec
 
 
-register_head(xdim.HEAD_SPEC)
-register_head(esl.H_SPEC)
-register_head(esl.A_SPEC)
-register_head(cosine.HEAD_SPEC)
+for _declared in list(catalogue.HEADS.values()):
+    register_head(catalogue.load_code(_declared))
 
 
 def build_head(cfg, feature_kind: str, encoders_name: str) -> SimilarityHead:
