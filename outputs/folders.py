@@ -262,12 +262,17 @@ class FolderLock:
     def __init__(self, folder: str, option: str):
         self.folder, self.option = folder, option
         self.handle = None
-        self.created_folder = self.created_file = False
+        self.created_folders = []       # the folder and the parents acquire made, deepest first
+        self.created_file = False
 
     def acquire(self) -> "FolderLock":
-        created = not os.path.isdir(self.folder)
+        missing, folder = [], os.path.abspath(self.folder)
+        while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        created = bool(missing)
         os.makedirs(self.folder, exist_ok=True)
-        self.created_folder = created
+        self.created_folders = missing
         self.created_file = not os.path.exists(os.path.join(self.folder, LOCK))
         handle = open(os.path.join(self.folder, LOCK), "a+", encoding="utf-8")
         try:
@@ -278,6 +283,7 @@ class FolderLock:
             handle.close()
             if created:
                 shutil.rmtree(self.folder, ignore_errors=True)
+                self._remove_created_parents()
             raise ConfigError(f"{self.option} {self.folder} is being written by {holder}; wait for it to end or "
                               "stop it, or choose another folder") from None
         handle.seek(0)
@@ -305,5 +311,13 @@ class FolderLock:
         self.handle = None
         if undo and self.created_file:
             os.remove(os.path.join(self.folder, LOCK))
-            if self.created_folder and not os.listdir(self.folder):
-                os.rmdir(self.folder)
+            self._remove_created_parents()
+
+    def _remove_created_parents(self) -> None:
+        """The folders acquire made (--output_dir out/sub/run made out/ and out/sub/ too), each if
+        it is still empty, deepest first: a start that failed leaves nothing behind."""
+        for folder in self.created_folders:
+            try:
+                os.rmdir(folder)
+            except OSError:         # not empty (something else wrote there since), or gone
+                return

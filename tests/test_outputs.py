@@ -269,3 +269,16 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_gives_the_run_back(
     assert "NaN or infinite values" in message
     assert {k: v for k, v in tree_state(out).items() if k != ".lock"} == \
         {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_a_start_that_fails_leaves_no_folder_it_made(tmp_path, region_data, capsys):
+    """--output_dir out/sub/run that fails after the folder was locked (a missing backbone is found by
+    the trainer) removes run/, sub/ and out/ again; a parent that held something stays."""
+    missing_bert = str(tmp_path / "no_bert")
+    line = error_line(train, train_args(region_data[0], missing_bert, tmp_path / "out" / "sub" / "run"), capsys)
+    assert line.startswith(f"--bert_path {missing_bert}: no such folder")
+    assert sorted(os.listdir(tmp_path)) == []
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    error_line(train, train_args(region_data[0], missing_bert, tmp_path / "kept" / "sub" / "run"), capsys)
+    assert sorted(os.listdir(tmp_path / "kept")) == ["notes.txt"]
