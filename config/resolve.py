@@ -7,6 +7,7 @@ import os
 
 from errors import ConfigError
 from .options import all_options, config_from_saved
+from .recipes import read_recipe
 from .schema import COMMAND, LOCATION, MODEL, RUNTIME, Config
 
 
@@ -63,6 +64,10 @@ def check_command(given: dict) -> None:
     """Combinations of what the invocation does that cannot work, before anything is read."""
     if given.get("output_dir") == "":
         raise ConfigError("--output_dir must name a folder")
+    if given.get("output_dir") and os.path.isfile(given["output_dir"]):
+        raise ConfigError(f"--output_dir {given['output_dir']} is a file; give a folder for the run")
+    if given.get("recipe"):         # its values checked here, before the model code is imported
+        read_recipe(given["recipe"], all_options())
     if given.get("resume") and given.get("overwrite"):
         raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
     if given.get("resume") and given.get("init_from"):
