@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-from transformers import AutoTokenizer, BertTokenizer, CLIPTokenizer
+from transformers import AutoTokenizer
 
 from config.catalogue import CLIP_TEXT_CLEANINGS, CLIP_TRUNCATIONS
 from errors import ConfigError
@@ -35,8 +35,8 @@ TOKENIZER_FAMILIES: dict[str, TokenizerFamily] = {}
 
 
 def register_tokenizer_family(family: TokenizerFamily) -> TokenizerFamily:
-    """The released families (BERT WordPiece, CLIP BPE) are registered below; a new one by the module
-    of the encoder pair that uses it, without a change here."""
+    """A family is registered by the module of the encoder pair that uses it (pairs.region_bert: BERT
+    WordPiece, pairs.clip: CLIP BPE), without a change here."""
     if TOKENIZER_FAMILIES.get(family.name, family) != family:
         raise ValueError(f"tokenizer family {family.name} is registered twice, differently")
     TOKENIZER_FAMILIES[family.name] = family
@@ -47,13 +47,6 @@ def tokenizer_family(kind: str) -> TokenizerFamily:
     if kind not in TOKENIZER_FAMILIES:
         raise ConfigError(f"no tokenizer family {kind!r} is registered (known: {', '.join(TOKENIZER_FAMILIES)})")
     return TOKENIZER_FAMILIES[kind]
-
-
-register_tokenizer_family(TokenizerFamily("bert", "--bert_path", (("vocab.txt",), ("tokenizer.json",)), BertTokenizer,
-                                          ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"),
-                                          pad_masked=True))
-register_tokenizer_family(TokenizerFamily("clip", "--clip_path", (("vocab.json", "merges.txt"), ("tokenizer.json",)),
-                                          CLIPTokenizer, ("bos_token", "eos_token", "pad_token")))
 
 
 def load_tokenizer(kind: str, path: str, need_config: bool = True):

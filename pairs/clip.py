@@ -2,10 +2,10 @@
 
 import os
 
-from transformers import CLIPConfig
+from transformers import CLIPConfig, CLIPTokenizer
 
 from config.catalogue import CLIP as DECLARED
-from datasets.captions import ClipCaptionEncoder
+from datasets.captions import ClipCaptionEncoder, TokenizerFamily, register_tokenizer_family
 from datasets.karpathy import ImageFileSet
 from datasets.layouts import COCO, IMAGES, KARPATHY
 from datasets.transforms import ClipPreprocess
@@ -15,6 +15,9 @@ from modules.clip_encoder import ClipEncoders, build_clip, clip_text_tokens
 from modules.heads import GLOBAL
 from .base import EncoderPair
 
+TOKENIZERS = register_tokenizer_family(TokenizerFamily(
+    "clip", "--clip_path", (("vocab.json", "merges.txt"), ("tokenizer.json",)), CLIPTokenizer,
+    ("bos_token", "eos_token", "pad_token")))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -75,7 +78,7 @@ def collection(cfg, path: str):
 
 
 PAIR = EncoderPair(
-    name=DECLARED.name, summary=DECLARED.summary, feature_kind=GLOBAL, text_kind="clip",
+    name=DECLARED.name, summary=DECLARED.summary, feature_kind=GLOBAL, text_kind=TOKENIZERS.name,
     backbone_option="clip_path", options=DECLARED.options, default_recipe="_clip",
     logit_scale=True, head_lr_option="noclip_lr", reads=IMAGES, default_layout=default_layout,
     image_transform=image_transform, build_encoders=build_encoders, text_tokens=clip_text_tokens,

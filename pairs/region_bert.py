@@ -3,10 +3,10 @@ of ESL-region and X-Dim."""
 
 import os
 
-from transformers import BertConfig
+from transformers import BertConfig, BertTokenizer
 
 from config.catalogue import REGION_BERT as DECLARED
-from datasets.captions import BertCaptionEncoder
+from datasets.captions import BertCaptionEncoder, TokenizerFamily, register_tokenizer_family
 from datasets.layouts import PRECOMP, REGIONS
 from datasets.precomp import RegionFileSet
 from detector.record import regions_record
@@ -15,6 +15,11 @@ from modules.heads import HEADS, LOCAL
 from modules.region_bert import RegionBertEncoders
 from modules.text_encoder import bert_text_tokens, build_bert
 from .base import EncoderPair
+
+
+TOKENIZERS = register_tokenizer_family(TokenizerFamily(
+    "bert", "--bert_path", (("vocab.txt",), ("tokenizer.json",)), BertTokenizer,
+    ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"), pad_masked=True))
 
 
 def build_encoders(cfg, backbone_config: dict | None = None) -> RegionBertEncoders:
@@ -44,7 +49,7 @@ def collection(cfg, path: str):
 
 
 PAIR = EncoderPair(
-    name=DECLARED.name, summary=DECLARED.summary, feature_kind=LOCAL, text_kind="bert",
+    name=DECLARED.name, summary=DECLARED.summary, feature_kind=LOCAL, text_kind=TOKENIZERS.name,
     backbone_option="bert_path", options=DECLARED.options, default_recipe="_region",
     logit_scale=False, head_lr_option="learning_rate", reads=REGIONS, default_layout=lambda values: PRECOMP.name,
     build_encoders=build_encoders, text_tokens=bert_text_tokens, text_positions=text_positions,
