@@ -36,13 +36,9 @@ from .main import evaluate, train  # noqa: F401  (the entry points, for callers 
 logger = logging.getLogger("dimmatch")
 
 
-def run_train(given: dict) -> dict:
-    """A run from train.py's checked options. Every option, path and file is checked before the
-    output folder is touched, and the folder is held by this process from then on: a failed start
-    leaves it as it was (with --overwrite, the previous run is set aside until the new one's first
-    checkpoint)."""
-
-    print_only = given.pop("print_config", False)
+def run_config(given: dict):
+    """(config, --init_from's loaded model or None, (path, payload) of --resume or None) of a run:
+    a resumed run's saved config, or a new one resolved from the command line (and --init_from)."""
     if given.get("init_from"):
         given["init_from"] = resolve_checkpoint(given["init_from"], "--init_from")
     init, resume = None, resume_checkpoint(given)
@@ -55,6 +51,17 @@ def run_train(given: dict) -> dict:
             cfg.init_source = f"{init.source}; {init.history}"
             cfg.init_sha256 = checkpoint_identity(cfg.init_from)["sha256"]
     check_device_options(cfg)
+    return cfg, init, resume
+
+
+def run_train(given: dict) -> dict:
+    """A run from train.py's checked options. Every option, path and file is checked before the
+    output folder is touched, and the folder is held by this process from then on: a failed start
+    leaves it as it was (with --overwrite, the previous run is set aside until the new one's first
+    checkpoint)."""
+
+    print_only = given.pop("print_config", False)
+    cfg, init, resume = run_config(given)
     if print_only:
         print(cfg.to_json())
         return {"config": cfg}

@@ -89,50 +89,17 @@ class Trainer:
         self.main = distributed.is_main_process()
 
         pair = pair_of(cfg)
-        text_kind, text_option = pair.text_kind, pair.backbone_option
         tokenizer, backbone, positions = text_tower(cfg, pair, init, resume)
         self.caption_encoder = pair.caption_encoder(cfg, tokenizer, positions)
-        self.train_set = train_dataset(cfg, self.caption_encoder)
-        self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
-                                             distributed.rank(), self.world, drop_last=cfg.last_batch == "drop")
-        steps_per_epoch = self.sampler.batches_per_epoch()
-        if steps_per_epoch == 0:
-            raise ConfigError(f"the training split has {len(self.train_set)} pairs, fewer than one "
-                              f"batch of --batch_size {cfg.batch_size}")
-        if self.sampler.last_batch_size() < self.world:
-            raise ConfigError(f"the last batch of each epoch has {self.sampler.last_batch_size()} pairs, fewer than "
-                              f"the {self.world} processes; use --last_batch drop or another --batch_size")
-        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
-                                 collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_stop_signals,
-                                 pin_memory=device.type == "cuda", generator=torch.Generator())
-        self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
-        self.validate = Validator(cfg, device, self.caption_encoder, self._scalar)
-        validation = self.validate.data
-        data = {"train": self.train_set.identity(),
-                "validation": data_identity(validation.images, validation.captions, cfg.val_split)}
-        if resume:
-            check_same_run_data(resume, data)
-
-        if init is not None:
-            self.model = init.model.to(device)
-        else:    # a resumed run's architecture is its checkpoint's; its weights come with resume() below
-            self.model = build_model(cfg, backbone_config=backbone).to(device)
-            if backbone is None:
-                check_tokenizer(tokenizer, text_kind, self.model.text_tokens(),
-                                f"--{text_option} {getattr(cfg, text_option)}")
-        if cfg.global_loss_weight and self.model.head.exact_global:
-            raise ConfigError(f"--global_loss_weight {cfg.global_loss_weight}: the {cfg.sim_head} head's score is an "
-                              "inner product already, which two-stage retrieval searches exactly; the pooled "
-                              "vectors that loss trains would never be used (it serves X-Dim and ESL-region)")
-        if self.world > 1 and device.type == "cuda":
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        steps_per_epoch, data = self._data(resume)
+        self.model = self._model(pair, init, backbone, tokenizer)
         self.criterion = build_loss(cfg)
         optimizer = build_optimizer(cfg, self.model.optimizer_groups(cfg, getattr(cfg, pair.head_lr_option)))
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         self.state = RunState(cfg, self.model, optimizer, scaler, steps_per_epoch,
-                              tokenizer_snapshot(tokenizer, text_kind), data)
+                              tokenizer_snapshot(tokenizer, pair.text_kind), data)
         if resume:
             self.state.resume(resume)
         if self.world > 1:
@@ -151,6 +118,50 @@ class Trainer:
         self.validating = False
         self.history = MetricsHistory(cfg.output_dir)
         self.speed = Throughput(cfg.batch_size)
+
+    def _data(self, resume) -> tuple[int, dict]:
+        """The training pairs, their loader and the validation split: (steps per epoch, the data's
+        identities, which a resumed run must find again)."""
+        cfg = self.cfg
+        self.train_set = train_dataset(cfg, self.caption_encoder)
+        self.sampler = ResumableBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed,
+                                             distributed.rank(), self.world, drop_last=cfg.last_batch == "drop")
+        steps_per_epoch = self.sampler.batches_per_epoch()
+        if steps_per_epoch == 0:
+            raise ConfigError(f"the training split has {len(self.train_set)} pairs, fewer than one "
+                              f"batch of --batch_size {cfg.batch_size}")
+        if self.sampler.last_batch_size() < self.world:
+            raise ConfigError(f"the last batch of each epoch has {self.sampler.last_batch_size()} pairs, fewer than "
+                              f"the {self.world} processes; use --last_batch drop or another --batch_size")
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.workers,
+                                 collate_fn=Collate(self.caption_encoder.pad_id), worker_init_fn=ignore_stop_signals,
+                                 pin_memory=self.device.type == "cuda", generator=torch.Generator())
+        self.eval_steps = evaluation_steps(steps_per_epoch, cfg.evals_per_epoch)
+        self.validate = Validator(cfg, self.device, self.caption_encoder, self._scalar)
+        validation = self.validate.data
+        data = {"train": self.train_set.identity(),
+                "validation": data_identity(validation.images, validation.captions, cfg.val_split)}
+        if resume:
+            check_same_run_data(resume, data)
+        return steps_per_epoch, data
+
+    def _model(self, pair, init, backbone, tokenizer):
+        """--init_from's model, or one built for the run (pretrained backbone weights, or a resumed
+        run's architecture, whose weights its checkpoint brings), on the device."""
+        cfg, option = self.cfg, pair.backbone_option
+        if init is not None:
+            model = init.model.to(self.device)
+        else:
+            model = build_model(cfg, backbone_config=backbone).to(self.device)
+            if backbone is None:
+                check_tokenizer(tokenizer, pair.text_kind, model.text_tokens(), f"--{option} {getattr(cfg, option)}")
+        if cfg.global_loss_weight and model.head.exact_global:
+            raise ConfigError(f"--global_loss_weight {cfg.global_loss_weight}: the {cfg.sim_head} head's score is an "
+                              "inner product already, which two-stage retrieval searches exactly; the pooled "
+                              "vectors that loss trains would never be used (it serves X-Dim and ESL-region)")
+        if self.world > 1 and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
 
     @property
     def optimizer(self):
