@@ -41,7 +41,7 @@ def main(argv=None) -> list[dict]:
     outputs.reads(args.compare_sims, "--compare_sims")
     outputs.check()
     from checkpoints.hub import resolve as resolve_checkpoint
-    from tools.report import pyplot
+    from tools._report_heavy import pyplot
     # a model folder, a file, or a hub name (ORG/NAME) resolved through the HuggingFace cache
     args.checkpoint = resolve_checkpoint(args.checkpoint, "--checkpoint")
     plt = pyplot()
