@@ -30,8 +30,8 @@ THUMBNAIL = 96
 
 
 def pyplot():
-    # matplotlib is optional (requirements-extra.txt): missing, it is one line saying what to install
     try:
+        # matplotlib is optional (requirements-extra.txt): missing, it is one line saying what to install
         import matplotlib
     except ImportError as exc:
         raise ConfigError("tools/report.py draws its figures with matplotlib: pip install matplotlib") from exc
