@@ -15,6 +15,7 @@ its backbone, loading the weights, encoding, scoring). Nothing is downloaded.
 import argparse
 import contextlib
 import functools
+import importlib
 import io
 import json
 import os
@@ -26,11 +27,22 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
+from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel  # noqa: E402
+
+import evaluation.protocol  # noqa: E402,F401  (timed_phases wraps the phase functions it holds too)
+from bench_scoring import gemm_rate, peak_rss  # noqa: E402
+from checkpoints import native  # noqa: E402
+from checkpoints.loading import load_model, read_checkpoint_config  # noqa: E402
+from cli.commands import evaluate  # noqa: E402
+from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
+from demo.tiny_models import CLIP_END, CLIP_START, write_bert_vocab, write_clip_vocab  # noqa: E402
+from pairs import build_model  # noqa: E402
 
 SYSTEMS = {  # recipe, encoders
     "xdim": ("xdim_region_f30k", "region"),
@@ -66,8 +78,6 @@ def pad_bert_vocab(folder: str) -> int:
 
 
 def write_bert_base(folder: str, captions) -> None:
-    from transformers import BertConfig, BertModel
-    from demo.tiny_models import write_bert_vocab
     write_bert_vocab(captions, folder)
     rows = pad_bert_vocab(folder)
     torch.manual_seed(0)
@@ -76,8 +86,6 @@ def write_bert_base(folder: str, captions) -> None:
 
 def write_clip_b16(folder: str, captions) -> None:
     """A ViT-B/16 CLIP of OpenAI's shapes (49,408 tokens; the end token the largest id) with random weights."""
-    from transformers import CLIPConfig, CLIPModel
-    from demo.tiny_models import CLIP_END, CLIP_START, write_clip_vocab
     vocab = write_clip_vocab(captions, folder)
     symbols = [symbol for symbol in vocab if symbol not in (CLIP_START, CLIP_END)]
     symbols += [f"unusedpad{n}</w>" for n in range(CLIP_VOCAB - 2 - len(symbols))]
@@ -96,7 +104,6 @@ def write_clip_b16(folder: str, captions) -> None:
 
 def prepare(system: str, n_images: int, work: str) -> str:
     """Data, backbone and a one-step checkpoint of `system` under `work`; returns the checkpoint."""
-    from demo.data import write_image_dataset, write_region_dataset
     recipe, encoders = SYSTEMS[system]
     data, backbone, run = (os.path.join(work, name) for name in ("data", "backbone", "run"))
     if encoders == "region":
@@ -139,7 +146,6 @@ def whole_process(checkpoint: str, threads: int) -> dict:
 @contextlib.contextmanager
 def timed_phases(totals: dict):
     """Wrap every PHASES function, wherever a module holds it, to add its seconds to `totals`."""
-    import importlib
     patched = []
     for module_name, name, label in PHASES:
         original = getattr(importlib.import_module(module_name), name)
@@ -189,10 +195,6 @@ class FlopCount(TorchDispatchMode):
 def in_process(checkpoint: str) -> dict:
     """The same evaluation as `test.py`, in this process, phase by phase (modules already imported,
     the checkpoint not cached)."""
-    import cli.commands  # noqa: F401  (imports every module whose functions are wrapped)
-    import checkpoints.loading  # noqa: F401
-    import evaluation.protocol  # noqa: F401
-    from cli.commands import evaluate
     totals = {}
     counter = FlopCount()
     evict_from_page_cache(checkpoint)
@@ -209,22 +211,16 @@ def load_process(checkpoint: str, how: str) -> None:
     the backbone not randomly initialised) or the usual way (`usual`: torch.load of the whole file,
     the model built with its random initialisation, then the weights loaded); prints seconds and
     this process's peak RSS."""
-    import argparse as _argparse
-    from checkpoints import native
-    from checkpoints.loading import load_model, read_checkpoint_config
-    from pairs import build_model
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_scoring import peak_rss
-    read = read_checkpoint_config(checkpoint, _argparse.Namespace())   # imports and tokenizer, not timed
+    read = read_checkpoint_config(checkpoint, argparse.Namespace())   # imports and tokenizer, not timed
     del read
     evict_from_page_cache(checkpoint)
     before = peak_rss()
     started = time.perf_counter()
     if how == "ours":
-        load_model(read_checkpoint_config(checkpoint, _argparse.Namespace()))
+        load_model(read_checkpoint_config(checkpoint, argparse.Namespace()))
     else:
         payload = native.read_file(checkpoint)
-        model = build_model(read_checkpoint_config(checkpoint, _argparse.Namespace()).cfg,
+        model = build_model(read_checkpoint_config(checkpoint, argparse.Namespace()).cfg,
                             backbone_config=payload["backbone_config"])
         native.load_weights(model, payload["model"], checkpoint)
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_gib": (peak_rss() - before) / 2**30}))
@@ -252,8 +248,6 @@ def main() -> None:
         load_process(args.load, args.how)
         return
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_scoring import gemm_rate
     rate = gemm_rate(torch.device("cpu"), 1024)
     print(f"fp32 GEMM rate of this machine now (8192 x 1024 x 1024): {rate:.0f} GFLOP/s")
     results = {"gemm_gflops": rate}

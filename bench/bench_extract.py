@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,10 +25,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from detector import model as model_module  # noqa: E402
+from detector.images import list_images, read_rgb  # noqa: E402
+from detector.model import load_detector  # noqa: E402
+from detector.protocols import extract  # noqa: E402
+from detector.testing import config_dict, full, write_detector  # noqa: E402
+
 
 def make_images(folder: str, count: int, seed: int = 0) -> None:
-    import numpy as np
-    from PIL import Image
     rng = np.random.RandomState(seed)
     sizes = [(375, 500), (500, 333), (480, 640), (427, 640)]
     os.makedirs(folder, exist_ok=True)
@@ -40,13 +50,6 @@ def make_images(folder: str, count: int, seed: int = 0) -> None:
 
 def measure(kind: str, detector: str, images: str, regions: int, batch: int) -> dict:
     """In this process: seconds per image (after a first warm-up image) and stage times."""
-    import numpy as np
-    import torch
-    from detector import model as model_module
-    from detector.images import list_images, read_rgb
-    from detector.model import load_detector
-    from detector.protocols import extract
-
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     listed = list_images(images)
     stages = {"backbone": 0.0, "rpn": 0.0, "roi_pool": 0.0, "res5": 0.0}
@@ -60,7 +63,7 @@ def measure(kind: str, detector: str, images: str, regions: int, batch: int) -> 
         def run(rgbs):
             return [extract(model, rgb, regions, "lxmert") for rgb in rgbs]
     else:
-        import yaml
+        # the reference extractor is test code: only the reference's own process loads it
         from tests.detector_reference import nms_kept_loop, reference_extract
         state = torch.load(os.path.join(detector, "pytorch_model.bin"))
         cfg = yaml.safe_load(open(os.path.join(detector, "config.yaml")))
@@ -83,7 +86,6 @@ def measure(kind: str, detector: str, images: str, regions: int, batch: int) -> 
 
 
 def timed(owner, name, stages, stage, module=False):
-    import torch
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
@@ -117,8 +119,6 @@ def main():
         kind, detector, images, regions, batch = args.measure
         print("RESULT " + json.dumps(measure(kind, detector, images, int(regions), int(batch))))
         return
-    import shutil
-    from detector.testing import config_dict, full, write_detector
     work = tempfile.mkdtemp(prefix="bench_extract_")
     try:
         report(args, work)
@@ -127,7 +127,6 @@ def main():
 
 
 def report(args, work: str) -> None:
-    from detector.testing import config_dict, full, write_detector
     sizes = dict(min_size=args.min_size, max_size=args.max_size, pre_nms=6000, post_nms=args.post_nms, min_det=10,
                  max_det=36)
     data = config_dict(**sizes) if args.tiny else full(**sizes)

@@ -28,23 +28,31 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")     # before transformers and huggingface_hub read it
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertModel  # noqa: E402
 
 from bench_scoring import peak_rss  # noqa: E402
+from cli.commands import evaluate, train  # noqa: E402
+from config.options import config_from_saved  # noqa: E402
+from datasets.captions import load_tokenizer  # noqa: E402
+from demo.data import write_region_dataset  # noqa: E402
+from demo.tiny_models import write_bert_vocab, write_tiny_bert  # noqa: E402
+from pairs import build_model, pair_of  # noqa: E402
+from provenance import record  # noqa: E402
+from retrieval import collection  # noqa: E402
+from retrieval.commands import query_vectors, rank_text  # noqa: E402
 
 WORDS = "a man in a red shirt rides a bicycle down a busy street next to a bus".split()
 
 
 def tiny_vocab_bert(folder: str, hidden: int, layers: int, heads: int) -> str:
     """A BERT of the given size with random weights and a vocabulary of the query words."""
-    from transformers import BertConfig, BertModel
-
-    from demo.tiny_models import write_bert_vocab
     vocab = write_bert_vocab([" ".join(WORDS)], folder)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
@@ -54,13 +62,11 @@ def tiny_vocab_bert(folder: str, hidden: int, layers: int, heads: int) -> str:
 
 
 def xdim_config(bert: str, dim: int = 1024):
-    from config.options import config_from_saved
     return config_from_saved({"encoders": "region_bert", "sim_head": "xdim", "embed_size": dim, "img_dim": 2048,
                               "bert_path": bert}, legacy=False)
 
 
 def xdim_model(bert: str, dim: int = 1024):
-    from pairs import build_model
     torch.manual_seed(0)
     return build_model(xdim_config(bert, dim)).eval()
 
@@ -77,8 +83,6 @@ def synthetic_chunks(count: int, regions: int, dim: int, chunk: int = 2000, seed
 
 def build_synthetic_index(folder: str, size: int) -> None:
     """An X-Dim-sized index (36 x 1024 fp16 per image) of `size` synthetic images, as `scale` times it."""
-    from provenance import record
-    from retrieval import collection
     collection.build(folder, synthetic_chunks(size, 36, 1024), size, [f"image_{i}" for i in range(size)],
                      record("index", [], {"images": size}), dtype="fp16", first_stage="synthetic pooled",
                      progress=False)
@@ -95,13 +99,10 @@ def queries(count: int, seed: int = 1) -> list[str]:
 
 def query_process(args) -> None:
     """Run in a fresh process: open an index, answer queries, print latencies and peak RSS (JSON)."""
-    from retrieval.collection import CollectionIndex
-    from retrieval.commands import query_vectors, rank_text
-    from pairs import pair_of
     torch.set_num_threads(args.threads)
     model, cfg = xdim_model(args.bert), xdim_config(args.bert)
     encoder = pair_of(cfg).caption_encoder(cfg, load_bert_tokenizer(args.bert), 512)
-    index = CollectionIndex(args.index)
+    index = collection.CollectionIndex(args.index)
     latencies = []
     for text in queries(args.queries):
         started = time.perf_counter()
@@ -114,7 +115,6 @@ def query_process(args) -> None:
 
 
 def load_bert_tokenizer(folder: str):
-    from datasets.captions import load_tokenizer
     return load_tokenizer("bert", folder)
 
 
@@ -192,9 +192,6 @@ def quality(args) -> list[dict]:
     """Train the demo models once into --keep (or a temporary folder), then evaluate each row of
     QUALITY_ROWS exhaustively and in two stages, side by side. With --keep, models already trained
     there are reused (their training is not timed here)."""
-    from cli.commands import evaluate, train
-    from demo.data import write_region_dataset
-    from demo.tiny_models import write_tiny_bert
     work = args.keep or tempfile.mkdtemp(prefix="bench_retrieval_quality_", dir=args.work)
     data, bert = os.path.join(work, "data"), os.path.join(work, "bert")
     if not os.path.isdir(bert):
@@ -283,7 +280,6 @@ def main() -> None:
     probe.add_argument("--batch_size", type=int, default=256)
     probe.add_argument("--exhaustive", action="store_true")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.part == "_query":
         query_process(args)
         return

@@ -26,26 +26,27 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")     # before transformers and huggingface_hub read it
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from bench_retrieval import (build_synthetic_index, folder_bytes, load_bert_tokenizer, queries,  # noqa: E402
                              tiny_vocab_bert, xdim_config, xdim_model)
+from pairs import pair_of  # noqa: E402
+from retrieval.collection import CollectionIndex  # noqa: E402
+from retrieval.commands import query_vectors, rank_text  # noqa: E402
+from serve_helpers import live_server  # noqa: E402
+from serving.service import Service  # noqa: E402
 
 
 def measure(index: str, bert: str, count: int, top: int, rerank_k: int) -> dict:
+    # httpx is optional (requirements-extra.txt), as are the uvicorn and FastAPI the live server imports
     import httpx
-
-    from pairs import pair_of
-    from serve_helpers import live_server
-    from serving.service import Service
-    from retrieval.commands import query_vectors, rank_text
-    from retrieval.collection import CollectionIndex
     cpu = torch.device("cpu")
     model, cfg = xdim_model(bert), xdim_config(bert)
     encoder = pair_of(cfg).caption_encoder(cfg, load_bert_tokenizer(bert), 512)
@@ -126,7 +127,6 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.queries < 1 or args.rerank_k < 1 or args.top < 1:
         parser.error("sizes, --queries, --rerank_k and --top must be at least 1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench_serve_", dir=args.work)
     rows = []

@@ -42,9 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_scoring import (  # noqa: E402
     esl_region_loop, features, gemm_rate, peak_rss, synchronize, timed, xdim_loop)
+from config.options import config_from_saved  # noqa: E402
 from devices import resolve_device  # noqa: E402
 from modules.heads import ESLRegionHead, XDimHead  # noqa: E402
 from modules.losses import HingeLoss, full_matrix_loss  # noqa: E402
+from training.optimizers import build_optimizer  # noqa: E402
+from training.step import OptimisationStep  # noqa: E402
 
 HEADS = {"xdim": ("xdim", 1024), "esl_h": ("heuristic", 512), "esl_a": ("adaptive", 512)}
 
@@ -105,10 +108,8 @@ def step(name: str, implementation: str, batch: int, regions: int, words: int, d
 def real_step(name: str, implementation: str, batch: int, regions: int, words: int, device, repeat: int) -> dict:
     """`repeat` consecutive steps of training.step.OptimisationStep after one untimed warm-up, on
     one batch, with the head replaced by the released-style loop for `loop`."""
-    from config.options import config_from_saved
+    # transformers and the model code (seconds to import): only the step scope's processes build a model
     from pairs import build_model
-    from training.optimizers import build_optimizer
-    from training.step import OptimisationStep
     _, dim = HEADS[name]
     cfg = config_from_saved({"encoders": "region_bert", "sim_head": name, "embed_size": dim, "img_dim": 2048,
                              "bert_path": os.environ["BENCH_BERT"], "batch_size": batch, "learning_rate": 5e-4,
@@ -206,6 +207,7 @@ def main(argv=None) -> None:
           f"{rate:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory() as folder:
         if args.scope in ("both", "step"):
+            # transformers (the tiny BERT): only the step scope needs it
             from demo.tiny_models import write_tiny_bert
             args.bert = write_tiny_bert(folder, ["a man rides a red bicycle down the street"], hidden=32, layers=1,
                                         heads=1)

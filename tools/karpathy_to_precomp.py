@@ -19,6 +19,7 @@ from cli.guard import run_guarded  # noqa: E402
 from config.parsers import Parser  # noqa: E402
 from errors import DataError  # noqa: E402
 from outputs.folders import Outputs  # noqa: E402
+from tools import extract_regions  # noqa: E402
 
 CAPTIONS = 5
 
@@ -40,8 +41,8 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    # torch, which the datasets package imports: only once the command line holds
     from datasets.karpathy import load_karpathy_split
-    from tools import extract_regions
 
     name = args.name or ("dev" if args.split == "val" else args.split)
     entries = load_karpathy_split(args.dataset, args.ann_path, args.image_root, args.split)

@@ -14,6 +14,7 @@ from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser, add_schema_options  # noqa: E402
 from demo.__main__ import check_output  # noqa: E402
+from demo.data import write_image_dataset, write_region_dataset  # noqa: E402
 from outputs.folders import FolderLock  # noqa: E402
 from outputs.manifest import claim_contents, make_way  # noqa: E402
 
@@ -46,7 +47,6 @@ def main(argv=None) -> None:
 def write_all(args) -> None:
     """The four parts, each a function of --seed."""
     # torch and transformers (the tiny backbones): only once the command line holds
-    from demo.data import write_image_dataset, write_region_dataset
     from demo.tiny_models import write_tiny_bert, write_tiny_clip
     setup_logging()
     region_captions = write_region_dataset(

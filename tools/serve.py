@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cli.guard import run_guarded  # noqa: E402
 from cli.logs import setup_logging  # noqa: E402
 from config.parsers import Parser  # noqa: E402
-from devices import resolve_device  # noqa: E402
 from errors import ConfigError, Stopped  # noqa: E402
 
 GRACE_SECONDS = 30      # in-flight requests get this long to finish after SIGINT / SIGTERM
@@ -62,16 +61,14 @@ def check_inputs(args) -> None:
 
 
 class Server:
-    """uvicorn's server, stopped the same way by SIGINT (Ctrl-C) and SIGTERM: no new connections,
-    in-flight requests finished (for at most GRACE_SECONDS), then exit 128 + the signal as the
-    project's stopped commands do (130, 143), with one line; uvicorn itself re-raised the signal,
-    which killed the process silently on SIGTERM."""
+    """uvicorn's server (`server`, a uvicorn.Server listening on `sock`), stopped the same way by
+    SIGINT (Ctrl-C) and SIGTERM: no new connections, in-flight requests finished (for at most
+    GRACE_SECONDS), then exit 128 + the signal as the project's stopped commands do (130, 143), with
+    one line; uvicorn itself re-raised the signal, which killed the process silently on SIGTERM."""
 
-    def __init__(self, app, sock):
-        import uvicorn
+    def __init__(self, server, sock):
         self.sock, self.stopped_by = sock, None
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=256,
-                                                    timeout_keep_alive=5, timeout_graceful_shutdown=GRACE_SECONDS))
+        self.server = server
         self.server.capture_signals = self.capture_signals
 
     @contextlib.contextmanager
@@ -140,6 +137,9 @@ def main(argv=None):
                           "index's own files; put it elsewhere")
     check_inputs(args)
     setup_logging()
+    # uvicorn and FastAPI (requirements-extra.txt), torch and the model code: only once the inputs hold
+    import uvicorn
+    from devices import resolve_device
     from serving.app import create_app
     from serving.service import Service
     sock = bind(args.host, args.port)
@@ -151,7 +151,9 @@ def main(argv=None):
               "without authentication", file=sys.stderr)
     print(f"serving {args.index} ({len(service.current().index)} images) on {address(host, port)} ; Ctrl-C stops",
           flush=True)
-    Server(create_app(service), sock).run()
+    config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, limit_concurrency=256,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=GRACE_SECONDS)
+    Server(uvicorn.Server(config), sock).run()
 
 
 if __name__ == "__main__":

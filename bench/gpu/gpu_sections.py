@@ -30,6 +30,10 @@ from devices import autocast_context, set_tf32  # noqa: E402
 from evaluation.metrics import retrieval_metrics  # noqa: E402
 from evaluation.scoring import score_all  # noqa: E402
 from gpu_plan import ENCODERS, PEAK_TFLOPS, PLANNED, PRECISIONS, SYSTEMS  # noqa: E402
+from modules.heads import LOCAL  # noqa: E402
+from modules.losses import HingeLoss, InfoNCELoss  # noqa: E402
+from training.optimizers import build_optimizer  # noqa: E402
+from training.step import OptimisationStep  # noqa: E402
 
 REAL = {"regions": 36, "img_dim": 2048, "words": 12, "xdim_dim": 1024, "esl_dim": 512, "clip_dim": 512,
         "clip_image": 224, "images": {"f30k": 1000, "coco": 5000}, "region_batch": 128, "clip_batch": 64,
@@ -142,6 +146,7 @@ def versions_row(row, device) -> None:
         except metadata.PackageNotFoundError:
             return "absent"
 
+    # transformers (seconds to import, in each section's process) for its version only
     import transformers
     row.update(python=sys.version.split()[0], torch=torch.__version__, torch_cuda=torch.version.cuda,
                cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -234,6 +239,7 @@ def add_target(row, precision: str) -> None:
 
 # --------------------------------------------------------------------------- encoders
 def bert_config(dry: bool):
+    # transformers (seconds to import): only the encoding and training sections build backbones
     from transformers import BertConfig
     if dry:
         return BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -243,6 +249,7 @@ def bert_config(dry: bool):
 
 def clip_config(dry: bool):
     """OpenAI's ViT-B/16 CLIP (as openai/clip-vit-base-patch16's config), or a tiny one."""
+    # transformers (seconds to import): only the encoding and training sections build backbones
     from transformers import CLIPConfig
     from demo.tiny_models import tiny_clip_config
     if dry:
@@ -297,6 +304,7 @@ def clip_row(row, encoders, pixels, precision: str, device, sizes) -> None:
 def encoding_section(rows, sizes, dry) -> None:
     """BertTextEncoder on caption ids and ClipEncoders.encode_images on pixels, at test.py's
     default --eval_batch_size, inputs already on the device."""
+    # the encoders import transformers (seconds): only this section builds them on their own
     from modules.clip_encoder import ClipEncoders, build_clip
     from modules.text_encoder import BertTextEncoder, build_bert
     device = check_device(dry)
@@ -324,6 +332,7 @@ def encoding_section(rows, sizes, dry) -> None:
 # --------------------------------------------------------------------------- training
 def system_config(recipe: str, sizes, device):
     """The recipe's resolved config, with placeholder data locations (nothing is read)."""
+    # pairs imports transformers and the model code (seconds): only the training section needs it
     from pairs.resolve import resolve_train_config
     given = {"recipe": recipe, "device": device.type, "workers": 0}
     if "clip" in recipe:
@@ -337,7 +346,6 @@ def system_config(recipe: str, sizes, device):
 
 
 def training_batch(pair, cfg, sizes, vocab: int, generator) -> dict:
-    from modules.heads import LOCAL
     n = cfg.batch_size
     if pair.feature_kind == LOCAL:
         images = torch.randn(n, sizes["regions"], cfg.img_dim, generator=generator).relu()
@@ -356,10 +364,8 @@ def diverged(what: str):
 def full_step(row, recipe: str, sizes, dry, device) -> None:
     """One optimisation step of train.py (training.step.OptimisationStep): encoders, head, loss,
     backward, clip, AdamW; the best of `repeat` after one warm-up step."""
-    from modules.losses import HingeLoss, InfoNCELoss
+    # transformers and the model code (seconds to import): only the training section builds a model
     from pairs import build_model, pair_of
-    from training.optimizers import build_optimizer
-    from training.step import OptimisationStep
     cfg = system_config(recipe, sizes, device)
     pair = pair_of(cfg)
     backbone = bert_config(dry) if pair.text_kind == "bert" else clip_config(dry)
