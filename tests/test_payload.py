@@ -82,10 +82,16 @@ def test_other_versions_and_formats_are_refused(short_region_checkpoint, tmp_pat
 
 def test_resume_reads_through_the_one_reader(short_region_checkpoint, monkeypatch):
     import checkpoints.loading as loading
+    import cli.commands as commands
     calls = []
     reader = loading.read_payload
-    monkeypatch.setattr(loading, "read_payload", lambda *args, **kwargs: calls.append(kwargs) or
-                        reader(*args, **kwargs))
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return reader(*args, **kwargs)
+    # the one reader, where resume (cli.commands) and evaluation (checkpoints.loading) call it
+    monkeypatch.setattr(loading, "read_payload", counted)
+    monkeypatch.setattr(commands, "read_payload", counted)
     path, payload = resume_checkpoint({"resume": str(short_region_checkpoint)})
     assert isinstance(payload, Payload) and payload.resumable and calls == [{"training_state": True}]
     read_checkpoint_config(path, argparse.Namespace(), require_data=False)
