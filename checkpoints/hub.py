@@ -115,17 +115,38 @@ def _move_in(tmp: str, folder: str, replace: bool) -> None:
         if not replace:
             raise ConfigError(f"{folder} was written by another command while this one ran; nothing was replaced "
                               "(give --overwrite to replace it, or another name)")
-        if not is_folder(folder):      # --overwrite replaces a model folder, never a user's file or folder
-            raise ConfigError(f"{folder} is not a model folder (it has no {CONFIG}); --overwrite replaces only a "
-                              "model folder: move it away, or give another name")
-        else:
-            aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
-            os.rmdir(aside)
-            os.rename(folder, aside)
-            os.rename(tmp, folder)
-            shutil.rmtree(aside, ignore_errors=True)
-            return
+        check_replaceable(folder)
+        aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
+        os.rmdir(aside)
+        os.rename(folder, aside)
+        os.rename(tmp, folder)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
     os.rename(tmp, folder)
+
+
+def check_replaceable(folder: str) -> None:
+    """--overwrite replaces a model folder of ours holding only its own files, never a user's folder
+    (another library's, a backbone) nor a file a user added to a model folder."""
+    foreign = _foreign_files(folder)
+    if foreign is None:
+        raise ConfigError(f"{folder} is not a dimmatch model folder (its {CONFIG}, if any, is not ours); "
+                          "--overwrite replaces only a model folder: move it away, or give another name")
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ConfigError(f"{folder} holds {foreign[0]}{more}, which is not a file of its model; --overwrite would "
+                          "delete it: move it out first, or give another name")
+
+
+def _foreign_files(folder: str) -> list[str] | None:
+    """The entries of a model folder of ours that are not its files (config.json, the weights, the
+    card, the tokenizer files it records), or None when `folder` is not a model folder of ours."""
+    try:
+        meta = read_meta(folder)
+    except CheckpointError:
+        return None
+    own = {*OWN_FILES, *(meta.get("tokenizer") or {}).get("files", {})}
+    return sorted(name for name in os.listdir(folder) if name not in own)
 
 
 def _remove_stale(folder: str) -> None:
@@ -208,6 +229,9 @@ def file_state(folder: str) -> tuple:
     """(inode, size, mtime) of the files that identify a folder, to tell that it changed meanwhile."""
     states = []
     for name in (CONFIG, WEIGHTS):
+        if not os.path.isfile(os.path.join(folder, name)):     # a partial copy or download
+            raise CheckpointError(f"checkpoint {folder} lacks {name}, which a model folder holds; copy the whole "
+                                  "folder (a git-lfs clone: git lfs pull)")
         stat = os.stat(os.path.join(folder, name))
         states.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
     return tuple(states)

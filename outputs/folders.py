@@ -18,7 +18,8 @@ from . import manifest
 logger = logging.getLogger("dimmatch")
 
 # what train.py writes into --output_dir (and --overwrite replaces)
-RUN_FILES = ("checkpoint_last.pth", "model_best.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
+RUN_FILES = ("checkpoint_last.pth", "best_metrics.json", "config.json", "train.log", "metrics.jsonl")
+EARLIER_RUN_FILES = ("model_best.pth",)   # written by earlier versions (now the model_best/ folder)
 RUN_FOLDERS = ("tensorboard", "model_best")   # model_best: a model folder (model_best.pth: earlier versions)
 MODEL_FOLDERS = ("model_best",)                # written whole by the run: set aside whole by --overwrite
 PROGRAM = "train.py"           # the writer of a run folder, in its manifest
@@ -102,7 +103,8 @@ class Outputs:
             if target in self.inputs:
                 raise ConfigError(f"{label} is an input ({self.inputs[target]}); write it elsewhere")
             folder = os.path.dirname(target)
-            if os.path.basename(target) in RUN_FILES and os.path.isfile(os.path.join(folder, "config.json")):
+            if os.path.basename(target) in RUN_FILES + EARLIER_RUN_FILES and \
+                    os.path.isfile(os.path.join(folder, "config.json")):
                 raise ConfigError(f"{label} would replace a file of the training run in {folder}; write it "
                                   "elsewhere")
             if os.path.exists(target) and not self.overwrite:
@@ -159,7 +161,12 @@ def run_entries(output_dir: str) -> set[str]:
     if not os.path.isdir(output_dir):
         return set()
     if os.path.exists(os.path.join(output_dir, manifest.MANIFEST)):
-        return manifest.owned(output_dir, PROGRAM)
+        entries = manifest.owned(output_dir, PROGRAM)
+        if os.path.isdir(os.path.join(output_dir, "model_best")):
+            # a run that writes the model_best/ folder never wrote model_best.pth, which the manifests of
+            # some of those versions claimed all the same: a file of that name is the user's
+            entries -= set(EARLIER_RUN_FILES)
+        return entries
     try:
         with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -167,7 +174,7 @@ def run_entries(output_dir: str) -> set[str]:
         return set()
     if not isinstance(saved, dict) or not {"encoders", "sim_head", "output_dir"} <= set(saved):
         return set()
-    entries = {name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))}
+    entries = {name for name in RUN_FILES + EARLIER_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))}
     if os.path.isdir(os.path.join(output_dir, "tensorboard")):
         entries |= {"tensorboard"} | {name for name in manifest.foreign_inside(output_dir, "tensorboard", set())
                                       if os.path.basename(name).startswith("events.out.tfevents.")}

@@ -264,3 +264,33 @@ def test_convert_never_writes_inside_its_input_or_over_a_runs_model_best(run, tm
         f"output {tmp_path / 'afile'} is a file; --format hub writes a model folder: give a folder name"
     assert (tmp_path / "afile").read_text() == "mine" and sorted(os.listdir(folder)) == \
         sorted(os.listdir(run / "model_best"))
+
+
+def test_convert_overwrite_replaces_only_a_model_folder_of_ours_holding_only_its_files(run, tiny_bert, tmp_path,
+                                                                                       capsys):
+    """--overwrite never deletes a user's folder that merely has a config.json (a BERT backbone), nor
+    a file the user added to a model folder; a model folder of ours alone is replaced."""
+    from tools.convert_checkpoint import main
+    source = str(run / "checkpoint_last.pth")
+    bert = tmp_path / "my_bert"
+    shutil.copytree(tiny_bert, bert)
+    before = sorted(os.listdir(bert))
+    line = error_line(main, [source, str(bert), "--format", "hub", "--overwrite"], capsys)
+    assert line.startswith(f"{bert} is not a dimmatch model folder") and sorted(os.listdir(bert)) == before
+    copy = tmp_path / "release"
+    shutil.copytree(run / "model_best", copy)
+    (copy / "NOTES.md").write_text("mine")
+    line = error_line(main, [source, str(copy), "--format", "hub", "--overwrite"], capsys)
+    assert line.startswith(f"{copy} holds NOTES.md, which is not a file of its model")
+    assert (copy / "NOTES.md").read_text() == "mine"
+    os.remove(copy / "NOTES.md")
+    assert run_cli(main, [source, str(copy), "--format", "hub", "--overwrite"]) == 0
+
+
+def test_a_model_folder_without_its_weights_is_one_line(run, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(run / "model_best", partial)
+    os.remove(partial / "model.safetensors")
+    assert error_line(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(partial)], capsys) == \
+        f"checkpoint {partial} lacks model.safetensors, which a model folder holds; copy the whole folder (a git-lfs " \
+        "clone: git lfs pull)"

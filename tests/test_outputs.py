@@ -282,3 +282,13 @@ def test_a_start_that_fails_leaves_no_folder_it_made(tmp_path, region_data, caps
     (tmp_path / "kept" / "notes.txt").write_text("mine")
     error_line(train, train_args(region_data[0], missing_bert, tmp_path / "kept" / "sub" / "run"), capsys)
     assert sorted(os.listdir(tmp_path / "kept")) == ["notes.txt"]
+
+
+def test_overwrite_keeps_a_users_file_named_as_earlier_versions_best_model(tmp_path, region_data, tiny_bert):
+    """model_best.pth was the best model of earlier versions; a run that writes the model_best/ folder
+    never wrote one, so a file of that name in its folder is the user's and --overwrite keeps it."""
+    out = tmp_path / "run"
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "2")) == 0
+    (out / "model_best.pth").write_text("my weights")
+    assert run_cli(train, train_args(region_data[0], tiny_bert, out, "--max_steps", "2", "--overwrite")) == 0
+    assert (out / "model_best.pth").read_text() == "my weights"

@@ -57,8 +57,10 @@ def main(argv=None) -> str:
         outputs.file(args.output, "output", ".pth")
     # torch and the model code: only once the command line holds
     from checkpoints.convert import convert
-    from checkpoints.hub import resolve
+    from checkpoints.hub import check_replaceable, resolve
     source_path = resolve(args.input, "input")
+    if args.format == "hub" and args.overwrite and os.path.isdir(args.output):
+        check_replaceable(args.output.rstrip("/"))
     if os.path.isfile(os.path.join(source_path, "config.json")) and \
             os.path.realpath(args.output).startswith(os.path.realpath(source_path) + os.sep):
         raise ConfigError(f"output {args.output} lies inside input {args.input}; write it elsewhere")
