@@ -112,9 +112,26 @@ def _precomp_eval(cfg, split: str, max_images: int | None, transform) -> EvalSpl
     if len(data.captions) % CAPTIONS_PER_IMAGE:
         raise DataError(f"{data.caps_file} has {len(data.captions)} captions, not a multiple of "
                         f"{CAPTIONS_PER_IMAGE}: evaluation needs {CAPTIONS_PER_IMAGE} consecutive captions per image")
+    if data.image_divisor == 1:
+        _check_rows_repeat(data)
     if max_images is not None and data.num_images > max_images:
         data.captions = data.captions[: max_images * CAPTIONS_PER_IMAGE]
     return EvalSplit(PrecompImageSet(data), data.captions, CAPTIONS_PER_IMAGE, data.caps_file)
+
+
+def _check_rows_repeat(data: PrecompSplit, groups: int = 8) -> None:
+    """A feature file with one row per caption repeats each image's row for its 5 captions (SCAN's
+    COCO files); evaluation reads row 5i as image i. One caption per image has as many rows as
+    captions too, and would be read as every fifth image with the wrong captions: refused when
+    sampled groups of 5 rows are not copies."""
+    count = data.num_images
+    for image in sorted({0, count - 1, *range(0, count, max(1, count // groups))}):
+        rows = data.images[image * CAPTIONS_PER_IMAGE:(image + 1) * CAPTIONS_PER_IMAGE]
+        if not (rows == rows[:1]).all():
+            raise DataError(f"{data.ims_file} has one row per caption of {data.caps_file}, but rows "
+                            f"{image * CAPTIONS_PER_IMAGE}-{(image + 1) * CAPTIONS_PER_IMAGE - 1} differ: evaluation "
+                            f"needs {CAPTIONS_PER_IMAGE} captions per image, in image order (one row per image, or "
+                            f"each row repeated for its {CAPTIONS_PER_IMAGE} captions)")
 
 
 def _precomp_caption_ids(cfg, split: str):

@@ -132,3 +132,22 @@ def test_a_layout_without_its_data_options_is_one_line(monkeypatch, tmp_path, re
                            "--max_steps", "1", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
     line = error_line(TEST, ["--checkpoint", str(out / "checkpoint_last.pth"), "--layout", "toy3"], capsys)
     assert line.startswith("give --toy_path for checkpoint") and "toy3 layout" in line
+
+
+def test_one_caption_per_image_is_not_read_as_rows_per_caption(tmp_path):
+    """As many rows as captions means each image's row repeated for its 5 captions (SCAN's COCO files);
+    one caption per image has that shape too, and is refused rather than read as every fifth image."""
+    from types import SimpleNamespace
+    from errors import DataError
+    from datasets.layouts import PRECOMP
+    folder = tmp_path / "f30k_precomp"
+    folder.mkdir()
+    distinct = np.random.default_rng(0).random((10, 2, 4)).astype(np.float32)
+    (folder / "test_caps.txt").write_text("".join(f"caption {i}\n" for i in range(10)))
+    cfg = SimpleNamespace(data_path=str(tmp_path), data_name="f30k_precomp", img_dim=4)
+    np.save(folder / "test_ims.npy", distinct)
+    with pytest.raises(DataError, match=r"has one row per caption of .*test_caps.txt, but rows 0-4 differ"):
+        PRECOMP.eval_split(cfg, "test", None, None)
+    np.save(folder / "test_ims.npy", np.repeat(distinct[:2], 5, axis=0))
+    split = PRECOMP.eval_split(cfg, "test", None, None)
+    assert len(split.images) == 2 and split.captions_per_image == 5
