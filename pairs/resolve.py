@@ -15,7 +15,20 @@ from config.schema import Config
 from errors import ConfigError
 from modules.heads import HEADS
 from modules.losses import LOSSES
+from datasets.layouts import LAYOUTS
 from . import PAIRS, layout_for
+
+
+def check_other_layouts_options(layout, given: dict, recipe: dict) -> None:
+    """Data options of another layout than the one the run reads would be recorded in its config
+    and read by nobody: a mistake (a region run given --dataset), refused."""
+    own = set(layout.option_names)
+    for other in LAYOUTS.values():
+        for name in other.option_names:
+            if name not in own and (given.get(name) is not None or recipe.get(name) is not None):
+                raise ConfigError(f"--{name} is a data option of the {other.name} layout, but this run reads the "
+                                  f"{layout.name} layout ({layout.hint}); drop --{name}, or give --layout {other.name} "
+                                  "with encoders that read it")
 
 
 def resolve_train_config(given: dict, init_cfg=None) -> Config:
@@ -37,6 +50,8 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     for name, value in values.items():
         options[name].check(value)
     layout = layout_for(pair, values)
+    check_other_layouts_options(layout, given, recipe)
+    values["layout"] = layout.name
     layout.resolve(values, set(given) | set(recipe))
     pair.resolve(values, set(given) | set(recipe))
     head = HEADS[values["sim_head"]]

@@ -151,3 +151,14 @@ def test_one_caption_per_image_is_not_read_as_rows_per_caption(tmp_path):
     np.save(folder / "test_ims.npy", np.repeat(distinct[:2], 5, axis=0))
     split = PRECOMP.eval_split(cfg, "test", None, None)
     assert len(split.images) == 2 and split.captions_per_image == 5
+
+
+def test_a_run_records_its_layout_and_refuses_another_layouts_options(tmp_path, region_data, tiny_bert, capsys):
+    base = ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert, "--img_dim",
+            str(REGION_DIM), "--output_dir", str(tmp_path / "run")]
+    assert run_cli(train, base + ["--print_config"]) == 0
+    assert json.loads(capsys.readouterr().out)["layout"] == "precomp"
+    assert error_line(train, base + ["--dataset", "f30k"], capsys) == (
+        "--dataset is a data option of the karpathy layout, but this run reads the precomp layout "
+        "(--data_path/--data_name); drop --dataset, or give --layout karpathy with encoders that read it")
+    assert not (tmp_path / "run").exists()
