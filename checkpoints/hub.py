@@ -202,7 +202,10 @@ def read_folder(folder: str) -> Payload:
     """The payload of a model folder, every file checked against the hashes its config.json records;
     the weights are read into memory (safetensors: no code is ever run)."""
     meta = read_meta(folder)
-    weights = meta.get("weights") or {}
+    weights = meta.get("weights")
+    if not isinstance(weights, dict) or not weights.get("sha256"):
+        raise CheckpointError(f"{os.path.join(folder, CONFIG)} records no weights (its 'weights' entry is missing "
+                              "or incomplete): it was edited; copy the model folder again")
     path = _verified(folder, weights.get("file", WEIGHTS), weights.get("sha256"))
     try:
         model = load_file(path)

@@ -12,7 +12,7 @@ from config.options import all_options, config_from_saved
 from config.schema import Config
 from datasets.captions import checkpoint_tokenizer
 from datasets.layouts import LAYOUTS
-from errors import CheckpointError, ConfigError, first_line
+from errors import CheckpointError, ConfigError
 from modules.backbones import weights_from_checkpoint
 from pairs import build_model, layout_of, pair_of
 from . import hub, native as checkpoint
@@ -38,9 +38,12 @@ def check_data_options(cfg: Config, path: str) -> None:
     try:
         layout = layout_of(cfg)
     except ConfigError as exc:
-        hints = " or ".join(layout.hint for layout in readable)
+        hints = " or ".join(dict.fromkeys(f"{layout.hint}" for layout in readable))
+        given = [other.hint for other in LAYOUTS.values() if other.images != pair.reads
+                 and any(getattr(cfg, name, None) for name in other.required)]
+        wrong = f", not {given[0]}" if given else ""
         raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): evaluate "
-                          f"it with {hints} ({first_line(exc)})") from exc
+                          f"it with {hints}{wrong}") from exc
     if not all(getattr(cfg, name, None) for name in layout.required):
         others = [other for other in LAYOUTS.values() if other.images != pair.reads
                   and any(getattr(cfg, name, None) for name in other.required if name not in layout.option_names)]

@@ -39,8 +39,9 @@ logger = logging.getLogger("dimmatch")
 def run_config(given: dict):
     """(config, --init_from's loaded model or None, (path, payload) of --resume or None) of a run:
     a resumed run's saved config, or a new one resolved from the command line (and --init_from)."""
-    if given.get("init_from"):
-        given["init_from"] = resolve_checkpoint(given["init_from"], "--init_from")
+    named = given.get("init_from")
+    if named:
+        given["init_from"] = resolve_checkpoint(named, "--init_from")
     init, resume = None, resume_checkpoint(given)
     if resume is not None:
         cfg = resumed_config(given, resume[1].config, resume[0])
@@ -48,7 +49,8 @@ def run_config(given: dict):
         init = start_weights(given) if given.get("init_from") else None
         cfg = resolve_train_config(given, init.cfg if init else None)
         if init:
-            cfg.init_source = f"{init.source}; {init.history}"
+            hub_name = not os.path.exists(named)       # resolved through the HuggingFace cache
+            cfg.init_source = f"{init.source}; {init.history}" + (f"; hub name {named}" if hub_name else "")
             cfg.init_sha256 = checkpoint_identity(cfg.init_from)["sha256"]
     check_device_options(cfg)
     return cfg, init, resume

@@ -7,7 +7,7 @@ import sys
 
 from config.parsers import eval_parser, train_parser
 from config.recipes import describe, recipe_names
-from config.resolve import check_command
+from config.resolve import check_command, check_device_name
 from errors import ConfigError
 from evaluation.ensemble import ensemble_weights
 from .guard import run_guarded
@@ -33,6 +33,7 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     args = eval_parser(description, default_split).parse_args(argv)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
     check_two_stage_options(args)
+    check_device_name(args.device)
     # torch, transformers and the models are imported only now that the command line holds
     from .commands import run_evaluation
     return run_evaluation(args, weights, coco_testall)

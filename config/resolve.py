@@ -4,6 +4,7 @@ pair, layout and head complete, is resolved by `pairs.resolve` (above the regist
 """
 
 import os
+import re
 
 from errors import ConfigError
 from .options import all_options, config_from_saved
@@ -60,8 +61,18 @@ def resumed_config(given: dict, saved: dict, path: str) -> Config:
     return Config(**values)
 
 
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(device: str | None) -> None:
+    """A --device that names no device is refused before torch is imported (torch checks the rest)."""
+    if device is not None and not DEVICE_NAME.fullmatch(device):
+        raise ConfigError(f"--device {device!r} is not a device name (try auto, cpu, cuda, cuda:1)")
+
+
 def check_command(given: dict) -> None:
     """Combinations of what the invocation does that cannot work, before anything is read."""
+    check_device_name(given.get("device"))
     if given.get("output_dir") == "":
         raise ConfigError("--output_dir must name a folder")
     if given.get("output_dir") and os.path.isfile(given["output_dir"]):

@@ -21,11 +21,15 @@ from .precomp import CAPTIONS_PER_IMAGE, read_text
 logger = logging.getLogger("dimmatch")
 
 ANNOTATION_FILES = {"f30k": "dataset_flickr30k.json", "coco": "{split}_coco.json"}
+COCO_SPLITS = ("train", "dev", "testall")
 
 
 def annotation_file(dataset: str, ann_path: str, split: str) -> str:
     """The annotation file of `split`. Flickr30K has one file whose images carry their split;
     COCO has one file per split, so a single COCO file must be the one of the split asked for."""
+    if dataset == "coco" and split not in COCO_SPLITS:
+        raise DataError(f"COCO's annotation files are {{{','.join(COCO_SPLITS)}}}_coco.json: there is no split "
+                        f"'{split}'; evaluate COCO with testall.py (5K and 5-fold 1K) or --split dev")
     expected = ANNOTATION_FILES[dataset].format(split=split)
     if os.path.isfile(ann_path):
         name = os.path.basename(ann_path)

@@ -163,8 +163,7 @@ def _raw_resolve(name: str, dataset: str):
     def resolve(values: dict, given: set) -> None:
         layout = LAYOUTS[name]
         if values["dataset"] not in (None, dataset):
-            raise ConfigError(f"--layout {layout.name} reads {dataset} (--dataset {dataset}), not --dataset "
-                              f"{values['dataset']}")
+            raise ConfigError(f"--layout {layout.name} reads --dataset {dataset}, not --dataset {values['dataset']}")
         values["dataset"] = dataset
         require(layout, values, f"the {layout.name} layout")
         coco = dataset == "coco"

@@ -65,7 +65,8 @@ def load_region_features(path: str, img_dim: int) -> np.ndarray:
     if images.ndim != 3:
         raise DataError(f"{path} has shape {images.shape}; expected (images, regions, {img_dim})")
     if images.shape[2] != img_dim:
-        raise DataError(f"{path} has {images.shape[2]}-d region features but --img_dim is {img_dim}")
+        raise DataError(f"{path} has {images.shape[2]}-d region features, but the model takes {img_dim}-d ones "
+                        "(--img_dim; a checkpoint sets its own)")
     return images
 
 

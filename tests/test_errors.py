@@ -52,7 +52,8 @@ def test_feature_size_not_img_dim(data_copy, tmp_path, tiny_bert, capsys):
     args = train_args(data_copy, tiny_bert, tmp_path)
     args[args.index("--img_dim") + 1] = "2048"
     message = error_line(train, args, capsys)
-    assert message == f"{data_copy / 'f30k_precomp' / 'train_ims.npy'} has 64-d region features but --img_dim is 2048"
+    assert message == (f"{data_copy / 'f30k_precomp' / 'train_ims.npy'} has 64-d region features, but the model takes "
+                       "2048-d ones (--img_dim; a checkpoint sets its own)")
 
 
 @pytest.mark.parametrize("array,expected", [
@@ -236,3 +237,16 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["config"]["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pth"]
+
+
+def test_a_clip_checkpoint_given_region_data_or_a_coco_test_split(short_clip_checkpoint, region_data, image_data,
+                                                                 capsys):
+    test = (lambda argv: evaluate(argv, "test"))
+    message = error_line(test, ["--checkpoint", str(short_clip_checkpoint), "--data_path", region_data[0],
+                                "--data_name", "f30k_precomp"], capsys)
+    assert message.startswith(f"checkpoint {short_clip_checkpoint} is a clip model") and message.endswith(
+        "evaluate it with --dataset/--image_root/--ann_path, not --data_path/--data_name")
+    message = error_line(test, ["--checkpoint", str(short_clip_checkpoint), "--dataset", "coco", "--ann_path",
+                                image_data[0], "--image_root", image_data[1]], capsys)
+    assert message == ("COCO's annotation files are {train,dev,testall}_coco.json: there is no split 'test'; evaluate "
+                       "COCO with testall.py (5K and 5-fold 1K) or --split dev")

@@ -294,3 +294,14 @@ def test_a_model_folder_without_its_weights_is_one_line(run, tmp_path, capsys):
     assert error_line(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(partial)], capsys) == \
         f"checkpoint {partial} lacks model.safetensors, which a model folder holds; copy the whole folder (a git-lfs " \
         "clone: git lfs pull)"
+
+
+def test_a_config_without_its_weights_record_is_one_line(run, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    shutil.copytree(run / "model_best", edited)
+    meta = json.loads((edited / "config.json").read_text())
+    del meta["weights"]
+    (edited / "config.json").write_text(json.dumps(meta))
+    assert error_line(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(edited)], capsys) == \
+        f"{edited / 'config.json'} records no weights (its 'weights' entry is missing or incomplete): it was " \
+        "edited; copy the model folder again"
