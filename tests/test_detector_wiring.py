@@ -96,6 +96,12 @@ def test_karpathy_split_refused_before_anything_is_written(image_data, detector,
     fresh = tmp_path / "new" / "f30k_precomp"
     assert "--detector" in error_line(convert, karpathy_argv(image_data, str(tmp_path / "nodet"), fresh), capsys)
     assert not (tmp_path / "new").exists()
+    os.makedirs(tmp_path / "elsewhere")      # an --image_root without the split's images: refused, not skipped
+    argv = karpathy_argv(image_data, detector, fresh)
+    argv[argv.index("--image_root") + 1] = str(tmp_path / "elsewhere")
+    message = error_line(convert, argv, capsys)
+    assert message.startswith(f"--image_root {tmp_path / 'elsewhere'}: 10 of the 10 images of split test do not exist")
+    assert not (tmp_path / "new").exists()
     out = tmp_path / "data" / "f30k_precomp"
     os.makedirs(out)
     assert "--detector" in error_line(convert, karpathy_argv(image_data, str(tmp_path / "nodet"), out), capsys)

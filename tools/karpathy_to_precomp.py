@@ -72,6 +72,10 @@ def main(argv=None):
     if short:
         raise DataError(f"{args.ann_path}: {len(short)} images of split {args.split} have fewer than {CAPTIONS} "
                         f"captions (the first: {short[0]}); the precomputed layout needs {CAPTIONS} per image")
+    missing = [path for path, _ in entries if not os.path.exists(path)]
+    if missing:     # a wrong --image_root or an incomplete copy: before any work, not skips
+        raise DataError(f"--image_root {args.image_root}: {len(missing)} of the {len(entries)} images of split "
+                        f"{args.split} do not exist (the first: {missing[0]}); give the folder that holds them")
     images = [(os.path.abspath(path), os.path.abspath(path)) for path, _ in entries]
     setup_logging()
     record = command.extract(extract_args, images, checked)
