@@ -169,3 +169,12 @@ def test_retrieve_refuses_empty_queries_and_caption_files(short_region_checkpoin
     (tmp_path / "empty.txt").write_text("")
     assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "empty.txt"), "--item",
                              "0"], capsys) == f"--captions {tmp_path / 'empty.txt'} holds no captions (one caption a line)"
+    np.save(tmp_path / "X.npy", np.zeros((3, 4), np.float32))      # a binary file is not taken for text
+    assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "X.npy"), "--item", "0"],
+                      capsys) == f"{tmp_path / 'X.npy'} is a NumPy array file (.npy), not a text file of captions (one " \
+                                 "caption a line)"
+    (tmp_path / "feats.bin").write_bytes(b"a dog\n\x00\x01\x02")
+    assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "feats.bin"), "--item",
+                             "0"], capsys) == (f"{tmp_path / 'feats.bin'}:2 holds a NUL byte: it is a binary file (or "
+                                               "UTF-16 text without its byte-order mark), not a text file of captions "
+                                               "(one caption a line)")
