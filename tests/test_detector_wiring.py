@@ -132,3 +132,29 @@ def test_karpathy_split_records_every_file_and_overwrite_replaces_them(image_dat
     assert len((out / "test_caps.txt").read_text().splitlines()) == 50
     assert sorted(os.listdir(out)) == sorted([manifest.MANIFEST, "test_images.txt", "test_caps.txt", "test_ims.npy",
                                               "test_ims_boxes.npy", "test_ims.json"])
+
+
+def test_karpathy_split_stopped_then_resumed(image_data, detector, tmp_path, capsys, monkeypatch):
+    """A stop leaves only the extractor's work folder (no listing, no captions yet); --resume
+    continues and writes them all."""
+    import signal
+    from detector import extraction
+    from outputs import manifest
+    from tools.karpathy_to_precomp import main as convert
+    out = tmp_path / "f30k_precomp"
+    real, calls = extraction.extract, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract", stopping)
+    assert run_cli(convert, karpathy_argv(image_data, detector, out, "--batch_size", "1")) == 128 + signal.SIGTERM
+    assert "--resume" in capsys.readouterr().err
+    assert not any(name.endswith(".txt") for name in os.listdir(out))
+    monkeypatch.setattr(extraction, "extract", real)
+    assert run_cli(convert, karpathy_argv(image_data, detector, out, "--resume")) == 0
+    assert len((out / "test_caps.txt").read_text().splitlines()) == 50
+    assert {"test_images.txt", "test_caps.txt"} <= set(manifest.owned(str(out), "karpathy_to_precomp.py"))
