@@ -12,11 +12,23 @@ from provenance import file_fingerprint, is_npy, text_sha256
 CAPTIONS_PER_IMAGE = 5
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, what: str = "a text file") -> str:
     """A UTF-8 text file (a leading byte-order mark is dropped); other encodings are an error
-    naming the line, since decoding them as something else would change the captions."""
+    naming the line, since decoding them as something else would change the captions. A binary
+    file (a NumPy array, anything holding a NUL byte) is an error saying it is not `what`."""
     with open(path, "rb") as handle:
         data = handle.read()
+    if data.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path} is a NumPy array file (.npy), not {what}")
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+                          (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            raise DataError(f"{path} is {encoding.upper()} text; convert the file to UTF-8, e.g. iconv -f {encoding} "
+                            "-t utf-8")
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise DataError(f"{path}:{line} holds a NUL byte: it is a binary file (or UTF-16 text without its byte-order "
+                        f"mark), not {what}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -27,7 +39,8 @@ def read_text(path: str) -> str:
 
 def read_captions(path: str) -> list[str]:
     """One caption a line; an empty or whitespace-only line is an error (it would shift pairs)."""
-    lines = read_text(path).split("\n")  # not splitlines(): it also splits at \x0b, \x1c, \u2028, ...
+    text = read_text(path, "a text file of captions (one caption a line)")
+    lines = text.split("\n")  # not splitlines(): it also splits at \x0b, \x1c, \u2028, ...
     if lines and lines[-1] == "":
         lines.pop()
     captions = [line.strip() for line in lines]

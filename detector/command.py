@@ -87,21 +87,32 @@ def plan_outputs(args) -> tuple:
     return paths, outputs
 
 
-def extract(args) -> dict | None:
+def check(args) -> tuple:
+    """Every check made before any work that needs neither the image list nor the model: the
+    options, outputs and work folder (`plan_outputs`), the detector's folder and config, --regions.
+    (output paths, the checked Outputs, the detector's folder), for `extract`."""
+    paths, outputs = plan_outputs(args)
+    from .model import resolve_detector     # imports torch: only once the options and outputs are checked
+    folder = resolve_detector(args.detector)
+    check_regions(args.regions, args.protocol, read_config(os.path.join(folder, CONFIG_NAME)))
+    return paths, outputs, folder
+
+
+def extract(args, images: list | None = None, checked: tuple | None = None) -> dict | None:
     """Extract the regions of args.images with args.detector into args.out (the options of
     `build_parser`); the record written as FEATS.json, or None on the ranks other than the main one
-    under torchrun."""
-    paths, outputs = plan_outputs(args)
+    under torchrun. `images`: the (name, path) list to extract instead of reading args.images (a
+    caller that lists them itself); `checked`: what `check(args)` returned, when the caller made
+    the checks first."""
+    paths, outputs, folder = checked or check(args)
 
     # torch and the detector: only now that the options and outputs are checked
     from devices import distributed, resolve_device
     from .extraction import FORMAT, VERSION, Extraction, StopRequest, images_sha
     from .images import list_images
-    from .model import load_detector, resolve_detector
+    from .model import load_detector
 
-    folder = resolve_detector(args.detector)
-    check_regions(args.regions, args.protocol, read_config(os.path.join(folder, CONFIG_NAME)))
-    images = list_images(args.images)
+    images = list_images(args.images) if images is None else images
     device = resolve_device(args.device)
     distributed.init_from_environment(device)
     model, cfg = load_detector(folder, device)

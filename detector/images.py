@@ -4,7 +4,9 @@ EXIF orientation is applied (boxes are in the pixels of the upright image); gray
 images become three equal channels; CMYK is converted by PIL; 16-bit and float images are scaled
 to 8 bits (not clipped); an alpha channel is dropped. A file that cannot be decoded (empty,
 truncated, not an image) or is larger than PIL's decompression-bomb limit raises `Unreadable`,
-which the extractor turns into one warning and a skipped row.
+which the extractor turns into one warning and a skipped row. A line of a list of paths naming a
+file that does not exist is a mistake in the list, refused before any work (the list and its line
+named).
 """
 
 import os
@@ -25,7 +27,8 @@ class Unreadable(Exception):
 
 def list_images(source: str, option: str = "--images") -> list[tuple[str, str]]:
     """(name, absolute path) of each image: a folder's image files sorted by name (recursively,
-    names relative to it), or the lines of a text file (paths relative to the file's folder)."""
+    names relative to it), or the lines of a text file (paths relative to the file's folder, each
+    one a file that exists)."""
     if os.path.isdir(source):
         found = []
         for folder, dirs, files in os.walk(source):
@@ -42,14 +45,19 @@ def list_images(source: str, option: str = "--images") -> list[tuple[str, str]]:
         raise DataError(f"{option} {source} does not exist (give a folder of images or a text file of paths)")
     try:
         with open(source, encoding="utf-8-sig") as handle:
-            lines = [line.strip() for line in handle]
+            lines = [(number, line.strip()) for number, line in enumerate(handle, start=1)]
     except UnicodeDecodeError:
         raise DataError(f"{option} {source} is not a UTF-8 text file of image paths (one a line)") from None
-    lines = [line for line in lines if line]
+    lines = [(number, line) for number, line in lines if line]
     if not lines:
         raise DataError(f"{option} {source} lists no images (one path a line)")
     base = os.path.dirname(os.path.abspath(source))
-    out = [(line, os.path.abspath(os.path.join(base, os.path.expanduser(line)))) for line in lines]
+    out = [(line, os.path.abspath(os.path.join(base, os.path.expanduser(line)))) for _, line in lines]
+    for (number, line), (_, path) in zip(lines, out):     # a typo in the list: before any work, not a skip
+        if not os.path.exists(path):
+            relative = not os.path.isabs(os.path.expanduser(line))
+            where = f" (read as {path}: relative to the list's folder)" if relative else ""
+            raise DataError(f"{option} {source}:{number}: {line} does not exist{where}")
     seen = set()
     for name, path in out:
         if path in seen:

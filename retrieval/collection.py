@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from errors import ConfigError, DataError, first_line
 from evaluation.scoring import EncodedItems
 from outputs import manifest
 from outputs.folders import alive
-from provenance import read_record
+from provenance import FOLDER_FILES, read_record
 from .search import build_index, faiss, search
 
 FORMAT = "dimmatch-index"
@@ -211,16 +212,48 @@ def _write(folder, chunks, count, names, provenance, dtype, kind, first_stage, p
     return meta
 
 
+def _old_index_file(path: str) -> bool:
+    """Whether the file `path` is an index of format version 2 or older: a dict that torch.save
+    wrote (a zip holding data.pkl) naming this format; read as bytes, nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name == "data.pkl" or name.endswith("/data.pkl")]
+            return bool(pickles) and FORMAT.encode() in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        return False
+
+
+def _not_an_index(folder: str) -> str:
+    """What a folder without index.json is, when it is something of ours: a model folder or a
+    training run (a checkpoint, from which an index is built), or else what it holds."""
+    how = ("build an index of your collection with it: tools/retrieve.py index --checkpoint {} --regions FEATS.npy "
+           "(or --images DIR) --out NAME.index, then give --index NAME.index")
+    if all(os.path.isfile(os.path.join(folder, name)) for name in FOLDER_FILES):
+        return f"{folder} is a model folder ({' + '.join(FOLDER_FILES)}), not an index: " + how.format(folder)
+    run = [name for name in ("model_best", "checkpoint_last.pth", "model_best.pth")
+           if os.path.exists(os.path.join(folder, name))]
+    if run:
+        return (f"{folder} is a training run's folder, not an index: "
+                + how.format(os.path.join(folder, run[0])))
+    held = "it is empty" if not os.listdir(folder) else "it holds other files"
+    return f"{folder} is not an index (no index.json; {held}): an index is the folder tools/retrieve.py index wrote"
+
+
 class CollectionIndex:
     """An index folder opened for queries: the FAISS index in memory, the local features mapped."""
 
     def __init__(self, folder: str):
         if os.path.isfile(folder):
-            raise DataError(f"{folder} is an index of format version 2 or older (one file); this code reads "
-                            f"version {VERSION} (a folder): rebuild it with tools/retrieve.py index")
+            if _old_index_file(folder):
+                raise DataError(f"{folder} is an index of format version 2 or older (one file); this code reads "
+                                f"version {VERSION} (a folder): rebuild it with tools/retrieve.py index")
+            raise DataError(f"{folder} is a file, not an index: an index is a folder written by tools/retrieve.py "
+                            "index")
         path = os.path.join(folder, "index.json")
-        if not os.path.isdir(folder) or not os.path.isfile(path):
+        if not os.path.isdir(folder):
             raise DataError(f"index {folder} does not exist (an index is the folder tools/retrieve.py index wrote)")
+        if not os.path.isfile(path):
+            raise DataError(_not_an_index(folder))
         try:
             with open(path, encoding="utf-8") as handle:
                 meta = json.load(handle)

@@ -287,3 +287,23 @@ def test_resume_with_nothing_left_writes_the_outputs_at_once(setup, tmp_path, mo
     monkeypatch.setattr(extraction, "extract", lambda *a, **k: pytest.fail("an image was extracted again"))
     assert run(*common, "--out", out, "--resume", "--workers", "2") == 0
     assert np.array_equal(np.load(out), np.load(whole)) and not os.path.exists(out + ".partial")
+
+
+def test_a_list_naming_a_missing_file_is_refused_before_any_work(setup, tmp_path, capsys):
+    """A typo in an explicit list is a mistake (the list, its line, the path), not a skipped image;
+    an image that is there but cannot be decoded stays a skip with a warning."""
+    detector, images = setup
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{os.path.join(images, 'a.jpg')}\n\nfew/nothere.jpg\n")
+    out = tmp_path / "x.npy"
+    assert run("--detector", detector, "--images", str(listing), "--out", str(out), "--workers", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --images {listing}:3: few/nothere.jpg does not exist (read as "
+                   f"{tmp_path / 'few' / 'nothere.jpg'}: relative to the list's folder)")
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]
+    listing.write_text(f"{os.path.join(images, 'a.jpg')}\n{os.path.join(images, 'e_empty.jpg')}\n")
+    assert run("--detector", detector, "--images", str(listing), "--out", str(out), "--protocol", "lxmert",
+               "--regions", "6", "--workers", "0") == 0
+    captured = capsys.readouterr()
+    assert "1 skipped" in captured.out and (captured.out + captured.err).count("skipping ") == 1
+    assert np.load(out).shape == (1, 6, 128)

@@ -81,3 +81,80 @@ def test_karpathy_split_to_precomp_for_test_py(short_region_checkpoint, image_da
     assert len(open(out / "test_caps.txt").read().splitlines()) == 50
     assert run_cli(lambda argv: evaluate(argv, "test"), ["--checkpoint", str(short_region_checkpoint), "--data_path",
                                                          str(tmp_path / "data"), "--workers", "0"]) == 0
+
+
+def karpathy_argv(image_data, detector, out, *extra):
+    root, images, _ = image_data
+    return ["--dataset", "f30k", "--ann_path", root, "--image_root", images, "--split", "test", "--detector",
+            detector, "--out_dir", str(out), "--protocol", "lxmert", "--workers", "0", *extra]
+
+
+def test_karpathy_split_refused_before_anything_is_written(image_data, detector, tmp_path, capsys):
+    """Every check comes first: a bad --detector, or an image listing or captions file that is not
+    ours, is one line and leaves the folder as it was (a new one is not created)."""
+    from tools.karpathy_to_precomp import main as convert
+    fresh = tmp_path / "new" / "f30k_precomp"
+    assert "--detector" in error_line(convert, karpathy_argv(image_data, str(tmp_path / "nodet"), fresh), capsys)
+    assert not (tmp_path / "new").exists()
+    os.makedirs(tmp_path / "elsewhere")      # an --image_root without the split's images: refused, not skipped
+    argv = karpathy_argv(image_data, detector, fresh)
+    argv[argv.index("--image_root") + 1] = str(tmp_path / "elsewhere")
+    message = error_line(convert, argv, capsys)
+    assert message.startswith(f"--image_root {tmp_path / 'elsewhere'}: 10 of the 10 images of split test do not exist")
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "data" / "f30k_precomp"
+    os.makedirs(out)
+    assert "--detector" in error_line(convert, karpathy_argv(image_data, str(tmp_path / "nodet"), out), capsys)
+    assert os.listdir(out) == []
+    for name in ("test_images.txt", "test_caps.txt"):
+        (out / name).write_text("mine\n")
+        for detector_given, extra, message in ((str(tmp_path / "nodet"), (), name),
+                                               (detector, (), "exists already"),
+                                               (detector, ("--overwrite",), "no command of ours wrote it")):
+            assert message in error_line(convert, karpathy_argv(image_data, detector_given, out, *extra), capsys)
+            assert os.listdir(out) == [name] and (out / name).read_text() == "mine\n"
+        os.remove(out / name)
+
+
+def test_karpathy_split_records_every_file_and_overwrite_replaces_them(image_data, detector, tmp_path):
+    from outputs import manifest
+    from tools.karpathy_to_precomp import main as convert
+    out = tmp_path / "f30k_precomp"
+    assert run_cli(convert, karpathy_argv(image_data, detector, out)) == 0
+    assert manifest.read(str(out)) == {"test_images.txt": "karpathy_to_precomp.py",
+                                       "test_caps.txt": "karpathy_to_precomp.py",
+                                       "test_ims.npy": "extract_regions.py", "test_ims_boxes.npy": "extract_regions.py",
+                                       "test_ims.json": "extract_regions.py"}
+    listing = (out / "test_images.txt").read_text().splitlines()
+    assert len(listing) == 10 and all(os.path.isabs(line) for line in listing)
+    assert run_cli(convert, karpathy_argv(image_data, detector, out, "--overwrite")) == 0
+    assert (out / "test_images.txt").read_text().splitlines() == listing
+    assert len((out / "test_caps.txt").read_text().splitlines()) == 50
+    assert sorted(os.listdir(out)) == sorted([manifest.MANIFEST, "test_images.txt", "test_caps.txt", "test_ims.npy",
+                                              "test_ims_boxes.npy", "test_ims.json"])
+
+
+def test_karpathy_split_stopped_then_resumed(image_data, detector, tmp_path, capsys, monkeypatch):
+    """A stop leaves only the extractor's work folder (no listing, no captions yet); --resume
+    continues and writes them all."""
+    import signal
+    from detector import extraction
+    from outputs import manifest
+    from tools.karpathy_to_precomp import main as convert
+    out = tmp_path / "f30k_precomp"
+    real, calls = extraction.extract, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract", stopping)
+    assert run_cli(convert, karpathy_argv(image_data, detector, out, "--batch_size", "1")) == 128 + signal.SIGTERM
+    assert "--resume" in capsys.readouterr().err
+    assert not any(name.endswith(".txt") for name in os.listdir(out))
+    monkeypatch.setattr(extraction, "extract", real)
+    assert run_cli(convert, karpathy_argv(image_data, detector, out, "--resume")) == 0
+    assert len((out / "test_caps.txt").read_text().splitlines()) == 50
+    assert {"test_images.txt", "test_caps.txt"} <= set(manifest.owned(str(out), "karpathy_to_precomp.py"))

@@ -114,6 +114,32 @@ def test_the_tool_reports_the_metrics_of_the_weighted_mean(tmp_path, capsys):
     assert folds["five_fold_1k"]["rsum"] == 600.0 and folds["full_5k"]["rsum"] == 600.0
 
 
+def save_with_record(path, sims, split):
+    """A matrix with the record test.py --save_sims writes beside it (its split's data identity)."""
+    from provenance import array_sha256, record
+    np.save(path, sims)
+    data = {"split": split, "images": sims.shape[0], "captions": sims.shape[1], "captions_sha256": "c",
+            "images_id": "i"}
+    path.with_suffix(".json").write_text(json.dumps({"provenance": record("scores", [], data,
+                                                                          matrix_sha256=array_sha256(sims))}))
+
+
+def test_coco_5fold_needs_matrices_of_testall(tmp_path, capsys):
+    """COCO's 5-fold 1K is defined on testall: a Flickr30K dev matrix is refused in one line, one of
+    testall is folded."""
+    first, second = half_right(10, range(5), 0), half_right(10, range(5, 10), 1)
+    for split in ("dev", "testall"):
+        save_with_record(tmp_path / f"a_{split}.npy", first, split)
+        save_with_record(tmp_path / f"b_{split}.npy", second, split)
+    dev = [str(tmp_path / "a_dev.npy"), str(tmp_path / "b_dev.npy")]
+    assert error_line(ensemble_tool, dev + ["--coco_5fold"], capsys) == (
+        f"--coco_5fold: {tmp_path / 'a_dev.json'} says split 'dev'; COCO's 5-fold 1K is defined on the 'testall' "
+        "split's 5,000 images (testall.py --save_sims): drop --coco_5fold, or give matrices of testall")
+    assert ensemble_tool(dev)["rsum"] == 600.0
+    folds = ensemble_tool([str(tmp_path / "a_testall.npy"), str(tmp_path / "b_testall.npy"), "--coco_5fold"])
+    assert folds["five_fold_1k"]["rsum"] == 600.0
+
+
 def test_the_tool_names_the_file_that_differs_or_is_missing(tmp_path, capsys):
     from cli.guard import run_guarded
     np.save(tmp_path / "a.npy", np.zeros((10, 50), np.float32))

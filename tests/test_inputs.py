@@ -148,6 +148,25 @@ def test_a_byte_order_mark_is_not_part_of_the_first_caption(tmp_path):
     assert read_captions(str(path)) == ["a dog runs", "a cat\u2028sleeps"]
 
 
+def test_a_binary_or_utf16_captions_file_says_what_it_is(tmp_path):
+    """A NumPy array or anything holding a NUL byte is not text (no advice to convert it); UTF-16
+    with its byte-order mark is text in another encoding."""
+    from datasets.precomp import read_captions
+    from errors import DataError
+    np.save(tmp_path / "X.npy", np.zeros(3))
+    (tmp_path / "utf16.txt").write_text("a dog runs\n", encoding="utf-16")
+    (tmp_path / "bare16.txt").write_bytes("a dog\n".encode("utf-16-le"))
+    for name, expected in [
+        ("X.npy", "{} is a NumPy array file (.npy), not a text file of captions (one caption a line)"),
+        ("utf16.txt", "{} is UTF-16 text; convert the file to UTF-8, e.g. iconv -f utf-16 -t utf-8"),
+        ("bare16.txt", "{}:1 holds a NUL byte: it is a binary file (or UTF-16 text without its byte-order mark), not "
+                       "a text file of captions (one caption a line)"),
+    ]:
+        with pytest.raises(DataError) as error:
+            read_captions(str(tmp_path / name))
+        assert str(error.value) == expected.format(tmp_path / name)
+
+
 def test_captions_longer_than_the_text_encoder_are_cut_and_said_once(trained, tmp_path, caplog):
     out, data, _ = trained
     copy = tmp_path / "data"

@@ -136,8 +136,10 @@ def test_every_ensemble_member_is_checked_before_the_first_is_scored(short_regio
     (["index", "--checkpoint", "{c}", "--regions", "{t}/r.npy", "--out", "{t}/x.txt"], "--out {t}/x.txt must end in .index"),
     (["text", "--index", "{t}/none.index", "--query", "a", "--top", "0"], "--top must be at least 1 (got 0)"),
     (["text", "--index", "{t}/none.index", "--query", "a", "--rerank_k", "0"], "--rerank_k must be at least 1 (got 0)"),
-    (["text", "--index", "{t}", "--query", "a"], "index {t} does not exist (an index is the folder"),
-    (["text", "--index", "{t}/afile", "--query", "a"], "{t}/afile is an index of format version 2 or older"),
+    (["text", "--index", "{t}/none.index", "--query", "a"], "index {t}/none.index does not exist (an index is the "
+                                                             "folder"),
+    (["text", "--index", "{t}", "--query", "a"], "{t} is not an index (no index.json; it holds other files)"),
+    (["text", "--index", "{t}/afile", "--query", "a"], "{t}/afile is a file, not an index: an index is a folder"),
     (["image", "--index", "{t}/none.index", "--captions", "c.txt", "--item", "x"],
      "argument --item: invalid int value: 'x'"),
     (["bogus"], "argument command: invalid choice: 'bogus' (choose from 'index', 'text', 'image', 'export')"),

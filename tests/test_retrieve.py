@@ -55,6 +55,35 @@ def test_wrong_collections_are_one_line_errors(short_region_checkpoint, tmp_path
                                                "the folder tools/retrieve.py index wrote)")
 
 
+def test_an_index_that_is_something_else_says_what_it_is(tmp_path, capsys):
+    """A model folder, a training run, a file or another folder given as --index: what it is, and
+    (for a model) how to build an index with it; only an old one-file index of ours is called one."""
+    import torch
+    model = tmp_path / "runs" / "xdim" / "model_best"
+    model.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (model / name).write_text("{}")
+    build = ("build an index of your collection with it: tools/retrieve.py index --checkpoint {} --regions FEATS.npy "
+             "(or --images DIR) --out NAME.index, then give --index NAME.index")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("a dog\n")
+    (tmp_path / "nothing").mkdir()
+    torch.save({"format": "other", "version": 2}, tmp_path / "other.pth")
+    for given, expected in [
+        (model, f"{model} is a model folder (config.json + model.safetensors), not an index: " + build.format(model)),
+        (model.parent, f"{model.parent} is a training run's folder, not an index: " + build.format(model)),
+        (tmp_path / "empty", f"{tmp_path / 'empty'} is a file, not an index: an index is a folder written by "
+                             "tools/retrieve.py index"),
+        (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'} is a file, not an index: an index is a folder written by "
+                                 "tools/retrieve.py index"),
+        (tmp_path / "other.pth", f"{tmp_path / 'other.pth'} is a file, not an index: an index is a folder written by "
+                                 "tools/retrieve.py index"),
+        (tmp_path / "nothing", f"{tmp_path / 'nothing'} is not an index (no index.json; it is empty): an index is the "
+                               "folder tools/retrieve.py index wrote"),
+    ]:
+        assert error_line(retrieve, ["text", "--index", str(given), "--query", "a"], capsys) == expected
+
+
 def test_a_folder_of_images_for_a_clip_model(tmp_path, image_data, tiny_clip):
     root, images, captions = image_data
     out = tmp_path / "clip"
@@ -140,3 +169,12 @@ def test_retrieve_refuses_empty_queries_and_caption_files(short_region_checkpoin
     (tmp_path / "empty.txt").write_text("")
     assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "empty.txt"), "--item",
                              "0"], capsys) == f"--captions {tmp_path / 'empty.txt'} holds no captions (one caption a line)"
+    np.save(tmp_path / "X.npy", np.zeros((3, 4), np.float32))      # a binary file is not taken for text
+    assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "X.npy"), "--item", "0"],
+                      capsys) == f"{tmp_path / 'X.npy'} is a NumPy array file (.npy), not a text file of captions (one " \
+                                 "caption a line)"
+    (tmp_path / "feats.bin").write_bytes(b"a dog\n\x00\x01\x02")
+    assert error_line(main, ["image", "--index", str(index), "--captions", str(tmp_path / "feats.bin"), "--item",
+                             "0"], capsys) == (f"{tmp_path / 'feats.bin'}:2 holds a NUL byte: it is a binary file (or "
+                                               "UTF-16 text without its byte-order mark), not a text file of captions "
+                                               "(one caption a line)")

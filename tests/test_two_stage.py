@@ -174,12 +174,19 @@ def test_the_global_loss_is_the_loss_of_the_pooled_cosine(region_data, tiny_bert
 
 
 def test_the_sweep_reports_each_k_and_reaches_the_exhaustive_recall(short_region_checkpoint, region_data, exhaustive,
-                                                                    tmp_path):
+                                                                    tmp_path, capsys):
     from tools.rerank_sweep import main as sweep
+    capsys.readouterr()
     rows = sweep(["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--k", "2", "5", "50",
                   "--compare_sims", str(exhaustive), "--out", str(tmp_path / "sweep"), "--device", "cpu"])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: K 2, 5 below a Recall@K cut-off (R@5/R@10): R@k for k > K counts only what the "
+                     "shortlist of K holds, so it equals R@K at most, not the exhaustive R@k"]
     assert [row["k"] for row in rows] == [2, 5, 50]
     assert rows[0]["pairs_scored"] < rows[1]["pairs_scored"] < rows[2]["pairs_scored"] == 500
     assert rows[2]["rsum"] == retrieval_metrics(np.load(exhaustive))["rsum"]
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert saved["provenance"]["kind"] == "rerank_sweep" and (tmp_path / "sweep" / "rerank_sweep.png").stat().st_size
+    sweep(["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--k", "10", "50",
+           "--out", str(tmp_path / "again"), "--device", "cpu"])
+    assert "note: " not in capsys.readouterr().out      # no K below a cut-off: no note

@@ -11,7 +11,7 @@ from checkpoints.hub import resolve as resolve_checkpoint
 from checkpoints.loading import load_model, read_checkpoint_config
 from cli.logs import setup_logging
 from devices import resolve_device
-from evaluation.metrics import DIRECTIONS, recall_line, retrieval_metrics, two_stage_metrics
+from evaluation.metrics import DIRECTIONS, RECALL_AT, recall_line, retrieval_metrics, two_stage_metrics
 from evaluation.protocol import encode_split
 from outputs.folders import FolderLock
 from pairs import load_eval_split
@@ -63,6 +63,11 @@ def sweep(args, plt, outputs) -> list[dict]:
                      "pairs_scored": result.pairs_scored, "rerank_seconds": round(time.perf_counter() - started, 4)})
         recalls = " | ".join(f"{d} " + recall_line(metrics, d, width=5, sep=" ") for d in DIRECTIONS)
         print(f"K {k:4d}: {recalls} | {result.pairs_scored:,} pairs, {rows[-1]['rerank_seconds']:.2f}s")
+    below = [k for k in sorted(set(args.k)) if k < max(RECALL_AT) and k < max(len(images), len(captions))]
+    if below:
+        cuts = "/".join(f"R@{cut}" for cut in RECALL_AT if cut > below[0])
+        print(f"note: K {', '.join(map(str, below))} below a Recall@K cut-off ({cuts}): R@k for k > K counts only "
+              "what the shortlist of K holds, so it equals R@K at most, not the exhaustive R@k")
     if exhaustive:
         print(f"exhaustive: i2t R@1 {exhaustive['i2t']['r1']:.1f}, t2i R@1 {exhaustive['t2i']['r1']:.1f}, "
               f"{len(images) * len(captions):,} pairs")

@@ -6,7 +6,8 @@
 
 Each matrix is read with the .json test.py wrote next to it: the matrix must be the one the record
 describes (its content hash), and all members must have been computed on the same split and data
-(captions and images, in order). A matrix without its record is refused unless --unverified.
+(captions and images, in order); with --coco_5fold, on COCO's testall. A matrix without its record
+is refused unless --unverified.
 """
 
 import os
@@ -23,10 +24,13 @@ from evaluation.ensemble import RunningMean, ensemble_weights  # noqa: E402
 from outputs.folders import Outputs  # noqa: E402
 from provenance import array_sha256, check_same_data, read_matrix, record, side_record  # noqa: E402
 
+COCO_SPLIT = "testall"      # the split --coco_5fold folds: COCO's 5,000 test images
 
-def check_members(paths: list[str], unverified: bool) -> list[dict]:
+
+def check_members(paths: list[str], unverified: bool, coco_5fold: bool = False) -> list[dict]:
     """Every member is a score matrix of the first one's shape whose record matches it, and all
-    were computed on the same data; read memory-mapped, so that no matrix is held."""
+    were computed on the same data (with `coco_5fold`, COCO's testall); read memory-mapped, so
+    that no matrix is held."""
     records, shapes = [], RunningMean()
     for path in paths:
         sims = read_matrix(path, mmap=True)
@@ -36,6 +40,11 @@ def check_members(paths: list[str], unverified: bool) -> list[dict]:
         side, saved = side_record(path, ", or give --unverified")
         if saved.get("matrix_sha256") != array_sha256(sims):
             raise UserError(f"{path} is not the matrix {side} describes (its content differs); was it replaced?")
+        split = (saved.get("data") or {}).get("split")
+        if coco_5fold and split != COCO_SPLIT:
+            said = f"says split {split!r}" if split else "records no split"
+            raise UserError(f"--coco_5fold: {side} {said}; COCO's 5-fold 1K is defined on the {COCO_SPLIT!r} split's "
+                            "5,000 images (testall.py --save_sims): drop --coco_5fold, or give matrices of testall")
         if records:
             check_same_data(records[0]["data"], saved["data"], paths[0], path)
         records.append(saved)
@@ -62,7 +71,7 @@ def main(argv=None) -> dict:
     # torch: only once the command line holds
     from datasets.layouts import CAPTIONS_PER_IMAGE
     from evaluation.protocol import protocol_report
-    records = check_members(args.matrices, args.unverified)
+    records = check_members(args.matrices, args.unverified, args.coco_5fold)
     mean = RunningMean()
     per_image = CAPTIONS_PER_IMAGE     # the benchmarks' 5, unless the records say otherwise
     if records and records[0]["data"]:

@@ -6,7 +6,8 @@
 
 --detector: a folder with config.yaml and pytorch_model.bin (unc-nlp/frcnn-vg-finetuned), or that hub
 name once it is in the HuggingFace cache. --images: a folder (its image files, sorted by name) or a
-text file of paths, one a line. Writes FEATS.npy (N x R x 2048 float32, the `{split}_ims.npy` layout
+text file of paths, one a line (a path that does not exist is refused before any work; an image that
+cannot be decoded is skipped with a warning). Writes FEATS.npy (N x R x 2048 float32, the `{split}_ims.npy` layout
 of test.py), FEATS_boxes.npy (N x R x 4: x1 y1 x2 y2 in the upright original's pixels) and FEATS.json
 (image names in row order, sizes, skipped images, the detector's content hash, the options).
 --protocol butd (default) is the Caffe extraction that made SCAN's features; lxmert is LXMERT's
