@@ -19,7 +19,7 @@ from devices import check_device_options, distributed, resolve_device, set_tf32
 from errors import ConfigError, Stopped, UserError
 from evaluation.ensemble import RunningMean, check_same_captions
 from evaluation.extended import extended_metrics, format_extended, load_annotations, row_ids
-from evaluation.metrics import DIRECTIONS, RECALL_KEYS, per_query_results, shortlist_results
+from evaluation.metrics import DIRECTIONS, RECALL_AT, RECALL_KEYS, per_query_results, shortlist_results
 from evaluation.protocol import COCO_FOLDS, compute_split_scores, encode_split, protocol_report
 from outputs.folders import (FolderLock, Outputs, check_output_dir, claim_run, discard_previous_run, holds_run,
                              remove_partial_files, restore_previous_run, set_aside_previous_run)
@@ -290,6 +290,10 @@ def evaluate_two_stage(args, member, shortlister, device, coco_testall: bool, sa
                                            distributed.is_main_process(), per_image)
     say(text)
     say(f"first stage: {source}; encoding {encode_seconds:.1f}s")
+    above = [k for k in RECALL_AT if k > args.rerank_k]
+    if above:
+        say(f"note: --rerank_k {args.rerank_k} is below {'/'.join(f'R@{k}' for k in above)}: R@k for k > K counts only "
+            "what the shortlist holds, so it equals R@K at most")
     report["first_stage"], report["encode_seconds"] = source, round(encode_seconds, 3)
     if exhaustive is not None:
         full, _ = protocol_report(exhaustive, coco_testall, args.split, per_image)

@@ -36,10 +36,12 @@ def test_a_shortlist_of_every_item_is_the_exhaustive_evaluation(short_region_che
 
 
 def test_a_short_list_costs_fewer_pairs_and_ranks_inside_it(short_region_checkpoint, region_data, exhaustive,
-                                                          tmp_path):
+                                                          tmp_path, capsys):
     ranks = tmp_path / "ranks.json"
     result = evaluate(["--checkpoint", str(short_region_checkpoint), "--data_path", region_data[0], "--workers", "0",
                        "--rerank_k", "3", "--save_ranks", str(ranks), "--compare_sims", str(exhaustive)])
+    assert "note: --rerank_k 3 is below R@5/R@10: R@k for k > K counts only what the shortlist holds" in \
+        capsys.readouterr().out
     cost = result["report"]["two_stage"]
     assert cost["k"] == 3 and cost["pairs_scored"] <= 10 * 3 + 50 * 3 < cost["exhaustive_pairs"]
     saved = json.loads(ranks.read_text())
