@@ -31,7 +31,7 @@ from training.rng import seed_everything
 from training.state import BEST, LAST
 from training.trainer import Trainer
 from .logs import attach_log_file, setup_logging
-from .main import evaluate, train  # noqa: F401  (the entry points, for callers that pass an argv)
+from .main import evaluate, plan_outputs, train  # noqa: F401  (evaluate, train: for callers that pass an argv)
 
 logger = logging.getLogger("dimmatch")
 
@@ -326,21 +326,6 @@ def read_again(member: Member, args):
     if checkpoint_identity(member.path)["sha256"] != member.identity["sha256"]:
         raise UserError(f"checkpoint {member.path} was replaced while the evaluation was running")
     return read_checkpoint_config(member.path, args)
-
-
-def plan_outputs(args) -> Outputs:
-    """--save_sims (with its .json) and --save_ranks, against each other and the inputs; checked
-    again, with the data files read, before any scoring."""
-    outputs = Outputs(args.overwrite, "testall.py" if args.split == "testall" else "test.py")
-    outputs.file(args.save_sims, "--save_sims", ".npy", side=(".json",))
-    outputs.file(args.save_ranks, "--save_ranks", ".json")
-    for path in args.checkpoint:
-        outputs.reads(path, "--checkpoint")
-    outputs.reads(args.ids_file, "--ids_file")
-    outputs.reads(args.shortlist, "--shortlist")
-    outputs.reads(args.compare_sims, "--compare_sims")
-    outputs.check(ownership=False)      # checked in full once the data files are declared as inputs
-    return outputs
 
 
 def prepare_member(path: str, name: str, weight: float, args, coco_testall: bool, annotations,

@@ -10,6 +10,7 @@ from config.recipes import describe, recipe_names
 from config.resolve import check_command, check_device_name
 from errors import ConfigError
 from evaluation.ensemble import ensemble_weights
+from outputs.folders import Outputs
 from .guard import run_guarded
 
 
@@ -26,6 +27,21 @@ def train(argv=None) -> dict:
     return run_train(given)
 
 
+def plan_outputs(args) -> Outputs:
+    """--save_sims (with its .json) and --save_ranks, against each other and the inputs; checked
+    again, with the data files read, before any scoring."""
+    outputs = Outputs(args.overwrite, "testall.py" if args.split == "testall" else "test.py")
+    outputs.file(args.save_sims, "--save_sims", ".npy", side=(".json",))
+    outputs.file(args.save_ranks, "--save_ranks", ".json")
+    for path in args.checkpoint:
+        outputs.reads(path, "--checkpoint")
+    outputs.reads(args.ids_file, "--ids_file")
+    outputs.reads(args.shortlist, "--shortlist")
+    outputs.reads(args.compare_sims, "--compare_sims")
+    outputs.check(ownership=False)      # checked in full once the data files are declared as inputs
+    return outputs
+
+
 def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False) -> dict:
     """test.py / testall.py: their options checked, then the evaluation (cli.commands.run_evaluation)."""
     description = ("COCO 5-fold 1K and full 5K evaluation" if coco_testall
@@ -34,6 +50,7 @@ def evaluate(argv=None, default_split: str = "test", coco_testall: bool = False)
     weights = ensemble_weights(args.weights, len(args.checkpoint))
     check_two_stage_options(args)
     check_device_name(args.device)
+    plan_outputs(args)      # the outputs' names and clashes, at once (again once the checkpoints are resolved)
     # torch, transformers and the models are imported only now that the command line holds
     from .commands import run_evaluation
     return run_evaluation(args, weights, coco_testall)

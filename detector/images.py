@@ -55,9 +55,14 @@ def list_images(source: str, option: str = "--images") -> list[tuple[str, str]]:
     out = [(line, os.path.abspath(os.path.join(base, os.path.expanduser(line)))) for _, line in lines]
     for (number, line), (_, path) in zip(lines, out):     # a typo in the list: before any work, not a skip
         if not os.path.exists(path):
+            if number == 1 and line[:1] in "{[":
+                raise DataError(f"{option} {source} is not a list of image paths (one a line): it looks like JSON "
+                                "(an annotation file? tools/karpathy_to_precomp.py reads those)")
+            shown = line if len(line) <= 200 else line[:200] + "..."
             relative = not os.path.isabs(os.path.expanduser(line))
-            where = f" (read as {path}: relative to the list's folder)" if relative else ""
-            raise DataError(f"{option} {source}:{number}: {line} does not exist{where}")
+            where = f" (read as {path if len(path) <= 300 else shown}: relative to the list's folder)" if relative \
+                else ""
+            raise DataError(f"{option} {source}:{number}: {shown} does not exist{where}")
     seen = set()
     for name, path in out:
         if path in seen:

@@ -109,7 +109,7 @@ class Outputs:
                                   "elsewhere")
             if os.path.exists(target) and not self.overwrite:
                 raise ConfigError(f"{label} exists already; give --overwrite to replace it, or another name")
-            if ownership and os.path.isfile(target) and os.path.basename(target) not in manifest.owned(folder):
+            if ownership and os.path.isfile(target) and manifest.recorded_writer(target) is None:
                 raise ConfigError(f"{label} exists and no command of ours wrote it (no "
                                   f"{os.path.join(folder, manifest.MANIFEST)} records it); --overwrite replaces only "
                                   "our own outputs: move it away, or give another name")

@@ -56,6 +56,20 @@ def owned(folder: str, program: str | None = None) -> set[str]:
     return {name for name, writer in read(folder).items() if program is None or writer == program}
 
 
+def recorded_writer(path: str) -> str | None:
+    """The program of ours that wrote file `path`, by the manifest of its folder or of a folder above
+    it (the demo and make_demo_data record the data sets they write from their top folder)."""
+    folder, relative = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    while True:
+        writer = read(folder).get(relative)
+        if writer is not None:
+            return writer
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder, relative = parent, os.path.join(os.path.basename(folder), relative)
+
+
 def foreign(folder: str, names, mine: set[str]) -> list[str]:
     """Those of `names` (relative paths) that exist in `folder` without being in `mine`; a folder
     among them counts as foreign when it is not in `mine` itself (anything inside it may then be

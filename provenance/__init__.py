@@ -114,15 +114,17 @@ def read_record(record_of, where: str) -> dict:
 def differences(first: dict, second: dict) -> list[str]:
     """What differs between two data identities (split, counts, captions, images)."""
     labels = {"split": "split", "images": "number of images", "captions": "number of captions",
-              "captions_sha256": "captions", "images_id": "images"}
+              "captions_sha256": "captions", "images_id": "images (the image files, or the feature file and its rows)"}
     return [label for key, label in labels.items() if first.get(key) != second.get(key)]
 
 
 def check_same_data(first: dict, second: dict, first_name: str, second_name: str) -> None:
     changed = differences(first, second)
     if changed:
+        splits = (f"split {second.get('split')!r} vs {first.get('split')!r}" if second.get("split") != first.get("split")
+                  else f"both of split {first.get('split')!r}")
         raise UserError(f"{second_name} was computed on other data than {first_name} ({', '.join(changed)} "
-                        f"differ: split {second.get('split')!r} vs {first.get('split')!r})")
+                        f"differ; {splits})")
 
 
 def check_checkpoint(saved: dict, path: str, where: str, option: str = "--checkpoint") -> None:

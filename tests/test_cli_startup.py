@@ -45,6 +45,8 @@ def run_light(*argv):
     (["train.py", "--layout", "nope"], 2),
     (["train.py", "--device", "tpu"], 2),
     (["test.py", "--checkpoint", "x.pth", "--device", "cuda:x"], 2),
+    (["test.py", "--checkpoint", "x.pth", "--save_sims", "out"], 2),
+    (["test.py", "--checkpoint", "x.pth", "--save_sims", "r.npy", "--save_ranks", "r.json"], 2),
     (["test.py", "--help"], 0),
     (["test.py", "--checkpoint", "x.pth", "--weights", "1e308", "1e308"], 2),
     (["testall.py", "--checkpoint", "x.pth", "--eval_mem_gb", "inf"], 2),

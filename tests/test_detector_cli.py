@@ -301,6 +301,12 @@ def test_a_list_naming_a_missing_file_is_refused_before_any_work(setup, tmp_path
     assert err == (f"error: --images {listing}:3: few/nothere.jpg does not exist (read as "
                    f"{tmp_path / 'few' / 'nothere.jpg'}: relative to the list's folder)")
     assert sorted(os.listdir(tmp_path)) == ["list.txt"]
+    annotations = tmp_path / "dataset.json"
+    annotations.write_text(json.dumps({"images": [{"filename": "x" * 100_000}]}))
+    assert run("--detector", detector, "--images", str(annotations), "--out", str(out), "--workers", "0") == 2
+    assert capsys.readouterr().err.strip() == (f"error: --images {annotations} is not a list of image paths (one a "
+                                               "line): it looks like JSON (an annotation file? "
+                                               "tools/karpathy_to_precomp.py reads those)")
     listing.write_text(f"{os.path.join(images, 'a.jpg')}\n{os.path.join(images, 'e_empty.jpg')}\n")
     assert run("--detector", detector, "--images", str(listing), "--out", str(out), "--protocol", "lxmert",
                "--regions", "6", "--workers", "0") == 0

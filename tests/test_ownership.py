@@ -11,6 +11,7 @@ import pytest
 
 from cli.main import train
 from conftest import REGION_DIM, error_line, run_cli
+from errors import ConfigError
 from outputs.manifest import MANIFEST
 
 
@@ -219,3 +220,24 @@ def test_two_demo_data_writers_into_one_folder_at_once(tmp_path, capsys):
             f"output {folder} is being written by pid={os.getpid()} ")
     finally:
         held.release()
+
+
+def test_a_file_recorded_by_the_manifest_of_a_folder_above_may_be_replaced(tmp_path):
+    """make_demo_data and the demo record their data sets from the top folder
+    (data/.dimmatch-manifest.json: regions/f30k_precomp/test_caps.txt); --overwrite may replace such a
+    file from its own folder, and still never a file no manifest records."""
+    from outputs import manifest
+    from outputs.folders import Outputs
+    folder = tmp_path / "data" / "regions" / "f30k_precomp"
+    folder.mkdir(parents=True)
+    (folder / "test_caps.txt").write_text("a\n")
+    (folder / "mine.txt").write_text("b\n")
+    manifest.claim(str(tmp_path / "data"), "make_demo_data.py", ["regions/f30k_precomp/test_caps.txt"])
+    assert manifest.recorded_writer(str(folder / "test_caps.txt")) == "make_demo_data.py"
+    outputs = Outputs(True, "karpathy_to_precomp.py")
+    outputs.file(str(folder / "test_caps.txt"), "--out_dir", ".txt")
+    outputs.check()
+    refused = Outputs(True, "karpathy_to_precomp.py")
+    refused.file(str(folder / "mine.txt"), "--out_dir", ".txt")
+    with pytest.raises(ConfigError, match="exists and no command of ours wrote it"):
+        refused.check()

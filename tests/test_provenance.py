@@ -58,7 +58,7 @@ def test_score_matrices_and_ranks_record_the_checkpoint_split_and_data(saved, sh
 def test_the_ensemble_tool_refuses_matrices_of_other_data(saved, tmp_path, capsys):
     message = error_line(ensemble_tool, [str(saved / "test.npy"), str(saved / "dev.npy")], capsys)
     assert message == (f"{saved / 'dev.npy'} was computed on other data than {saved / 'test.npy'} (split, captions, "
-                       "images differ: split 'dev' vs 'test')")
+                       "images (the image files, or the feature file and its rows) differ; split 'dev' vs 'test')")
 
 
 def test_the_ensemble_tool_refuses_a_replaced_matrix_or_one_without_its_record(saved, tmp_path, capsys):
