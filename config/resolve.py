@@ -70,6 +70,13 @@ def check_device_name(device: str | None) -> None:
         raise ConfigError(f"--device {device!r} is not a device name (try auto, cpu, cuda, cuda:1)")
 
 
+def check_val_split(val_split: str | None) -> None:
+    """Selecting the model on the test set is refused (the reported test numbers would be optimistic)."""
+    if val_split in ("test", "testall"):
+        raise ConfigError(f"--val_split {val_split}: the model would be selected on the test set, which makes the "
+                          "reported test numbers optimistic; validate on dev (Flickr30K images: val)")
+
+
 def check_command(given: dict) -> None:
     """Combinations of what the invocation does that cannot work, before anything is read."""
     check_device_name(given.get("device"))
@@ -77,8 +84,8 @@ def check_command(given: dict) -> None:
         raise ConfigError("--output_dir must name a folder")
     if given.get("output_dir") and os.path.isfile(given["output_dir"]):
         raise ConfigError(f"--output_dir {given['output_dir']} is a file; give a folder for the run")
-    if given.get("recipe"):         # its values checked here, before the model code is imported
-        read_recipe(given["recipe"], all_options())
+    recipe = read_recipe(given["recipe"], all_options()) if given.get("recipe") else {}   # checked before torch
+    check_val_split(given.get("val_split") or recipe.get("val_split"))
     if given.get("resume") and given.get("overwrite"):
         raise ConfigError("--resume continues a run and --overwrite replaces it; give one of them")
     if given.get("resume") and given.get("init_from"):

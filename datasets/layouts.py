@@ -108,6 +108,8 @@ def _precomp_train(cfg, caption_encoder, transform) -> PrecompTrainDataset:
 
 
 def _precomp_eval(cfg, split: str, max_images: int | None, transform) -> EvalSplit:
+    if split == "testall" and cfg.data_name != "coco_precomp":
+        raise DataError(f"testall is COCO's 5K test split; {cfg.data_name} has none: evaluate it with test.py")
     data = PrecompSplit(cfg.data_path, cfg.data_name, split, cfg.img_dim)
     if len(data.captions) % CAPTIONS_PER_IMAGE:
         raise DataError(f"{data.caps_file} has {len(data.captions)} captions, not a multiple of "

@@ -10,7 +10,7 @@ import os
 
 from config.options import all_options
 from config.recipes import read_recipe
-from config.resolve import absolute_locations, take_model_options
+from config.resolve import absolute_locations, check_val_split, take_model_options
 from config.schema import Config
 from errors import ConfigError
 from modules.heads import HEADS
@@ -61,9 +61,7 @@ def resolve_train_config(given: dict, init_cfg=None) -> Config:
     if LOSSES[values["loss"]].needs_logit_scale and not pair.logit_scale:
         raise ConfigError(f"--loss {values['loss']} needs CLIP's logit scale; use --loss hinge with {encoders} "
                           "encoders")
-    if values["val_split"] in ("test", "testall"):
-        raise ConfigError(f"--val_split {values['val_split']}: the model would be selected on the test set, which "
-                          "makes the reported test numbers optimistic; validate on dev (Flickr30K images: val)")
+    check_val_split(values["val_split"])
     if values["batch_size"] < 2:
         raise ConfigError("--batch_size must be at least 2: the losses need negatives in the batch")
     world = int(os.environ.get("WORLD_SIZE", "1"))

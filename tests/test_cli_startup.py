@@ -44,6 +44,7 @@ def run_light(*argv):
     (["train.py", "--recipe", "no_such_recipe"], 2),
     (["train.py", "--layout", "nope"], 2),
     (["train.py", "--device", "tpu"], 2),
+    (["train.py", "--val_split", "test"], 2),
     (["test.py", "--checkpoint", "x.pth", "--device", "cuda:x"], 2),
     (["test.py", "--checkpoint", "x.pth", "--save_sims", "out"], 2),
     (["test.py", "--checkpoint", "x.pth", "--save_sims", "r.npy", "--save_ranks", "r.json"], 2),

@@ -162,3 +162,12 @@ def test_a_run_records_its_layout_and_refuses_another_layouts_options(tmp_path, 
         "--dataset is a data option of the karpathy layout, but this run reads the precomp layout "
         "(--data_path/--data_name); drop --dataset, or give --layout karpathy with encoders that read it")
     assert not (tmp_path / "run").exists()
+
+
+def test_testall_of_flickr30k_regions_says_it_is_cocos_split():
+    from types import SimpleNamespace
+    from errors import DataError
+    from datasets.layouts import PRECOMP
+    with pytest.raises(DataError, match="testall is COCO's 5K test split; f30k_precomp has none: evaluate it with "
+                                        "test.py"):
+        PRECOMP.eval_split(SimpleNamespace(data_path="x", data_name="f30k_precomp", img_dim=4), "testall", None, None)
