@@ -30,26 +30,29 @@ def apply_overrides(cfg: Config, args) -> Config:
     return cfg
 
 
+def _not_other_kind(cfg: Config, pair, own: tuple = ()) -> str:
+    """', not HINT' when data is given of a layout delivering what `pair` does not read (its options
+    outside `own`), else ''."""
+    given = [other.hint for other in LAYOUTS.values() if other.images != pair.reads
+             and any(getattr(cfg, name, None) for name in other.required if name not in own)]
+    return f", not {given[0]}" if given else ""
+
+
 def check_data_options(cfg: Config, path: str) -> None:
     """The checkpoint's layout has all its data options, and the data given is of a layout its
     encoder pair reads."""
     pair = pair_of(cfg)
-    readable = [layout for layout in LAYOUTS.values() if layout.images == pair.reads]
     try:
         layout = layout_of(cfg)
     except ConfigError as exc:
-        hints = " or ".join(dict.fromkeys(f"{layout.hint}" for layout in readable))
-        given = [other.hint for other in LAYOUTS.values() if other.images != pair.reads
-                 and any(getattr(cfg, name, None) for name in other.required)]
-        wrong = f", not {given[0]}" if given else ""
+        hints = " or ".join(dict.fromkeys(other.hint for other in LAYOUTS.values() if other.images == pair.reads))
         raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): evaluate "
-                          f"it with {hints}{wrong}") from exc
+                          f"it with {hints}{_not_other_kind(cfg, pair)}") from exc
     if not all(getattr(cfg, name, None) for name in layout.required):
-        others = [other for other in LAYOUTS.values() if other.images != pair.reads
-                  and any(getattr(cfg, name, None) for name in other.required if name not in layout.option_names)]
-        if others:
+        wrong = _not_other_kind(cfg, pair, layout.option_names)
+        if wrong:
             raise ConfigError(f"checkpoint {path} is a {pair.name} model ({cfg.sim_head} on {pair.summary}): "
-                              f"evaluate it with {layout.hint}, not {others[0].hint}")
+                              f"evaluate it with {layout.hint}{wrong}")
         raise ConfigError(f"give {layout.hint} for checkpoint {path} ({pair.name}: {pair.summary}; the "
                           f"{layout.name} layout)")
 

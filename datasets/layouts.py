@@ -159,34 +159,32 @@ PRECOMP = DataLayout(
 
 # ----------------------------------------------------------------------------- raw images + Karpathy JSON
 
-def _raw_resolve(name: str, dataset: str):
-    """Flickr30K (karpathy) validates on val, its first 1,000 images; COCO (coco) on dev, in five
-    folds with the last one selecting, and decodes truncated JPEGs as the released COCO loader."""
-    def resolve(values: dict, given: set) -> None:
-        layout = LAYOUTS[name]
-        if values["dataset"] not in (None, dataset):
-            raise ConfigError(f"--layout {layout.name} reads --dataset {dataset}, not --dataset {values['dataset']}")
-        values["dataset"] = dataset
-        require(layout, values, f"the {layout.name} layout")
-        coco = dataset == "coco"
-        values["val_split"] = values["val_split"] or ("dev" if coco else "val")
-        values["val_protocol"] = values["val_protocol"] or ("last_fold" if coco else "first_1k")
-        if coco and "truncated_images" not in given:
-            values["truncated_images"] = "load"   # the released COCO loader sets PIL's LOAD_TRUNCATED_IMAGES
-    return resolve
-
-
 class RawImages:
-    """The reading of one raw-image layout, whose annotation files are those of `dataset` (the
-    layout, not a saved --dataset, decides: --layout coco reads COCO's files)."""
+    """The resolution and reading of one raw-image layout, whose annotation files are those of
+    `dataset` (the layout, not a saved --dataset, decides: --layout coco reads COCO's files)."""
 
     def __init__(self, name: str, dataset: str):
         self.name, self.dataset = name, dataset
 
-    def _checked(self, cfg) -> str:
-        if cfg.dataset not in (None, self.dataset):
-            raise ConfigError(f"--layout {self.name} reads --dataset {self.dataset}, not --dataset {cfg.dataset}")
+    def _checked_dataset(self, given: str | None) -> str:
+        if given not in (None, self.dataset):
+            raise ConfigError(f"--layout {self.name} reads --dataset {self.dataset}, not --dataset {given}")
         return self.dataset
+
+    def _checked(self, cfg) -> str:
+        return self._checked_dataset(cfg.dataset)
+
+    def resolve(self, values: dict, given: set) -> None:
+        """Flickr30K (karpathy) validates on val, its first 1,000 images; COCO (coco) on dev, in five
+        folds with the last one selecting, and decodes truncated JPEGs as the released COCO loader."""
+        values["dataset"] = self._checked_dataset(values["dataset"])
+        layout = LAYOUTS[self.name]
+        require(layout, values, f"the {layout.name} layout")
+        coco = self.dataset == "coco"
+        values["val_split"] = values["val_split"] or ("dev" if coco else "val")
+        values["val_protocol"] = values["val_protocol"] or ("last_fold" if coco else "first_1k")
+        if coco and "truncated_images" not in given:
+            values["truncated_images"] = "load"   # the released COCO loader sets PIL's LOAD_TRUNCATED_IMAGES
 
     def train_dataset(self, cfg, caption_encoder, transform) -> KarpathyTrainDataset:
         entries = load_karpathy_split(self._checked(cfg), cfg.ann_path, cfg.image_root, "train")
@@ -215,18 +213,18 @@ class RawImages:
         return [annotation_file(self._checked(cfg), cfg.ann_path, split)]
 
 
-def _raw_layout(declared, dataset: str, coco: bool) -> DataLayout:
+def _raw_layout(declared, dataset: str) -> DataLayout:
     reading = RawImages(declared.name, dataset)
     return DataLayout(
         name=declared.name, summary=declared.summary, images=IMAGES, options=declared.options,
         required=("image_root", "ann_path"), captions_per_image=CAPTIONS_PER_IMAGE,
-        resolve=_raw_resolve(declared.name, dataset), train_dataset=reading.train_dataset,
-        eval_split=reading.eval_split, input_files=reading.input_files, coco=lambda cfg: coco,
+        resolve=reading.resolve, train_dataset=reading.train_dataset,
+        eval_split=reading.eval_split, input_files=reading.input_files, coco=lambda cfg: dataset == "coco",
         caption_ids=reading.caption_ids, data_hint="--dataset/--image_root/--ann_path")
 
 
-KARPATHY = _raw_layout(KARPATHY_DECLARED, "f30k", coco=False)
-COCO = _raw_layout(COCO_DECLARED, "coco", coco=True)
+KARPATHY = _raw_layout(KARPATHY_DECLARED, "f30k")
+COCO = _raw_layout(COCO_DECLARED, "coco")
 
 for _declared in list(catalogue.LAYOUTS.values()):
     register_layout(catalogue.load_code(_declared))
