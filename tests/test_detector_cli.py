@@ -28,6 +28,19 @@ def setup(tmp_path_factory):
     return detector, images
 
 
+def stop_at_second_batch(monkeypatch):
+    """SIGTERM to this process as the extraction reaches its second batch; returns the real step."""
+    real, calls = extraction.extract, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(extraction, "extract", stopping)
+    return real
+
+
 def run(*argv):
     return run_guarded(extract_regions.main, list(argv))
 
@@ -93,15 +106,7 @@ def test_stop_by_signal_then_resume(setup, tmp_path, capsys, monkeypatch):
     assert run("--detector", detector, "--images", images, "--out", whole, "--regions", "5", "--workers", "0", "--protocol", "lxmert",
                "--batch_size", "1") == 0
     out = str(tmp_path / "feats.npy")
-    real, calls = extraction.extract, []
-
-    def stopping(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extraction, "extract", stopping)
+    real = stop_at_second_batch(monkeypatch)
     assert run("--detector", detector, "--images", images, "--out", out, "--regions", "5", "--workers", "0", "--protocol", "lxmert",
                "--batch_size", "1") == 128 + signal.SIGTERM
     err = capsys.readouterr().err

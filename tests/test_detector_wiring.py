@@ -11,6 +11,7 @@ import pytest
 from conftest import REGION_DIM, error_line, run_cli
 from detector.testing import config_dict, write_detector
 from tests.test_detector import make_images
+from tests.test_detector_cli import stop_at_second_batch
 
 pytestmark = pytest.mark.slow      # a short training run, extraction, indexing, a report
 
@@ -142,15 +143,7 @@ def test_karpathy_split_stopped_then_resumed(image_data, detector, tmp_path, cap
     from outputs import manifest
     from tools.karpathy_to_precomp import main as convert
     out = tmp_path / "f30k_precomp"
-    real, calls = extraction.extract, []
-
-    def stopping(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extraction, "extract", stopping)
+    real = stop_at_second_batch(monkeypatch)
     assert run_cli(convert, karpathy_argv(image_data, detector, out, "--batch_size", "1")) == 128 + signal.SIGTERM
     assert "--resume" in capsys.readouterr().err
     assert not any(name.endswith(".txt") for name in os.listdir(out))

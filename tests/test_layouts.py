@@ -11,12 +11,12 @@ import pytest
 from conftest import REGION_DIM, error_line, run_cli
 from cli.commands import evaluate, train
 from config import catalogue
-from config.catalogue import Declared
 from config.schema import LOCATION, Option
 from datasets.layouts import IMAGES, LAYOUTS, REGIONS, DataLayout, EvalSplit
 from datasets.precomp import read_captions
 from evaluation.metrics import i2t_ranks, retrieval_metrics, t2i_ranks
 from pairs import PAIRS, layout_for
+from test_registry import register
 
 TEST = (lambda argv: evaluate(argv, "test"))
 
@@ -57,7 +57,6 @@ def test_metrics_with_three_captions_per_image_by_hand():
 
 def three_caption_layout() -> DataLayout:
     """<toy_path>/{split}_feats.npy (images x regions x dim), {split}_caps.txt with 3 captions an image."""
-    from datasets.precomp import PrecompImageSet, PrecompSplit
 
     def eval_split(cfg, split, max_images, transform):
         rows = np.load(os.path.join(cfg.toy_path, f"{split}_feats.npy"), mmap_mode="r")
@@ -89,17 +88,20 @@ class FeatureRows:
         return {"kind": "toy3", "images": len(self)}
 
 
+def region_run_with_the_toy_layout(monkeypatch, out, region_data, tiny_bert, steps: int):
+    """A short region run (its data read through precomp), with the toy layout registered."""
+    register(monkeypatch, LAYOUTS, catalogue.LAYOUTS, three_caption_layout())
+    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
+                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
+                           "--max_steps", str(steps), "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
+
+
 def test_a_registered_layout_with_three_captions_per_image_evaluates(monkeypatch, tmp_path, region_data, tiny_bert):
     """The same model scores the same image and caption alike under either layout: the toy
     layout's matrix is the 5-caption matrix's columns 5i, 5i+1, 5i+2, and its metrics are those
     of 3 captions per image."""
-    layout = three_caption_layout()
-    monkeypatch.setitem(LAYOUTS, layout.name, layout)
-    monkeypatch.setitem(catalogue.LAYOUTS, layout.name, Declared(layout.name, layout.summary, layout.options))
     out = tmp_path / "run"
-    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
-                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
-                           "--max_steps", "4", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
+    region_run_with_the_toy_layout(monkeypatch, out, region_data, tiny_bert, steps=4)
     folder = tmp_path / "toy3"
     folder.mkdir()
     source = os.path.join(region_data[0], "f30k_precomp")
@@ -123,13 +125,8 @@ def test_a_registered_layout_with_three_captions_per_image_evaluates(monkeypatch
 
 
 def test_a_layout_without_its_data_options_is_one_line(monkeypatch, tmp_path, region_data, tiny_bert, capsys):
-    layout = three_caption_layout()
-    monkeypatch.setitem(LAYOUTS, layout.name, layout)
-    monkeypatch.setitem(catalogue.LAYOUTS, layout.name, Declared(layout.name, layout.summary, layout.options))
     out = tmp_path / "run"
-    assert run_cli(train, ["--data_path", region_data[0], "--data_name", "f30k_precomp", "--bert_path", tiny_bert,
-                           "--img_dim", str(REGION_DIM), "--embed_size", "16", "--batch_size", "16",
-                           "--max_steps", "1", "--workers", "0", "--device", "cpu", "--output_dir", str(out)]) == 0
+    region_run_with_the_toy_layout(monkeypatch, out, region_data, tiny_bert, steps=1)
     line = error_line(TEST, ["--checkpoint", str(out / "checkpoint_last.pth"), "--layout", "toy3"], capsys)
     assert line.startswith("give --toy_path for checkpoint") and "toy3 layout" in line
 
